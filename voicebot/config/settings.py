@@ -1,0 +1,91 @@
+"""Settings: every tunable of the gateway, typed, from env vars, a `.env` or a TOML file.
+
+Top-level names follow DESIGN.md (`VOICEBOT_HOST`, `VOICEBOT_PORT`, `VOICEBOT_SIP_PORT`,
+`VOICEBOT_API_TOKEN`, `VOICEBOT_SIP_ALLOW`); sections nest with a double underscore
+(`VOICEBOT_VAD__MIN_SILENCE_MS=300`). `VOICEBOT_CONFIG=path.toml` adds a file whose tables
+mirror the sections (`[vad]`); env vars win over the file. Every default runs offline.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class VadSettings(BaseModel):
+    """Silero VAD and the speech segmenter on top of it."""
+
+    activation_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    deactivation_threshold: float = Field(0.35, ge=0.0, le=1.0)
+    min_speech_ms: int = Field(100, ge=0, le=10_000)
+    min_silence_ms: int = Field(500, ge=0, le=10_000)
+    prefix_padding_ms: int = Field(200, ge=0, le=2_000)
+    model_path: Path | None = Field(
+        None, description="Another Silero ONNX file instead of the packaged one (no sha check)."
+    )
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> VadSettings:
+        if self.deactivation_threshold > self.activation_threshold:
+            raise ValueError("vad.deactivation_threshold must not exceed activation_threshold")
+        return self
+
+
+class ServerSettings(BaseModel):
+    """Limits of the HTTP/WebSocket gateway."""
+
+    max_calls: int = Field(200, ge=1)
+    shutdown_grace_s: float = Field(30.0, ge=0.0)
+
+
+class Settings(BaseSettings):
+    """All gateway settings. Build with `load_settings()`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VOICEBOT_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    sip_port: int = Field(5060, ge=0, le=65535, description="UDP port for SIP; 0 disables SIP.")
+    api_token: str | None = None
+    sip_allow: list[str] = Field(default_factory=list, description="CIDRs allowed to send SIP.")
+    log_level: str = "info"
+    vad: VadSettings = Field(default_factory=VadSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get("VOICEBOT_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (and `VOICEBOT_CONFIG`), with explicit overrides on top."""
+    config_file = os.environ.get("VOICEBOT_CONFIG")
+    if config_file and not Path(config_file).is_file():
+        raise FileNotFoundError(f"VOICEBOT_CONFIG={config_file}: no such file")
+    return Settings(**overrides)

@@ -1,0 +1,73 @@
+"""A call's VAD: its model stream plus its segmenter; and whole-file segmentation for the CLI.
+
+`VoiceActivityDetector.push(frame)` runs the model unbatched, for one stream alone (the CLI,
+tests, a single call). Many concurrent calls instead collect `pending windows` and advance
+together through `SileroVad.run_batch`, then hand each probability to `on_probability`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from voicebot.audio.frames import SAMPLE_RATE
+from voicebot.models.vad.segmenter import (
+    SegmenterEvent,
+    SpeechEnd,
+    SpeechSegment,
+    SpeechSegmenter,
+    VadParams,
+)
+from voicebot.models.vad.silero import SileroVad, VadStream
+
+
+class VoiceActivityDetector:
+    """Frames in, VAD events out, for one stream."""
+
+    def __init__(
+        self,
+        model: SileroVad | None = None,
+        params: VadParams | None = None,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
+        self.model = model or SileroVad.shared()
+        self.stream: VadStream = self.model.new_stream(sample_rate)
+        self.segmenter = SpeechSegmenter(params, sample_rate, self.stream.window_samples)
+
+    def windows(self, samples: np.ndarray) -> list[np.ndarray]:
+        """Buffer samples; the whole windows now due for the model (for batched use)."""
+        return self.stream.push(samples)
+
+    def on_probability(self, window: np.ndarray, probability: float) -> list[SegmenterEvent]:
+        """Feed one window's model output to the segmenter (after a batched run)."""
+        return self.segmenter.push(window, probability)
+
+    def push(self, samples: np.ndarray) -> list[SegmenterEvent]:
+        """Buffer samples, run the model on each completed window, return the events."""
+        events: list[SegmenterEvent] = []
+        for window in self.stream.push(samples):
+            events.extend(self.segmenter.push(window, self.stream.probability(window)))
+        return events
+
+    def finish(self) -> list[SegmenterEvent]:
+        """End of stream: close an open segment."""
+        return self.segmenter.finish()
+
+    def reset(self) -> None:
+        self.stream.reset()
+        self.segmenter.reset()
+
+
+def detect_speech_segments(
+    samples: np.ndarray,
+    params: VadParams | None = None,
+    model: SileroVad | None = None,
+    sample_rate: int = SAMPLE_RATE,
+) -> list[SpeechSegment]:
+    """Speech segments of a whole int16 signal, as the streaming detector finds them."""
+    pcm = np.asarray(samples)
+    if pcm.dtype != np.int16:
+        raise TypeError(f"detect_speech_segments takes int16 samples, got {pcm.dtype}")
+    detector = VoiceActivityDetector(model, params, sample_rate)
+    events = detector.push(pcm.reshape(-1))
+    events.extend(detector.finish())
+    return [SpeechSegment(e.start, e.end) for e in events if isinstance(e, SpeechEnd)]
