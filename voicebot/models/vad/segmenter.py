@@ -118,6 +118,28 @@ class SpeechSegmenter:
         """True between speech_start and speech_end."""
         return self._phase is _Phase.SPEECH
 
+    @property
+    def speech_pending(self) -> bool:
+        """Possible speech: over the activation threshold, not yet for min_speech_ms."""
+        return self._phase is _Phase.STARTING
+
+    @property
+    def trailing_silence_ms(self) -> float:
+        """How long the open segment has been quiet (0 while speech goes on or none is open)."""
+        if self._phase is not _Phase.SPEECH or self._silence_from is None:
+            return 0.0
+        return self._ms(self._window_index - self._silence_from)
+
+    def open_segment(self) -> tuple[float, float, np.ndarray] | None:
+        """(start, end so far, audio with prefix) of the open segment, ending where a pause
+        began; None outside speech. What STT would get if the caller stopped here."""
+        if self._phase is not _Phase.SPEECH:
+            return None
+        end_index = self._silence_from if self._silence_from is not None else self._window_index
+        keep = end_index * self.window_samples - self._audio_start_sample
+        audio = np.concatenate(self._segment)[:keep]
+        return self._time(self._onset_index), self._time(end_index), audio
+
     def _time(self, window_index: int) -> float:
         return window_index * self.window_samples / self.sample_rate
 

@@ -1,0 +1,29 @@
+"""The agent's behaviour settings (a section of `voicebot.config.Settings`)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+DEFAULT_BACKCHANNELS = [
+    "mm-hm", "mhm", "mm", "hmm", "uh-huh", "uh huh", "yeah", "yes", "yep", "okay", "ok",
+    "right", "sure", "i see", "aha", "ah", "oh",
+]  # fmt: skip
+
+
+class AgentConfig(BaseModel):
+    system_prompt: str = (
+        "You are a friendly, concise phone assistant. Answer in one or two short sentences "
+        "of plain spoken English, with no lists, markup or emoji."
+    )
+    greeting: str | None = "Hello, thanks for calling. How can I help you today?"
+    barge_in: bool = True
+    false_interruption_resume: bool = True
+    backchannels: list[str] = Field(default_factory=lambda: list(DEFAULT_BACKCHANNELS))
+    fallback_text: str = "Sorry, could you repeat that?"
+    max_history_messages: int = Field(20, ge=0)
+    stt_timeout_s: float = Field(10.0, gt=0)
+    llm_timeout_s: float = Field(15.0, gt=0, description="max wait for each piece of the reply")
+    tts_timeout_s: float = Field(10.0, gt=0)
+    vad_event_interval_ms: int = Field(100, ge=0, description="0 disables `vad` events")
+    speculative_stt: bool = True
+    speculative_pause_ms: int = Field(192, ge=32, description="pause that starts an early STT")

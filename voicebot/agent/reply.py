@@ -1,0 +1,171 @@
+"""One spoken reply: LLM text -> sentences -> TTS -> the playout queue, pipelined.
+
+The LLM streams into a sentence splitter; a second task synthesizes sentence after sentence
+and appends each to the playout as soon as it is ready, so the first sentence is heard while
+the model is still writing the rest. On barge-in the agent cancels both tasks; what was
+written but not yet spoken stays readable in `unspoken_texts` for a possible resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import numpy as np
+
+from voicebot.agent.clock import EngineClock
+from voicebot.agent.playout import Playout, Utterance
+from voicebot.agent.sentences import SentenceSplitter
+from voicebot.models.base import CallAction, ChatMessage, LanguageModel, TextDelta, TextToSpeech
+
+log = logging.getLogger("voicebot.agent")
+T = TypeVar("T")
+
+ErrorHandler = Callable[[str, BaseException], None]
+
+
+class ReplyPipeline:
+    """LLM (optional) and TTS tasks of one reply."""
+
+    def __init__(
+        self,
+        *,
+        tts: TextToSpeech,
+        playout: Playout,
+        clock: EngineClock,
+        tts_timeout_s: float,
+        llm: LanguageModel | None = None,
+        llm_timeout_s: float = 15.0,
+        on_error: ErrorHandler,
+    ) -> None:
+        self._tts = tts
+        self._llm: LanguageModel | None = llm
+        self._playout = playout
+        self._clock = clock
+        self._tts_timeout = tts_timeout_s
+        self._llm_timeout = llm_timeout_s
+        self._on_error = on_error
+        self._sentences: deque[str] = deque()
+        self._sentence_ready = asyncio.Event()
+        self._in_synthesis: str | None = None
+        self.llm_done = llm is None
+        self._uses_llm = False
+        self.action: CallAction | None = None
+        self.failed = False
+        self.text_written: list[str] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def uses_llm(self) -> bool:
+        return self._uses_llm
+
+    @property
+    def done(self) -> bool:
+        return all(t.done() for t in self._tasks)
+
+    @property
+    def unspoken_texts(self) -> list[str]:
+        """Sentences written but not yet synthesized (the one in synthesis included)."""
+        head = [self._in_synthesis] if self._in_synthesis else []
+        return head + list(self._sentences)
+
+    def retarget(self, playout: Playout) -> None:
+        """Send sentences synthesized from now on to another playout (speculation adopted)."""
+        self._playout = playout
+
+    def start_llm(self, messages: Sequence[ChatMessage]) -> None:
+        if self._llm is None:
+            raise RuntimeError("this reply has no LLM")
+        self._uses_llm = True
+        self._tasks.append(asyncio.create_task(self._run_llm(self._llm, list(messages))))
+        self._tasks.append(asyncio.create_task(self._run_tts()))
+
+    def start_texts(self, texts: Sequence[str]) -> None:
+        """Speak fixed sentences (greeting, fallback, a resumed remainder): no LLM."""
+        self._sentences.extend(t for t in texts if t.strip())
+        self.llm_done = True
+        self._sentence_ready.set()
+        self._tasks.append(asyncio.create_task(self._run_tts()))
+
+    def cancel(self) -> None:
+        """Stop now (synchronous: the barge-in path must not await)."""
+        for task in self._tasks:
+            task.cancel()
+
+    async def wait(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _add_sentence(self, sentence: str) -> None:
+        self._sentences.append(sentence)
+        self.text_written.append(sentence)
+        self._sentence_ready.set()
+
+    async def _run_llm(self, llm: LanguageModel, messages: list[ChatMessage]) -> None:
+        splitter = SentenceSplitter()
+        stream = llm.stream(messages)
+        try:
+            while True:
+                try:
+                    piece = await self._clock.call(
+                        _with_timeout(anext(stream), self._llm_timeout, f"LLM {llm.name}")
+                    )
+                except StopAsyncIteration:
+                    break
+                if isinstance(piece, TextDelta):
+                    for sentence in splitter.push(piece.text):
+                        self._add_sentence(sentence)
+                elif isinstance(piece, CallAction):
+                    self.action = piece
+            for sentence in splitter.flush():
+                self._add_sentence(sentence)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failed = True
+            self._on_error(f"LLM {llm.name}", exc)
+        finally:
+            self.llm_done = True
+            self._sentence_ready.set()
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:  # the stream was already broken; closing it is best effort
+                    log.debug("closing LLM stream failed", exc_info=True)
+
+    async def _run_tts(self) -> None:
+        while True:
+            if not self._sentences:
+                if self.llm_done:
+                    return
+                self._sentence_ready.clear()
+                await self._sentence_ready.wait()
+                continue
+            sentence = self._sentences.popleft()
+            self._in_synthesis = sentence
+            try:
+                audio = await self._clock.call(
+                    _with_timeout(
+                        self._tts.synthesize(sentence), self._tts_timeout, f"TTS {self._tts.name}"
+                    )
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failed = True
+                self._in_synthesis = None
+                self._on_error(f"TTS {self._tts.name}", exc)
+                return
+            self._in_synthesis = None
+            if len(audio):
+                self._playout.append(Utterance(sentence, np.asarray(audio, dtype=np.int16)))
+
+
+async def _with_timeout(work: Awaitable[T], seconds: float, what: str) -> T:
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{what} timed out after {seconds:g} s") from exc

@@ -1,0 +1,119 @@
+"""`voicebot simulate`: one whole call through the real CallSession and engines, offline.
+
+The simulator is a transport with no wire: the caller's WAV is cut into canonical frames and
+fed in, the bot's frames are recorded on the same timeline. In virtual time (default) engine
+work is charged at its measured wall-clock cost (see `agent.clock.VirtualClock`), so the
+result is what a live call on this machine would sound like, produced faster than real time;
+`realtime=True` paces the input at 1x against the wall clock instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from voicebot.agent.clock import LiveClock, VirtualClock
+from voicebot.agent.config import AgentConfig
+from voicebot.agent.events import Event, EventBus, EventLog
+from voicebot.agent.session import FRAME_SECONDS, CallSession, Engines
+from voicebot.audio.frames import FRAME_SAMPLES, split_frames
+from voicebot.models.vad import SileroVad, VadParams
+
+
+class RecordingSink:
+    """The simulated transport's output: frames land at the input frame they were sent in."""
+
+    def __init__(self) -> None:
+        self.frames: dict[int, np.ndarray] = {}
+        self.position = 0  # index of the input frame being processed
+        self.cleared = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        self.frames[self.position] = frame
+
+    def clear(self) -> int:
+        # Frames are "played" the moment they are written here: nothing queued to drop.
+        self.cleared += 1
+        return 0
+
+    def audio(self, n_frames: int) -> np.ndarray:
+        out = np.zeros(n_frames * FRAME_SAMPLES, np.int16)
+        for index, frame in self.frames.items():
+            if index < n_frames:
+                out[index * FRAME_SAMPLES : (index + 1) * FRAME_SAMPLES] = frame
+        return out
+
+
+@dataclass
+class SimulationResult:
+    caller_audio: np.ndarray  # as fed, padded with the tail
+    bot_audio: np.ndarray  # same length and timeline
+    events: list[Event]
+    end_reason: str
+    engine_seconds: float
+    wall_seconds: float
+    stt_inputs: list[np.ndarray]
+
+
+async def simulate_call(
+    caller_audio: np.ndarray,
+    engines: Engines,
+    *,
+    config: AgentConfig | None = None,
+    vad_params: VadParams | None = None,
+    vad_model: SileroVad | None = None,
+    realtime: bool = False,
+    tail_seconds: float = 8.0,
+    call_id: str = "sim",
+) -> SimulationResult:
+    """Run one call; after the caller's audio, up to `tail_seconds` of silence let the bot
+    finish its reply (stopping early once it is idle)."""
+    pcm = np.asarray(caller_audio)
+    if pcm.dtype != np.int16 or pcm.ndim != 1:
+        raise ValueError("caller audio must be mono int16 at 16 kHz")
+    frames = split_frames(pcm)
+    tail_frames = int(tail_seconds / FRAME_SECONDS)
+    clock = LiveClock() if realtime else VirtualClock()
+    sink = RecordingSink()
+    log = EventLog()
+    bus = EventBus()
+    bus.subscribe(log)
+    session = CallSession(
+        call_id, engines, sink, bus=bus, config=config, vad_params=vad_params,
+        vad_model=vad_model, clock=clock,
+    )  # fmt: skip
+    fed: list[np.ndarray] = []
+    began = time.perf_counter()
+
+    async def feed() -> AsyncIterator[np.ndarray]:
+        silence = np.zeros(FRAME_SAMPLES, np.int16)
+        total = len(frames) + tail_frames
+        for k in range(total):
+            if k >= len(frames) and session.state.value == "WAITING_FOR_SPEECH" and session.idle:
+                break
+            if isinstance(clock, VirtualClock):
+                await clock.advance_to(k * FRAME_SECONDS)
+            else:
+                delay = began + k * FRAME_SECONDS - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            sink.position = k
+            frame = frames[k] if k < len(frames) else silence
+            fed.append(frame)
+            yield frame
+
+    reason = await session.run(feed())
+    n = len(fed)
+    return SimulationResult(
+        caller_audio=np.concatenate(fed) if fed else np.zeros(0, np.int16),
+        bot_audio=sink.audio(n),
+        events=log.events,
+        end_reason=reason,
+        engine_seconds=clock.engine_seconds if isinstance(clock, VirtualClock) else 0.0,
+        wall_seconds=time.perf_counter() - began,
+        stt_inputs=session.stt_inputs,
+    )

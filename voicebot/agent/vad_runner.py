@@ -1,0 +1,92 @@
+"""Running the VAD model for calls: inline (one call, the simulator) or batched across calls.
+
+`BatchedVad` is shared by every live call of the process: windows submitted while a model
+run is in progress wait and go together in the next run, one `SileroVad.run_batch` for all
+calls (adaptive batching: no timer, so a lone call is never delayed, and under load each run
+serves every call that has a window due). Model runs happen on a dedicated thread so the
+event loop keeps moving frames meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+
+from voicebot.models.vad.silero import SileroVad, VadStream
+
+
+class VadRunner(Protocol):
+    async def probability(self, stream: VadStream, window: np.ndarray) -> float:
+        """Advance `stream` by one window; its speech probability."""
+        ...
+
+
+class InlineVad:
+    """Run the model right here (about 0.1 ms a window): for one call or virtual time."""
+
+    async def probability(self, stream: VadStream, window: np.ndarray) -> float:
+        return stream.probability(window)
+
+
+class BatchedVad:
+    """One model run for the due windows of all calls."""
+
+    def __init__(self, model: SileroVad | None = None, max_batch: int = 256) -> None:
+        self.model = model or SileroVad.shared()
+        self.max_batch = max_batch
+        self._pending: list[tuple[VadStream, np.ndarray, asyncio.Future[float]]] = []
+        self._running = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
+        self.batches = 0
+        self.windows = 0
+
+    async def probability(self, stream: VadStream, window: np.ndarray) -> float:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[float] = loop.create_future()
+        self._pending.append((stream, window, future))
+        if not self._running:
+            self._running = True
+            loop.call_soon(self._start_batch)
+        return await future
+
+    def _start_batch(self) -> None:
+        # A stream may have one window in a run: its next window needs this one's state.
+        batch, rest, seen = [], [], set()
+        for item in self._pending:
+            if id(item[0]) in seen or len(batch) >= self.max_batch or item[2].cancelled():
+                (rest if not item[2].cancelled() else []).append(item)
+                continue
+            seen.add(id(item[0]))
+            batch.append(item)
+        self._pending = rest
+        if not batch:
+            self._running = False
+            return
+        loop = asyncio.get_running_loop()
+        streams = [s for s, _, _ in batch]
+        windows = [w for _, w, _ in batch]
+        run = loop.run_in_executor(self._executor, self.model.run_batch, streams, windows)
+        run.add_done_callback(lambda done: self._finish_batch(done, batch))
+
+    def _finish_batch(
+        self,
+        done: asyncio.Future[np.ndarray],
+        batch: list[tuple[VadStream, np.ndarray, asyncio.Future[float]]],
+    ) -> None:
+        self.batches += 1
+        self.windows += len(batch)
+        exc = done.exception()
+        for i, (_, _, future) in enumerate(batch):
+            if future.done():
+                continue
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(float(done.result()[i]))
+        self._start_batch()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

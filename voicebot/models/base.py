@@ -1,0 +1,79 @@
+"""The small protocols every engine implements; the agent knows engines only through these.
+
+All three are async: local engines run their CPU-heavy work on `voicebot.models.executor`
+threads so the event loop never waits on a model, remote engines await the network.
+Audio in and out is canonical: 16 kHz mono int16 numpy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+
+class EngineError(RuntimeError):
+    """An engine failed in a way the call can survive (bad reply, server down, ...)."""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not any(ch.isalnum() for ch in self.text)
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the reply text, in order."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class CallAction:
+    """Something the bot decides to do to the call once its words are spoken."""
+
+    kind: Literal["hangup", "transfer"]
+    target: str | None = None
+
+
+LlmOutput = TextDelta | CallAction
+
+
+@runtime_checkable
+class SpeechToText(Protocol):
+    name: str
+
+    async def transcribe(self, audio: np.ndarray) -> Transcript:
+        """Transcribe one speech segment (16 kHz int16)."""
+        ...
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    name: str
+
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
+        """Stream the reply to `messages` (system prompt first, then the conversation)."""
+        ...
+
+
+@runtime_checkable
+class TextToSpeech(Protocol):
+    name: str
+
+    async def synthesize(self, text: str) -> np.ndarray:
+        """Speak `text`; returns 16 kHz int16 audio."""
+        ...

@@ -1,0 +1,1 @@
+"""LLM engines: scripted (YAML intents), in-process llama.cpp, OpenAI-compatible chat."""

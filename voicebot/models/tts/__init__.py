@@ -1,0 +1,1 @@
+"""TTS engines: Piper (embedded neural voice), espeak-ng (light fallback), OpenAI-compatible."""
