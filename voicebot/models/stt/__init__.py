@@ -1,0 +1,1 @@
+"""STT engines: faster-whisper (embedded), OpenAI-compatible /v1/audio/transcriptions."""
