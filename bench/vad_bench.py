@@ -65,6 +65,7 @@ GRID = SR // 100  # 10 ms evaluation grid
 NOISE_KINDS = ("white", "pink", "babble", "music")
 WEBRTC_MODES = (0, 1, 2, 3)
 SEED = 20240601
+NOISE_FRACTION = 0.05  # timing differences below this are treated as run-to-run noise
 
 
 @dataclass(frozen=True)
@@ -676,9 +677,19 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
     goal = batched_max["max_streams"] >= 500
     out += [
         "",
-        f"Best chunk: {best['chunk']} ({gain * 100:.1f}% faster than one batch of {n_max}; "
-        f"all chunk sizes lie within {spread * 100:.1f}% of each other). "
-        f"`run_batch` per-stream bookkeeping costs {overhead * 100:.0f}% on top of the bare "
+        (
+            f"Best: one batch of {n_max}. "
+            if best is whole
+            else f"Best chunk: {best['chunk']}, {gain * 100:.1f}% faster than one batch of "
+            f"{n_max}. "
+        )
+        + f"All chunk sizes lie within {spread * 100:.1f}% of each other"
+        + (
+            ", about the run-to-run noise of this machine, so sub-batching does not matter. "
+            if spread < NOISE_FRACTION
+            else ". "
+        )
+        + f"`run_batch` per-stream bookkeeping costs {overhead * 100:.0f}% on top of the bare "
         f"model run (CPU time). Batching gives "
         f"{batched_max['max_streams'] / unbatched_max['max_streams']:.2f}x the unbatched "
         f"capacity at N = {n_max}. Goal >= 500 streams per core with batching (median wall "

@@ -119,6 +119,73 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILURE
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import numpy as np
+
+    from voicebot.agent.simulator import simulate_call
+    from voicebot.audio.wav import WavError, read_wav_canonical, write_wav
+    from voicebot.config import load_settings
+    from voicebot.models.base import EngineError
+    from voicebot.models.factory import build_engines, warm_up
+    from voicebot.models.weights import ModelUnavailableError
+
+    settings = load_settings()
+    for name in ("stt", "llm", "tts"):
+        value = getattr(args, name)
+        if value:
+            setattr(settings.engines, name, value)
+    try:
+        caller = read_wav_canonical(args.file)
+    except WavError as exc:
+        raise CliError(f"{args.file}: {exc}") from exc
+    try:
+        engines = build_engines(settings.engines)
+    except (EngineError, ModelUnavailableError) as exc:
+        raise CliError(str(exc)) from exc
+
+    async def run():  # type: ignore[no-untyped-def]
+        await warm_up(engines)
+        return await simulate_call(
+            caller,
+            engines,
+            config=settings.agent,
+            vad_params=settings.vad.params(),
+            realtime=args.realtime,
+            tail_seconds=args.tail,
+        )
+
+    result = asyncio.run(run())
+    if args.out_wav:
+        write_wav(args.out_wav, result.bot_audio)
+    if args.mix_wav:
+        write_wav(args.mix_wav, np.stack([result.caller_audio, result.bot_audio], axis=1))
+    if args.events:
+        with open(args.events, "w", encoding="utf-8") as fh:
+            for event in result.events:
+                fh.write(json.dumps(event) + "\n")
+    for event in result.events:
+        kind = event["type"]
+        if kind == "transcript":
+            print(f"{event['t']:8.2f}  caller: {event['text']}")
+        elif kind == "bot_text":
+            print(f"{event['t']:8.2f}  bot:    {event['text']}")
+        elif kind == "interrupted":
+            print(
+                f"{event['t']:8.2f}  (caller interrupts; bot silent after {event['latency_ms']} ms)"
+            )
+        elif kind == "error":
+            print(f"{event['t']:8.2f}  error:  {event['message']}")
+    duration = len(result.caller_audio) / 16000
+    print(
+        f"call ended ({result.end_reason}) after {duration:.1f} s of audio; simulated in "
+        f"{result.wall_seconds:.1f} s, engines busy {result.engine_seconds:.1f} s",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot", description="Voice-bot gateway.")
     parser.add_argument("--version", action="version", version=f"voicebot {__version__}")
@@ -132,6 +199,23 @@ def build_parser() -> argparse.ArgumentParser:
     vad.add_argument("--min-speech-ms", type=int, help="speech that starts a segment (default 100)")
     vad.add_argument("--json", action="store_true", help='print [{"start": s, "end": s}, ...]')
     vad.set_defaults(handler=_cmd_vad)
+
+    sim = sub.add_parser("simulate", help="run one call from a WAV through the real agent")
+    sim.add_argument("file", metavar="IN.wav", help="the caller's audio")
+    sim.add_argument("--out-wav", metavar="OUT.wav", help="the bot's audio, same timeline")
+    sim.add_argument("--mix-wav", metavar="MIX.wav", help="stereo: caller left, bot right")
+    sim.add_argument("--events", metavar="EVENTS.jsonl", help="every event, one JSON per line")
+    sim.add_argument("--realtime", action="store_true", help="pace input at 1x wall clock")
+    sim.add_argument(
+        "--tail",
+        type=float,
+        default=8.0,
+        help="seconds after the input to let the bot finish (default 8)",
+    )
+    sim.add_argument("--stt", choices=["whisper", "openai"])
+    sim.add_argument("--llm", choices=["llama", "scripted", "openai"])
+    sim.add_argument("--tts", choices=["piper", "espeak", "openai"])
+    sim.set_defaults(handler=_cmd_simulate)
 
     models = sub.add_parser("models", help="list engines and verify their model files")
     models.add_argument("--json", action="store_true")

@@ -88,3 +88,15 @@ async def _settle(max_rounds: int = 200) -> None:
         ready = getattr(loop, "_ready", None)  # CPython's run queue; absent elsewhere
         if ready is not None and not ready:
             return
+
+
+class EngineTimeoutError(TimeoutError):
+    """An engine call overran its configured time."""
+
+
+async def with_timeout(work: Awaitable[T], seconds: float) -> T:
+    """`work`, or EngineTimeoutError("timed out after N s")."""
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except TimeoutError as exc:
+        raise EngineTimeoutError(f"timed out after {seconds:g} s") from exc

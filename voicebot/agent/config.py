@@ -26,4 +26,4 @@ class AgentConfig(BaseModel):
     tts_timeout_s: float = Field(10.0, gt=0)
     vad_event_interval_ms: int = Field(100, ge=0, description="0 disables `vad` events")
     speculative_stt: bool = True
-    speculative_pause_ms: int = Field(192, ge=32, description="pause that starts an early STT")
+    speculative_pause_ms: int = Field(160, ge=32, description="pause that starts an early STT")

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
 
-from voicebot.agent.clock import EngineClock
+from voicebot.agent.clock import EngineClock, with_timeout
 from voicebot.agent.playout import Playout, Utterance
 from voicebot.agent.sentences import SentenceSplitter
 from voicebot.models.base import CallAction, ChatMessage, LanguageModel, TextDelta, TextToSpeech
@@ -109,9 +109,7 @@ class ReplyPipeline:
         try:
             while True:
                 try:
-                    piece = await self._clock.call(
-                        _with_timeout(anext(stream), self._llm_timeout, f"LLM {llm.name}")
-                    )
+                    piece = await self._clock.call(with_timeout(anext(stream), self._llm_timeout))
                 except StopAsyncIteration:
                     break
                 if isinstance(piece, TextDelta):
@@ -148,9 +146,7 @@ class ReplyPipeline:
             self._in_synthesis = sentence
             try:
                 audio = await self._clock.call(
-                    _with_timeout(
-                        self._tts.synthesize(sentence), self._tts_timeout, f"TTS {self._tts.name}"
-                    )
+                    with_timeout(self._tts.synthesize(sentence), self._tts_timeout)
                 )
             except asyncio.CancelledError:
                 raise
@@ -162,10 +158,3 @@ class ReplyPipeline:
             self._in_synthesis = None
             if len(audio):
                 self._playout.append(Utterance(sentence, np.asarray(audio, dtype=np.int16)))
-
-
-async def _with_timeout(work: Awaitable[T], seconds: float, what: str) -> T:
-    try:
-        return await asyncio.wait_for(work, seconds)
-    except TimeoutError as exc:
-        raise TimeoutError(f"{what} timed out after {seconds:g} s") from exc

@@ -17,10 +17,17 @@ _END = re.compile(r"[.!?]+[\"')\]]*(?=\s)|[;:](?=\s)")
 
 
 class SentenceSplitter:
-    def __init__(self, min_chars: int = 12, max_chars: int = 220) -> None:
+    """`first_clause_words`: the reply's first piece may end at a comma once it has that many
+    words, so the caller hears the bot start sooner (0 disables)."""
+
+    def __init__(
+        self, min_chars: int = 12, max_chars: int = 220, first_clause_words: int = 4
+    ) -> None:
         self.min_chars = min_chars
         self.max_chars = max_chars
+        self.first_clause_words = first_clause_words
         self._buffer = ""
+        self._emitted = 0
 
     def push(self, text: str) -> list[str]:
         """Add text; return the sentences it completed."""
@@ -33,6 +40,7 @@ class SentenceSplitter:
             sentence, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:].lstrip()
             if sentence:
                 out.append(sentence)
+                self._emitted += 1
         return out
 
     def flush(self) -> list[str]:
@@ -51,6 +59,10 @@ class SentenceSplitter:
             if m.group().startswith(".") and self._is_abbreviation(buf, m.start()):
                 continue
             return end
+        if self._emitted == 0 and self.first_clause_words:
+            comma = buf.find(", ")
+            if comma > 0 and len(buf[:comma].split()) >= self.first_clause_words:
+                return comma + 1
         if len(buf) > self.max_chars:
             window = buf[: self.max_chars]
             cut = max(window.rfind(", "), window.rfind(" "))

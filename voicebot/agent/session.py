@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from voicebot.agent.clock import EngineClock, LiveClock
+from voicebot.agent.clock import EngineClock, EngineTimeoutError, LiveClock, with_timeout
 from voicebot.agent.config import AgentConfig
 from voicebot.agent.events import AgentState, Event, EventBus, make_event
 from voicebot.agent.playout import AudioSink, Playout, Utterance
@@ -31,9 +31,7 @@ from voicebot.audio.frames import FRAME_SAMPLES, SAMPLE_RATE
 from voicebot.models.base import (
     CallAction,
     ChatMessage,
-    LanguageModel,
-    SpeechToText,
-    TextToSpeech,
+    Engines,
     Transcript,
 )
 from voicebot.models.vad import (
@@ -56,13 +54,6 @@ class CallControl(Protocol):
     async def hangup(self) -> None: ...
 
     async def transfer(self, target: str) -> None: ...
-
-
-@dataclass
-class Engines:
-    stt: SpeechToText
-    llm: LanguageModel
-    tts: TextToSpeech
 
 
 @dataclass
@@ -393,9 +384,8 @@ class CallSession:
 
     async def _transcribe(self, audio: np.ndarray) -> Transcript:
         self.stt_inputs.append(audio)
-        return await self.clock.call(
-            asyncio.wait_for(self.engines.stt.transcribe(audio), self.config.stt_timeout_s)
-        )
+        stt = self.engines.stt
+        return await self.clock.call(with_timeout(stt.transcribe(audio), self.config.stt_timeout_s))
 
     def _maybe_speculate(self) -> None:
         """At a pause mid-speech, start on the reply to what was said so far."""
@@ -482,9 +472,12 @@ class CallSession:
         )
 
     def _engine_error(self, what: str, exc: BaseException) -> None:
-        message = (
-            f"{what}: {type(exc).__name__}: {exc}" if str(exc) else f"{what}: {type(exc).__name__}"
-        )
+        if isinstance(exc, EngineTimeoutError):
+            message = f"{what}: {exc}"
+        elif str(exc):
+            message = f"{what}: {type(exc).__name__}: {exc}"
+        else:
+            message = f"{what}: {type(exc).__name__}"
         log.warning("call %s: %s", self.call_id, message)
         self._emit("error", message=message)
 

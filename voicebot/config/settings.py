@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
@@ -19,6 +19,9 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from voicebot.agent.config import AgentConfig
+from voicebot.models.vad.segmenter import VadParams
 
 
 class VadSettings(BaseModel):
@@ -38,6 +41,44 @@ class VadSettings(BaseModel):
         if self.deactivation_threshold > self.activation_threshold:
             raise ValueError("vad.deactivation_threshold must not exceed activation_threshold")
         return self
+
+    def params(self) -> VadParams:
+        return VadParams(
+            activation_threshold=self.activation_threshold,
+            deactivation_threshold=self.deactivation_threshold,
+            min_speech_ms=self.min_speech_ms,
+            min_silence_ms=self.min_silence_ms,
+            prefix_padding_ms=self.prefix_padding_ms,
+        )
+
+
+class EngineSettings(BaseModel):
+    """Which STT / LLM / TTS engines calls use, and where remote ones live."""
+
+    stt: Literal["whisper", "openai"] = "whisper"
+    stt_model: str = Field("base", description="whisper: 'base', 'tiny.en' or a CTranslate2 dir")
+    stt_url: str | None = None
+    stt_api_key: str | None = None
+    stt_remote_model: str = "whisper-1"
+
+    llm: Literal["llama", "scripted", "openai"] = "llama"
+    llm_model_path: Path | None = Field(None, description="GGUF file instead of SmolLM2-135M")
+    llm_script: Path | None = Field(None, description="YAML script for the scripted engine")
+    llm_url: str | None = None
+    llm_api_key: str | None = None
+    llm_remote_model: str = "gpt-4o-mini"
+    llm_tools: bool = Field(False, description="offer transfer/hang-up tools to a remote LLM")
+    llm_max_tokens: int = Field(96, ge=1)
+
+    tts: Literal["piper", "espeak", "openai"] = "piper"
+    tts_voice_path: Path | None = Field(None, description="Piper .onnx voice instead of joe")
+    tts_url: str | None = None
+    tts_api_key: str | None = None
+    tts_remote_model: str = "tts-1"
+    tts_remote_voice: str = "alloy"
+
+    threads: int = Field(2, ge=1, description="CPU threads per local model")
+    transfer_target: str = "sip:queue@localhost"
 
 
 class ServerSettings(BaseModel):
@@ -65,6 +106,8 @@ class Settings(BaseSettings):
     sip_allow: list[str] = Field(default_factory=list, description="CIDRs allowed to send SIP.")
     log_level: str = "info"
     vad: VadSettings = Field(default_factory=VadSettings)
+    engines: EngineSettings = Field(default_factory=EngineSettings)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
     server: ServerSettings = Field(default_factory=ServerSettings)
 
     @classmethod

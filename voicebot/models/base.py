@@ -77,3 +77,12 @@ class TextToSpeech(Protocol):
     async def synthesize(self, text: str) -> np.ndarray:
         """Speak `text`; returns 16 kHz int16 audio."""
         ...
+
+
+@dataclass
+class Engines:
+    """The three engines a call talks through."""
+
+    stt: SpeechToText
+    llm: LanguageModel
+    tts: TextToSpeech

@@ -1,0 +1,1 @@
+"""The FastAPI gateway: WebSocket leg, WebRTC signalling and media, the web page, metrics."""

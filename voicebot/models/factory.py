@@ -1,0 +1,115 @@
+"""Engines from settings: one instance of each local model per process, shared by calls.
+
+The embedded defaults (Whisper base, SmolLM2 on llama.cpp, Piper joe) need no network and
+no key. If the optional llama.cpp extra is missing, the scripted engine stands in, with a
+log line saying so, so `voicebot serve` always starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from voicebot.config.settings import EngineSettings
+from voicebot.models.base import EngineError, Engines, LanguageModel, SpeechToText, TextToSpeech
+
+log = logging.getLogger("voicebot.models")
+
+_cache: dict[str, object] = {}
+_lock = threading.Lock()
+
+
+def _cached(key: str, build):  # type: ignore[no-untyped-def]
+    with _lock:
+        if key not in _cache:
+            _cache[key] = build()
+        return _cache[key]
+
+
+def build_stt(cfg: EngineSettings) -> SpeechToText:
+    if cfg.stt == "openai":
+        from voicebot.models.stt.openai_compat import OpenAITranscriptionSpeechToText
+
+        if not cfg.stt_url:
+            raise EngineError("engines.stt_url is required for the openai STT engine")
+        return OpenAITranscriptionSpeechToText(
+            cfg.stt_url, cfg.stt_remote_model, api_key=cfg.stt_api_key
+        )
+    from voicebot.models.stt.whisper import WhisperSpeechToText
+
+    return _cached(
+        f"whisper:{cfg.stt_model}:{cfg.threads}",
+        lambda: WhisperSpeechToText(cfg.stt_model, threads=cfg.threads),
+    )
+
+
+def build_llm(cfg: EngineSettings) -> LanguageModel:
+    if cfg.llm == "openai":
+        from voicebot.models.llm.openai_compat import OpenAIChatLanguageModel
+
+        if not cfg.llm_url:
+            raise EngineError("engines.llm_url is required for the openai LLM engine")
+        return OpenAIChatLanguageModel(
+            cfg.llm_url,
+            cfg.llm_remote_model,
+            api_key=cfg.llm_api_key,
+            max_tokens=cfg.llm_max_tokens,
+            tools=cfg.llm_tools,
+            transfer_target=cfg.transfer_target,
+        )
+    if cfg.llm == "llama":
+        try:
+            from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
+
+            return _cached(
+                f"llama:{cfg.llm_model_path}:{cfg.threads}:{cfg.llm_max_tokens}",
+                lambda: LlamaCppLanguageModel(
+                    cfg.llm_model_path, threads=cfg.threads, max_tokens=cfg.llm_max_tokens
+                ),
+            )
+        except EngineError as exc:
+            log.warning("llama.cpp engine unavailable (%s); using the scripted engine", exc)
+    from voicebot.models.llm.scripted import ScriptedLanguageModel
+
+    return _cached(
+        f"scripted:{cfg.llm_script}", lambda: ScriptedLanguageModel.from_file(cfg.llm_script)
+    )
+
+
+def build_tts(cfg: EngineSettings) -> TextToSpeech:
+    if cfg.tts == "openai":
+        from voicebot.models.tts.openai_compat import OpenAISpeechTextToSpeech
+
+        if not cfg.tts_url:
+            raise EngineError("engines.tts_url is required for the openai TTS engine")
+        return OpenAISpeechTextToSpeech(
+            cfg.tts_url, cfg.tts_remote_model, cfg.tts_remote_voice, api_key=cfg.tts_api_key
+        )
+    if cfg.tts == "espeak":
+        from voicebot.models.tts.espeak import EspeakTextToSpeech
+
+        return _cached("espeak", EspeakTextToSpeech)
+    from voicebot.models.tts.piper import PiperTextToSpeech
+
+    return _cached(
+        f"piper:{cfg.tts_voice_path}:{cfg.threads}",
+        lambda: PiperTextToSpeech(cfg.tts_voice_path, threads=cfg.threads),
+    )
+
+
+def build_engines(cfg: EngineSettings) -> Engines:
+    return Engines(stt=build_stt(cfg), llm=build_llm(cfg), tts=build_tts(cfg))
+
+
+async def warm_up(engines: Engines) -> None:
+    """One small call to each engine: first calls pay for lazy initialisation (llama.cpp's
+    first prompt takes seconds), which must not land on a caller's first turn."""
+    import numpy as np
+
+    from voicebot.models.base import ChatMessage
+
+    await engines.tts.synthesize("Hello.")
+    tone = (np.sin(np.arange(16000) / 8) * 3000).astype(np.int16)
+    await engines.stt.transcribe(tone)
+    async for _ in engines.llm.stream([ChatMessage("user", "Hi")]):
+        pass
