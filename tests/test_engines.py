@@ -108,11 +108,26 @@ def test_whisper_transcribes_speech_and_ignores_noise(piper, model: str) -> None
         stt.transcribe_sync(np.zeros(100, np.float32))
 
 
-def test_whisper_trimmed_encoder_agrees_with_full_window(piper, whisper) -> None:
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    ref = re.findall(r"[a-z']+", reference.lower())
+    hyp = re.findall(r"[a-z']+", hypothesis.lower())
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / max(1, len(ref))
+
+
+def test_whisper_trimmed_encoder_is_as_accurate_as_full_window(piper, whisper) -> None:
     full = WhisperSpeechToText("base", trim_encoder=False)
-    for sentence in audiogen.SENTENCES[:4]:
+    trimmed_wer, full_wer = [], []
+    for sentence in audiogen.SENTENCES:
         audio = piper.synthesize_sync(sentence)
-        assert words(whisper.transcribe_sync(audio).text) == words(full.transcribe_sync(audio).text)
+        trimmed_wer.append(word_error_rate(sentence, whisper.transcribe_sync(audio).text))
+        full_wer.append(word_error_rate(sentence, full.transcribe_sync(audio).text))
+    assert np.mean(trimmed_wer) <= np.mean(full_wer) + 0.02, (trimmed_wer, full_wer)
+    assert all(t <= f + 0.15 for t, f in zip(trimmed_wer, full_wer, strict=True))
 
 
 def test_llama_cpp_streams_a_reply() -> None:
