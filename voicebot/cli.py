@@ -160,6 +160,22 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from voicebot.config import load_settings
+    from voicebot.gateway.server import serve
+
+    overrides: dict[str, object] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    try:
+        settings = load_settings(**overrides)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CliError(f"bad configuration: {exc}", EXIT_USAGE) from exc
+    return serve(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot", description="Voice-bot gateway.")
     parser.add_argument("--version", action="version", version=f"voicebot {__version__}")
@@ -173,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     vad.add_argument("--min-speech-ms", type=int, help="speech that starts a segment (default 100)")
     vad.add_argument("--json", action="store_true", help='print [{"start": s, "end": s}, ...]')
     vad.set_defaults(handler=_cmd_vad)
+
+    srv = sub.add_parser("serve", help="run the gateway (HTTP/WebSocket/WebRTC, SIP)")
+    srv.add_argument("--host", help="listen address (default VOICEBOT_HOST or 127.0.0.1)")
+    srv.add_argument("--port", type=int, help="HTTP port (default VOICEBOT_PORT or 8000)")
+    srv.set_defaults(handler=_cmd_serve)
 
     sim = sub.add_parser("simulate", help="run one call from a WAV through the real agent")
     sim.add_argument("file", metavar="IN.wav", help="the caller's audio")

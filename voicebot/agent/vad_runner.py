@@ -10,6 +10,8 @@ event loop keeps moving frames meanwhile.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -34,8 +36,15 @@ class InlineVad:
 class BatchedVad:
     """One model run for the due windows of all calls."""
 
-    def __init__(self, model: SileroVad | None = None, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        model: SileroVad | None = None,
+        max_batch: int = 512,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """`on_batch(windows, seconds)` is told the size and model time of every run."""
         self.model = model or SileroVad.shared()
+        self.on_batch = on_batch
         self.max_batch = max_batch
         self._pending: list[tuple[VadStream, np.ndarray, asyncio.Future[float]]] = []
         self._running = False
@@ -68,8 +77,15 @@ class BatchedVad:
         loop = asyncio.get_running_loop()
         streams = [s for s, _, _ in batch]
         windows = [w for _, w, _ in batch]
-        run = loop.run_in_executor(self._executor, self.model.run_batch, streams, windows)
+        run = loop.run_in_executor(self._executor, self._timed_run, streams, windows)
         run.add_done_callback(lambda done: self._finish_batch(done, batch))
+
+    def _timed_run(self, streams: list[VadStream], windows: list[np.ndarray]) -> np.ndarray:
+        began = time.perf_counter()
+        probs = self.model.run_batch(streams, windows)
+        if self.on_batch is not None:
+            self.on_batch(len(streams), time.perf_counter() - began)
+        return probs
 
     def _finish_batch(
         self,

@@ -85,7 +85,10 @@ class ServerSettings(BaseModel):
     """Limits of the HTTP/WebSocket gateway."""
 
     max_calls: int = Field(200, ge=1)
-    shutdown_grace_s: float = Field(30.0, ge=0.0)
+    shutdown_grace_s: float = Field(30.0, ge=0.0, description="SIGTERM: time calls get to end")
+    ws_idle_timeout_s: float = Field(30.0, gt=0, description="close a silent WebSocket")
+    ws_client_buffer_frames: int = Field(3, ge=0, description="client playout buffer assumed")
+    warm_up: bool = Field(True, description="run each engine once at start-up")
 
 
 class Settings(BaseSettings):

@@ -1,0 +1,87 @@
+"""The FastAPI application: routes of DESIGN.md section 4 over one CallManager.
+
+`create_app` loads the engines (off the event loop) and warms them up in the lifespan, so
+the first caller does not pay for model initialisation; `/healthz` says "starting" until
+then and calls are refused with "try again later".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from voicebot import __version__
+from voicebot.config import Settings
+from voicebot.gateway.calls import CallManager
+from voicebot.gateway.metrics import GatewayMetrics
+from voicebot.gateway.ws import CLOSE_TRY_AGAIN, websocket_call
+from voicebot.models.base import Engines
+from voicebot.models.factory import build_engines, warm_up
+
+log = logging.getLogger("voicebot.gateway")
+STATIC_DIR = resources.files("voicebot.gateway").joinpath("static")
+
+
+class GatewayState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = GatewayMetrics()
+        self.manager: CallManager | None = None
+
+
+def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
+    state = GatewayState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        ready = engines or await asyncio.to_thread(build_engines, settings.engines)
+        if settings.server.warm_up:
+            await warm_up(ready)
+        state.manager = CallManager(settings, ready, state.metrics)
+        log.info("gateway ready on http://%s:%d", settings.host, settings.port)
+        try:
+            yield
+        finally:
+            await state.manager.drain(0 if state.manager.draining else 5.0)
+            state.manager.close()
+
+    app = FastAPI(title="voicebot", version=__version__, lifespan=lifespan)
+    app.state.gateway = state
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(str(STATIC_DIR.joinpath("index.html")), media_type="text/html")
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        manager = state.manager
+        body: dict[str, Any] = {
+            "status": "starting" if manager is None else ("draining" if manager.draining else "ok"),
+            "version": __version__,
+            "active_calls": 0 if manager is None else len(manager.calls),
+            "max_calls": settings.server.max_calls,
+        }
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.websocket("/ws")
+    async def ws_endpoint(ws: WebSocket) -> None:
+        if state.manager is None:
+            await ws.accept()
+            await ws.close(CLOSE_TRY_AGAIN, "try again later: starting")
+            return
+        await websocket_call(ws, state.manager)
+
+    return app

@@ -1,0 +1,83 @@
+"""Prometheus metrics of the gateway (`GET /metrics`), fed from call events.
+
+Each call's event bus gets a `CallMetrics` subscriber, so transports need not know which
+figures exist: active calls, calls by transport and end reason, barge-in and end-of-turn
+latency, engine errors; the shared VAD reports its window cost itself.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from voicebot.agent.events import Event
+
+LATENCY_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.active_calls = Gauge(
+            "voicebot_active_calls", "Calls in progress", ["transport"], registry=self.registry
+        )
+        self.calls_total = Counter(
+            "voicebot_calls_total", "Calls ended, by transport and reason",
+            ["transport", "reason"], registry=self.registry,
+        )  # fmt: skip
+        self.rejected_total = Counter(
+            "voicebot_calls_rejected_total", "Calls refused before starting",
+            ["transport", "reason"], registry=self.registry,
+        )  # fmt: skip
+        self.vad_window_seconds = Histogram(
+            "voicebot_vad_window_seconds", "Model time per VAD window (batched runs / windows)",
+            buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3),
+            registry=self.registry,
+        )  # fmt: skip
+        self.vad_batch_size = Histogram(
+            "voicebot_vad_batch_size", "Windows per VAD model run",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
+        )  # fmt: skip
+        self.barge_in_latency = Histogram(
+            "voicebot_barge_in_latency_seconds", "Speech onset to bot output flushed",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.end_of_turn_latency = Histogram(
+            "voicebot_end_of_turn_latency_seconds", "speech_end to first bot audio",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.engine_errors = Counter(
+            "voicebot_engine_errors_total", "Engine failures and timeouts", ["engine"],
+            registry=self.registry,
+        )  # fmt: skip
+
+    def for_call(self, transport: str) -> CallMetrics:
+        return CallMetrics(self, transport)
+
+
+class CallMetrics:
+    """Event subscriber for one call."""
+
+    def __init__(self, metrics: GatewayMetrics, transport: str) -> None:
+        self.m = metrics
+        self.transport = transport
+        self._speech_end_t: float | None = None
+
+    def __call__(self, event: Event) -> None:
+        kind = event["type"]
+        if kind == "call_started":
+            self.m.active_calls.labels(self.transport).inc()
+        elif kind == "call_ended":
+            self.m.active_calls.labels(self.transport).dec()
+            self.m.calls_total.labels(self.transport, event.get("reason", "unknown")).inc()
+        elif kind == "interrupted":
+            self.m.barge_in_latency.observe(event["latency_ms"] / 1000)
+        elif kind == "speech_end":
+            self._speech_end_t = event["t"]
+        elif kind == "state" and event["state"] == "SPEAKING" and self._speech_end_t is not None:
+            self.m.end_of_turn_latency.observe(max(0.0, event["t"] - self._speech_end_t))
+            self._speech_end_t = None
+        elif kind == "state" and event["state"] == "LISTENING":
+            self._speech_end_t = None
+        elif kind == "error":
+            engine = str(event.get("message", "")).split(":", 1)[0] or "unknown"
+            self.m.engine_errors.labels(engine).inc()

@@ -1,0 +1,68 @@
+"""`voicebot serve`: uvicorn running the gateway, with a graceful drain on SIGTERM/SIGINT.
+
+The first signal stops new calls and lets running ones end on their own for up to
+`server.shutdown_grace_s`; then the server stops and the process exits 0. A second signal
+ends everything at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from types import FrameType
+
+import uvicorn
+
+from voicebot.config import Settings
+from voicebot.gateway.app import create_app
+
+log = logging.getLogger("voicebot.gateway")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, settings: Settings) -> None:
+        super().__init__(config)
+        self.settings = settings
+        self._draining: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining is not None or self.should_exit:
+            self.force_exit = True
+            self.should_exit = True
+            return
+        app = self.config.loaded_app
+        manager = getattr(getattr(getattr(app, "app", app), "state", None), "gateway", None)
+        manager = manager.manager if manager is not None else None
+        if manager is None:
+            self.should_exit = True
+            return
+        log.info("signal %s: draining calls before exit", signal.Signals(sig).name)
+        loop = asyncio.get_event_loop()
+        self._draining = loop.create_task(self._drain(manager))
+
+    async def _drain(self, manager) -> None:  # type: ignore[no-untyped-def]
+        try:
+            await manager.drain(self.settings.server.shutdown_grace_s)
+        finally:
+            self.should_exit = True
+
+
+def serve(settings: Settings) -> int:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        ws_max_size=1 << 20,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    server = DrainingServer(config, settings)
+    server.run()
+    return 0

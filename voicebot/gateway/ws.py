@@ -1,0 +1,240 @@
+"""The binary WebSocket leg (`WS /ws`, DESIGN.md section 4): the only code that knows it.
+
+Binary messages are s16le mono PCM at the call's rate (16 kHz unless the client's first
+message is `{"type": "start", "sample_rate": R}`, R in 8000/16000/24000/48000), up to 1 s
+each, both ways. Text messages are JSON: `start`, `stop` from the client; the events of
+DESIGN.md section 2 and `{"type": "clear"}` (drop queued bot audio now) from the server.
+Close codes: 1003 unsupported data, 1008 auth, 1009 too big, 1011 server error,
+1013 over capacity / shutting down, 1000 call over (with the reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from typing import Any
+
+import numpy as np
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from voicebot.agent.events import Event
+from voicebot.audio.resample import StreamingResampler
+from voicebot.gateway.calls import CallManager, CallRefusedError
+from voicebot.gateway.pacing import PacedFrames
+
+log = logging.getLogger("voicebot.gateway.ws")
+
+ACCEPTED_RATES = (8000, 16000, 24000, 48000)
+CLOSE_NORMAL = 1000
+CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_SERVER_ERROR = 1011
+CLOSE_TRY_AGAIN = 1013
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Outbox:
+    """Everything sent to the client, in order, by one writer task.
+
+    Audio waiting here is the transport's queue: `drop_audio` empties it at once, so a
+    barge-in never lets queued bot speech through.
+    """
+
+    def __init__(self) -> None:
+        self._items: deque[bytes | str] = deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def put(self, item: bytes | str) -> None:
+        if not self._closed:
+            self._items.append(item)
+            self._ready.set()
+
+    def drop_audio(self) -> int:
+        kept = [item for item in self._items if isinstance(item, str)]
+        dropped = len(self._items) - len(kept)
+        self._items = deque(kept)
+        return dropped
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def run(self, ws: WebSocket) -> None:
+        while True:
+            while self._items:
+                item = self._items.popleft()
+                if isinstance(item, bytes):
+                    await ws.send_bytes(item)
+                else:
+                    await ws.send_text(item)
+            if self._closed:
+                return
+            self._ready.clear()
+            await self._ready.wait()
+
+
+class WebSocketSink:
+    """The agent's frames out to the client, at the client's rate."""
+
+    def __init__(self, outbox: Outbox, rate: int, client_buffer_frames: int) -> None:
+        self._outbox = outbox
+        self._client_buffer_frames = client_buffer_frames
+        self._sent_since_clear = 0
+        self.set_rate(rate)
+
+    def set_rate(self, rate: int) -> None:
+        self._resampler = StreamingResampler(16000, rate) if rate != 16000 else None
+
+    def write(self, frame: np.ndarray) -> None:
+        out = self._resampler.process(frame) if self._resampler is not None else frame
+        self._outbox.put(out.astype("<i2").tobytes())
+        self._sent_since_clear += 1
+
+    def clear(self) -> int:
+        dropped = self._outbox.drop_audio()
+        self._outbox.put(json.dumps({"type": "clear"}))
+        # What the client had buffered is dropped there too: assume its playout buffer.
+        heard_not = min(self._sent_since_clear - dropped, self._client_buffer_frames)
+        self._sent_since_clear = 0
+        return dropped + max(0, heard_not)
+
+
+def _authorized(ws: WebSocket, token: str) -> bool:
+    header = ws.headers.get("authorization", "")
+    if header.lower().startswith("bearer ") and header[7:].strip() == token:
+        return True
+    return ws.query_params.get("token") == token
+
+
+async def _refuse(ws: WebSocket, code: int, reason: str) -> None:
+    await ws.accept()
+    await ws.close(code, reason)
+
+
+async def websocket_call(ws: WebSocket, manager: CallManager) -> None:
+    settings = manager.settings
+    if settings.api_token and not _authorized(ws, settings.api_token):
+        manager.metrics.rejected_total.labels("ws", "unauthorized").inc()
+        await _refuse(ws, CLOSE_POLICY, "unauthorized: bearer token required")
+        return
+    outbox = Outbox()
+    sink = WebSocketSink(outbox, 16000, settings.server.ws_client_buffer_frames)
+
+    def forward(event: Event) -> None:
+        outbox.put(json.dumps(event))
+
+    try:
+        handle = manager.open("ws", sink, [forward])
+    except CallRefusedError as exc:
+        await _refuse(ws, CLOSE_TRY_AGAIN, f"try again later: {exc.reason}")
+        return
+    await ws.accept()
+    paced = PacedFrames()
+    leg = _Leg(ws, sink, paced, settings.server.ws_idle_timeout_s)
+    writer = asyncio.create_task(outbox.run(ws))
+    reader = asyncio.create_task(leg.read())
+    call = asyncio.create_task(manager.run(handle, paced))
+    close_code, close_reason = CLOSE_NORMAL, "call ended"
+    try:
+        done, _ = await asyncio.wait({reader, call}, return_when=asyncio.FIRST_COMPLETED)
+        if reader in done:
+            paced.close()
+            close_code, close_reason = reader.result()
+            reason = await call
+        else:
+            reason = call.result()
+            reader.cancel()
+            close_reason = f"call ended: {reason}"
+        if reason == "error":
+            close_code, close_reason = CLOSE_SERVER_ERROR, "server error"
+    except Exception:
+        log.exception("call %s: WebSocket leg failed", handle.call_id)
+        close_code, close_reason = CLOSE_SERVER_ERROR, "server error"
+        paced.close()
+        handle.session.end("error")
+        with contextlib.suppress(Exception):
+            await call
+    finally:
+        reader.cancel()
+        outbox.close()
+        with contextlib.suppress(Exception):
+            await writer
+        if ws.client_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close(close_code, close_reason[:120])
+
+
+class _Leg:
+    """Reads the client's messages into the paced input; returns how to close."""
+
+    def __init__(self, ws: WebSocket, sink: WebSocketSink, paced: PacedFrames, idle_s: float):
+        self.ws = ws
+        self.sink = sink
+        self.paced = paced
+        self.idle_s = idle_s
+        self.rate = 16000
+        self._resampler: StreamingResampler | None = None
+        self._audio_seen = False
+
+    async def read(self) -> tuple[int, str]:
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(self.ws.receive(), self.idle_s)
+                except TimeoutError:
+                    return CLOSE_NORMAL, f"idle for {self.idle_s:g} s"
+                if message["type"] == "websocket.disconnect":
+                    return CLOSE_NORMAL, "client left"
+                if message.get("bytes") is not None:
+                    self._audio(message["bytes"])
+                elif message.get("text") is not None and self._control(message["text"]) == "stop":
+                    return CLOSE_NORMAL, "stopped by client"
+        except ProtocolError as exc:
+            return exc.code, exc.reason
+        except WebSocketDisconnect:
+            return CLOSE_NORMAL, "client left"
+
+    def _audio(self, data: bytes) -> None:
+        limit = self.rate * 2  # one second of s16le
+        if len(data) > limit:
+            raise ProtocolError(CLOSE_TOO_BIG, f"audio message of {len(data)} bytes > {limit}")
+        if len(data) % 2:
+            raise ProtocolError(CLOSE_UNSUPPORTED, "audio must be 16-bit samples (even length)")
+        self._audio_seen = True
+        samples = np.frombuffer(data, "<i2").astype(np.int16)
+        if self._resampler is not None:
+            samples = self._resampler.process(samples)
+        self.paced.push(samples)
+
+    def _control(self, text: str) -> str:
+        if len(text) > 4096:
+            raise ProtocolError(CLOSE_TOO_BIG, "control message too long")
+        try:
+            message: Any = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(CLOSE_UNSUPPORTED, "text messages must be JSON") from exc
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "stop":
+            return "stop"
+        if kind == "start":
+            if self._audio_seen:
+                raise ProtocolError(CLOSE_UNSUPPORTED, "start must come before any audio")
+            rate = message.get("sample_rate", 16000)
+            if rate not in ACCEPTED_RATES:
+                raise ProtocolError(CLOSE_UNSUPPORTED, f"sample_rate {rate!r} not supported")
+            self.rate = rate
+            self._resampler = StreamingResampler(rate, 16000) if rate != 16000 else None
+            self.sink.set_rate(rate)
+            return "start"
+        raise ProtocolError(CLOSE_UNSUPPORTED, f"unknown message type {kind!r}")
