@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests and the embedded engines use (test audio is made with espeak-ng and sox).
-DEB_PACKAGES := espeak-ng sox
+# Debian packages: espeak-ng (light TTS, test audio), sox, chromium (browser tests).
+DEB_PACKAGES := espeak-ng sox chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench system-deps setup clean
