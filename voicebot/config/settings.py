@@ -81,6 +81,22 @@ class EngineSettings(BaseModel):
     transfer_target: str = "sip:queue@localhost"
 
 
+class IceServer(BaseModel):
+    urls: list[str] | str
+    username: str | None = None
+    credential: str | None = None
+
+
+class WebRtcSettings(BaseModel):
+    """The WebRTC leg. No ICE servers by default: host candidates only."""
+
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    loopback_only: bool = Field(
+        False, description="host candidates on 127.0.0.1 only (single-host tests and demos)"
+    )
+    connect_timeout_s: float = Field(20.0, gt=0, description="offer -> caller's audio")
+
+
 class ServerSettings(BaseModel):
     """Limits of the HTTP/WebSocket gateway."""
 
@@ -112,6 +128,7 @@ class Settings(BaseSettings):
     engines: EngineSettings = Field(default_factory=EngineSettings)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +22,8 @@ from voicebot import __version__
 from voicebot.config import Settings
 from voicebot.gateway.calls import CallManager
 from voicebot.gateway.metrics import GatewayMetrics
-from voicebot.gateway.ws import CLOSE_TRY_AGAIN, websocket_call
+from voicebot.gateway.webrtc.signalling import OfferError, WebRtcGateway
+from voicebot.gateway.ws import CLOSE_TRY_AGAIN, bearer_ok, websocket_call
 from voicebot.models.base import Engines
 from voicebot.models.factory import build_engines, warm_up
 
@@ -35,6 +36,7 @@ class GatewayState:
         self.settings = settings
         self.metrics = GatewayMetrics()
         self.manager: CallManager | None = None
+        self.webrtc: WebRtcGateway | None = None
 
 
 def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
@@ -46,11 +48,13 @@ def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
         if settings.server.warm_up:
             await warm_up(ready)
         state.manager = CallManager(settings, ready, state.metrics)
+        state.webrtc = WebRtcGateway(state.manager, settings.webrtc)
         log.info("gateway ready on http://%s:%d", settings.host, settings.port)
         try:
             yield
         finally:
             await state.manager.drain(0 if state.manager.draining else 5.0)
+            await state.webrtc.close_all()
             state.manager.close()
 
     app = FastAPI(title="voicebot", version=__version__, lifespan=lifespan)
@@ -69,12 +73,28 @@ def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
             "version": __version__,
             "active_calls": 0 if manager is None else len(manager.calls),
             "max_calls": settings.server.max_calls,
+            "webrtc_peers": 0 if state.webrtc is None else len(state.webrtc.peers),
+            "tasks": len(asyncio.all_tasks()),
         }
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/webrtc/offer")
+    async def webrtc_offer(request: Request) -> JSONResponse:
+        if settings.api_token and not bearer_ok(request, settings.api_token):
+            state.metrics.rejected_total.labels("webrtc", "unauthorized").inc()
+            return JSONResponse({"error": "unauthorized: bearer token required"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        if state.webrtc is None:
+            return JSONResponse({"error": "try again later: starting"}, status_code=503)
+        try:
+            answer = await state.webrtc.answer(await request.body())
+        except OfferError as exc:
+            return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=exc.headers)
+        return JSONResponse(answer)
 
     @app.websocket("/ws")
     async def ws_endpoint(ws: WebSocket) -> None:

@@ -97,6 +97,12 @@ class CallManager:
         self._idle.clear()
         return handle
 
+    def discard(self, handle: CallHandle) -> None:
+        """Forget a call that was opened but never ran (its transport failed to set up)."""
+        self.calls.pop(handle.call_id, None)
+        if not self.calls:
+            self._idle.set()
+
     async def run(self, handle: CallHandle, frames: AsyncIterator[np.ndarray]) -> str:
         log.info("call %s started (%s)", handle.call_id, handle.transport)
         try:

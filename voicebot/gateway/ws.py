@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 from collections import deque
 from typing import Any
 
 import numpy as np
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from voicebot.agent.events import Event
@@ -110,11 +112,13 @@ class WebSocketSink:
         return dropped + max(0, heard_not)
 
 
-def _authorized(ws: WebSocket, token: str) -> bool:
-    header = ws.headers.get("authorization", "")
-    if header.lower().startswith("bearer ") and header[7:].strip() == token:
-        return True
-    return ws.query_params.get("token") == token
+def bearer_ok(conn: HTTPConnection, token: str) -> bool:
+    """Bearer token in the Authorization header, or `?token=` (browsers cannot set headers
+    on a WebSocket). Compared in constant time."""
+    header = conn.headers.get("authorization", "")
+    given = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    given = given or conn.query_params.get("token", "")
+    return hmac.compare_digest(given.encode(), token.encode())
 
 
 async def _refuse(ws: WebSocket, code: int, reason: str) -> None:
@@ -124,7 +128,7 @@ async def _refuse(ws: WebSocket, code: int, reason: str) -> None:
 
 async def websocket_call(ws: WebSocket, manager: CallManager) -> None:
     settings = manager.settings
-    if settings.api_token and not _authorized(ws, settings.api_token):
+    if settings.api_token and not bearer_ok(ws, settings.api_token):
         manager.metrics.rejected_total.labels("ws", "unauthorized").inc()
         await _refuse(ws, CLOSE_POLICY, "unauthorized: bearer token required")
         return
