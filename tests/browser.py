@@ -25,6 +25,9 @@ def chromium_args(fake_mic_wav: Path) -> list[str]:
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={fake_mic_wav}%noloop",
         "--autoplay-policy=no-user-gesture-required",
+        # WebRTC over loopback only: no mDNS-hidden host candidates, 127.0.0.1 allowed.
+        "--allow-loopback-in-peer-connection",
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
     ]
 
 

@@ -43,3 +43,23 @@ def test_page_calls_the_bot_over_websocket(tmp_path: Path) -> None:
         page.click("#stop")
         page.wait_for_selector("#start:not([disabled])", timeout=10_000)
         assert "call ended" in page.inner_text("#chat")
+
+
+def test_page_calls_the_bot_over_webrtc(tmp_path: Path) -> None:
+    wav = fake_mic(tmp_path / "caller.wav", "Hi, what is the balance on my account?")
+    with (
+        gateway(tmp_path, VOICEBOT_WEBRTC__LOOPBACK_ONLY="true") as gw,
+        browser_page(wav, "web-page-webrtc") as page,
+    ):
+        page.goto(gw.http)
+        assert page.eval_on_selector("#transport", "el => el.value") == "webrtc"
+        page.click("#start")
+        page.wait_for_selector("body[data-connected='webrtc']", timeout=20_000)
+        caller = page.wait_for_selector(".msg.caller", timeout=30_000)
+        assert "balance" in caller.inner_text().lower()
+        bot = page.wait_for_selector(".msg.bot", timeout=30_000)
+        assert bot.inner_text().startswith("Your account balance is")
+        page.wait_for_function("Number(document.body.dataset.playedEnergy || 0) > 0.01",
+                               timeout=15_000)  # fmt: skip
+        page.click("#stop")
+        page.wait_for_selector("#start:not([disabled])", timeout=10_000)

@@ -78,6 +78,73 @@ async function startWebSocket() {
            audio };
 }
 
+function waitForIceGathering(pc) {
+  // Non-trickle: the server answers once, so the offer must carry every candidate.
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const check = () => {
+      if (pc.iceGatheringState === "complete") {
+        pc.removeEventListener("icegatheringstatechange", check);
+        resolve();
+      }
+    };
+    pc.addEventListener("icegatheringstatechange", check);
+    setTimeout(resolve, 3000);
+  });
+}
+
+async function startWebRtc() {
+  const media = await navigator.mediaDevices.getUserMedia({
+    audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true,
+             channelCount: 1 },
+  });
+  const pc = new RTCPeerConnection();
+  media.getTracks().forEach((track) => pc.addTrack(track, media));
+  const events = pc.createDataChannel("events");
+  events.onmessage = (e) => onEvent(JSON.parse(e.data));
+  const player = new Audio();
+  player.autoplay = true;
+  pc.ontrack = (e) => { player.srcObject = e.streams[0] || new MediaStream([e.track]); };
+  pc.onconnectionstatechange = () => {
+    if (pc.connectionState === "connected") {
+      ui.status.textContent = "Connected: talk to the bot.";
+      document.body.dataset.connected = "webrtc";
+    } else if (["failed", "closed", "disconnected"].includes(pc.connectionState)) {
+      finish(`Disconnected (${pc.connectionState}).`);
+    }
+  };
+  // How much bot audio has actually been played out (for people and for tests).
+  const stats = setInterval(async () => {
+    const report = await pc.getStats();
+    report.forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "audio" && s.totalAudioEnergy !== undefined) {
+        document.body.dataset.playedEnergy = s.totalAudioEnergy.toFixed(4);
+      }
+    });
+  }, 500);
+  await pc.setLocalDescription(await pc.createOffer());
+  await waitForIceGathering(pc);
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch("/webrtc/offer", {
+    method: "POST", headers,
+    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
+  });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    pc.close();
+    media.getTracks().forEach((t) => t.stop());
+    clearInterval(stats);
+    throw new Error(body.error || `HTTP ${response.status}`);
+  }
+  await pc.setRemoteDescription(await response.json());
+  const ctx = { close: () => {} };
+  return {
+    close: () => { clearInterval(stats); pc.close(); finish("Call ended."); },
+    audio: { media, ctx },
+  };
+}
+
 function finish(message) {
   if (call) {
     call.audio.media.getTracks().forEach((t) => t.stop());
@@ -105,5 +172,5 @@ ui.start.onclick = async () => {
 };
 ui.stop.onclick = () => { if (call) call.close(); };
 
-window.voicebotTransports = { ws: startWebSocket };
+window.voicebotTransports = { ws: startWebSocket, webrtc: startWebRtc };
 window.voicebot = { onEvent, openAudio, finish, say, setState };
