@@ -118,8 +118,12 @@ class CallSession:
         vad_runner: VadRunner | None = None,
         clock: EngineClock | None = None,
         control: CallControl | None = None,
+        info: dict[str, object] | None = None,
     ) -> None:
+        """`info`: what the transport knows of the call (SIP From/To/Call-ID), published
+        with `call_started`."""
         self.call_id = call_id
+        self.info = dict(info or {})
         self.engines = engines
         self.sink = sink
         self.bus = bus or EventBus()
@@ -172,13 +176,17 @@ class CallSession:
     def history(self) -> list[ChatMessage]:
         return list(self._history)
 
+    def dtmf(self, digit: str) -> None:
+        """A key the caller pressed (transports decode RFC 4733 / SIP INFO)."""
+        self._emit("dtmf", digit=digit)
+
     def end(self, reason: str) -> None:
         """Ask the session to end after the current frame (hang-up from outside)."""
         self._end_reason = self._end_reason or reason
 
     async def run(self, frames: AsyncIterator[np.ndarray]) -> str:
         """Process the call until the input ends or the call is ended; returns the reason."""
-        self._emit("call_started")
+        self._emit("call_started", **self.info)
         self._emit("state", state=self._state.value)
         if self.config.greeting:
             self._start_reply(texts=[self.config.greeting])

@@ -97,6 +97,25 @@ class WebRtcSettings(BaseModel):
     connect_timeout_s: float = Field(20.0, gt=0, description="offer -> caller's audio")
 
 
+class SipSettings(BaseModel):
+    """The SIP leg (port: VOICEBOT_SIP_PORT; allow-list: VOICEBOT_SIP_ALLOW)."""
+
+    bind: str = Field("127.0.0.1", description="address the SIP and RTP sockets bind to")
+    advertise_address: str | None = Field(
+        None, description="address put in Contact and SDP (default: bind, or 127.0.0.1)"
+    )
+    rtp_port_min: int = Field(20000, ge=1024, le=65534)
+    rtp_port_max: int = Field(20999, ge=1025, le=65535)
+    answer_delay_ms: int = Field(200, ge=0, description="ringing before the bot answers")
+    max_calls: int | None = Field(None, description="SIP calls at most (default: max_calls)")
+    user_agent: str = "voicebot"
+    # Registration mode: REGISTER to a PBX as an extension.
+    register_uri: str | None = Field(None, description="e.g. sip:pbx.example.com:5060")
+    username: str | None = None
+    password: str | None = None
+    register_expires: int = Field(300, ge=30)
+
+
 class ServerSettings(BaseModel):
     """Limits of the HTTP/WebSocket gateway."""
 
@@ -105,6 +124,7 @@ class ServerSettings(BaseModel):
     ws_idle_timeout_s: float = Field(30.0, gt=0, description="close a silent WebSocket")
     ws_client_buffer_frames: int = Field(3, ge=0, description="client playout buffer assumed")
     warm_up: bool = Field(True, description="run each engine once at start-up")
+    events_log: Path | None = Field(None, description="append every call event here (JSONL)")
 
 
 class Settings(BaseSettings):
@@ -129,6 +149,7 @@ class Settings(BaseSettings):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     server: ServerSettings = Field(default_factory=ServerSettings)
     webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
+    sip: SipSettings = Field(default_factory=SipSettings)
 
     @classmethod
     def settings_customise_sources(

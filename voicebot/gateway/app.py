@@ -37,6 +37,7 @@ class GatewayState:
         self.metrics = GatewayMetrics()
         self.manager: CallManager | None = None
         self.webrtc: WebRtcGateway | None = None
+        self.sip: Any = None  # telephony.gateway.SipGateway when SIP is on
 
 
 def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
@@ -49,12 +50,19 @@ def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
             await warm_up(ready)
         state.manager = CallManager(settings, ready, state.metrics)
         state.webrtc = WebRtcGateway(state.manager, settings.webrtc)
+        if settings.sip_port:
+            from voicebot.telephony.gateway import SipGateway
+
+            state.sip = SipGateway(state.manager, settings)
+            await state.sip.start()
         log.info("gateway ready on http://%s:%d", settings.host, settings.port)
         try:
             yield
         finally:
             await state.manager.drain(0 if state.manager.draining else 5.0)
             await state.webrtc.close_all()
+            if state.sip is not None:
+                await state.sip.close()
             state.manager.close()
 
     app = FastAPI(title="voicebot", version=__version__, lifespan=lifespan)
@@ -74,6 +82,13 @@ def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
             "active_calls": 0 if manager is None else len(manager.calls),
             "max_calls": settings.server.max_calls,
             "webrtc_peers": 0 if state.webrtc is None else len(state.webrtc.peers),
+            "sip": None
+            if state.sip is None
+            else {
+                "port": state.sip.port,
+                "calls": len(state.sip.calls),
+                "registered": state.sip.registered,
+            },
             "tasks": len(asyncio.all_tasks()),
         }
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)

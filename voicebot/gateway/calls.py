@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -55,6 +56,15 @@ class CallManager:
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._events_log = (
+            settings.server.events_log.open("a", encoding="utf-8", buffering=1)
+            if settings.server.events_log
+            else None
+        )
+
+    def _log_event(self, event: Event) -> None:
+        if self._events_log is not None:
+            self._events_log.write(json.dumps(event) + "\n")
 
     def _on_vad_batch(self, windows: int, seconds: float) -> None:
         self.metrics.vad_batch_size.observe(windows)
@@ -79,18 +89,20 @@ class CallManager:
         subscribers: list[Callable[[Event], None]],
         control: CallControl | None = None,
         call_id: str | None = None,
+        info: dict[str, object] | None = None,
     ) -> CallHandle:
         """Admit and create a call (not yet running)."""
         self.admit(transport)
         call_id = call_id or self.new_call_id(transport)
         bus = EventBus()
         bus.subscribe(self.metrics.for_call(transport))
+        bus.subscribe(self._log_event)
         for subscriber in subscribers:
             bus.subscribe(subscriber)
         session = CallSession(
             call_id, self.engines, sink, bus=bus, config=self.settings.agent,
             vad_params=self.settings.vad.params(), vad_model=self.vad_model,
-            vad_runner=self.vad, control=control,
+            vad_runner=self.vad, control=control, info=info,
         )  # fmt: skip
         handle = CallHandle(call_id, transport, session, bus)
         self.calls[call_id] = handle
@@ -134,3 +146,5 @@ class CallManager:
 
     def close(self) -> None:
         self.vad.close()
+        if self._events_log is not None:
+            self._events_log.close()

@@ -1,0 +1,225 @@
+"""SIP messages (RFC 3261 section 7): parsing and serialising requests and responses.
+
+Only what a bot gateway needs, strictly: a start line, header fields (compact forms of
+section 7.3.3 expanded, multiple values kept in order), and a body whose length comes
+from Content-Length (section 18.3: over UDP a missing Content-Length means "the rest of
+the datagram"; a longer claim than the datagram holds is an error). Anything malformed
+raises `SipParseError`, which the endpoint answers with 400 when it can.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+MAX_MESSAGE_BYTES = 65_535
+SIP_VERSION = "SIP/2.0"
+
+# RFC 3261 section 7.3.3 compact forms.
+COMPACT = {
+    "i": "Call-ID", "m": "Contact", "e": "Content-Encoding", "l": "Content-Length",
+    "c": "Content-Type", "f": "From", "s": "Subject", "k": "Supported", "t": "To", "v": "Via",
+    "o": "Event", "r": "Refer-To", "b": "Referred-By", "u": "Allow-Events",
+}  # fmt: skip
+_CANONICAL = {
+    name.lower(): name
+    for name in (
+        "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Content-Type",
+        "Content-Length", "Allow", "Supported", "User-Agent", "Server", "Retry-After",
+        "WWW-Authenticate", "Authorization", "Proxy-Authenticate", "Proxy-Authorization",
+        "Expires", "Refer-To", "Referred-By", "Event", "Subscription-State", "Accept",
+        "Record-Route", "Route", "Require", "Unsupported", "Reason", "Warning",
+    )
+}  # fmt: skip
+_TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+_REQUEST_LINE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) (\S+) (SIP/\d\.\d)$")
+_STATUS_LINE = re.compile(r"^(SIP/\d\.\d) (\d{3}) ?(.*)$")
+
+REASONS = {
+    100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 202: "Accepted",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 407: "Proxy Authentication Required", 408: "Request Timeout",
+    415: "Unsupported Media Type", 420: "Bad Extension", 481: "Call/Transaction Does Not Exist",
+    486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here",
+    500: "Server Internal Error", 501: "Not Implemented", 503: "Service Unavailable",
+    505: "Version Not Supported",
+}  # fmt: skip
+
+
+class SipParseError(ValueError):
+    """A message that is not valid SIP; `reason` goes in the 400 response."""
+
+
+def canonical(name: str) -> str:
+    lower = name.strip().lower()
+    if lower in COMPACT:
+        return COMPACT[lower]
+    return _CANONICAL.get(lower, "-".join(p.capitalize() for p in lower.split("-")))
+
+
+@dataclass
+class SipMessage:
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = canonical(name)
+        for k, v in self.headers:
+            if k == key:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        key = canonical(name)
+        return [v for k, v in self.headers if k == key]
+
+    def set(self, name: str, value: str) -> None:
+        key = canonical(name)
+        self.headers = [(k, v) for k, v in self.headers if k != key]
+        self.headers.append((key, value))
+
+    def add(self, name: str, value: str) -> None:
+        self.headers.append((canonical(name), value))
+
+    @property
+    def call_id(self) -> str:
+        return self.get("Call-ID") or ""
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        raw = self.get("CSeq") or ""
+        parts = raw.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise SipParseError(f"bad CSeq {raw!r}")
+        return int(parts[0]), parts[1].upper()
+
+    @property
+    def top_via(self) -> str:
+        vias = self.get_all("Via")
+        if not vias:
+            raise SipParseError("no Via header")
+        return vias[0].split(",")[0].strip()
+
+    @property
+    def branch(self) -> str:
+        match = re.search(r";\s*branch=([^;,\s]+)", self.top_via, re.I)
+        return match.group(1) if match else ""
+
+    def _serialise(self, start_line: str) -> bytes:
+        lines = [start_line]
+        lines += [f"{k}: {v}" for k, v in self.headers if k != "Content-Length"]
+        lines.append(f"Content-Length: {len(self.body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + self.body
+
+
+@dataclass
+class SipRequest(SipMessage):
+    method: str = ""
+    uri: str = ""
+
+    def to_bytes(self) -> bytes:
+        return self._serialise(f"{self.method} {self.uri} {SIP_VERSION}")
+
+
+@dataclass
+class SipResponse(SipMessage):
+    status: int = 200
+    reason: str = "OK"
+
+    def to_bytes(self) -> bytes:
+        return self._serialise(f"{SIP_VERSION} {self.status} {self.reason}")
+
+
+def parse_message(data: bytes) -> SipRequest | SipResponse:
+    """Parse one datagram."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise SipParseError("message too large")
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        head, sep, body = data.partition(b"\n\n")  # tolerate bare LF (section 7.5 advises)
+        if not sep:
+            raise SipParseError("no blank line after the headers")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SipParseError("headers are not UTF-8") from exc
+    lines = text.replace("\r\n", "\n").split("\n")
+    while lines and not lines[0].strip():
+        lines.pop(0)  # section 7.5: ignore leading CRLFs (keep-alives)
+    if not lines:
+        raise SipParseError("empty message")
+    start = lines[0].strip()
+    message: SipRequest | SipResponse
+    if m := _REQUEST_LINE.match(start):
+        method, uri, version = m.groups()
+        if version != SIP_VERSION:
+            raise SipParseError(f"unsupported version {version}")
+        if ":" not in uri:
+            raise SipParseError(f"bad Request-URI {uri!r}")
+        message = SipRequest(method=method.upper(), uri=uri)
+    elif m := _STATUS_LINE.match(start):
+        version, status, reason = m.groups()
+        message = SipResponse(status=int(status), reason=reason)
+    else:
+        raise SipParseError(f"bad start line {start[:80]!r}")
+    current: list[str] | None = None
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[0] in " \t":  # section 7.3.1: header folding
+            if current is None:
+                raise SipParseError("continuation line before any header")
+            current[1] += " " + line.strip()
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not _TOKEN.match(name.strip()):
+            raise SipParseError(f"bad header line {line[:80]!r}")
+        current = [canonical(name), value.strip()]
+        message.headers.append(current)  # type: ignore[arg-type]
+    message.headers = [(k, v) for k, v in message.headers]  # freeze folded pairs
+    length_header = message.get("Content-Length")
+    if length_header is not None:
+        if not length_header.isdigit():
+            raise SipParseError(f"bad Content-Length {length_header!r}")
+        length = int(length_header)
+        if length > len(body):
+            raise SipParseError(f"Content-Length {length} but only {len(body)} body bytes")
+        body = body[:length]
+    message.body = body
+    for required in ("Via", "From", "To", "Call-ID", "CSeq"):
+        if message.get(required) is None:
+            raise SipParseError(f"missing {required} header")
+    _, cseq_method = message.cseq
+    if isinstance(message, SipRequest) and cseq_method != message.method:
+        raise SipParseError(f"CSeq method {cseq_method} does not match {message.method}")
+    return message
+
+
+def response_to(
+    request: SipRequest, status: int, reason: str | None = None, to_tag: str | None = None
+) -> SipResponse:
+    """A response with the headers section 8.2.6.2 copies from the request."""
+    response = SipResponse(status=status, reason=reason or REASONS.get(status, "Unknown"))
+    for via in request.get_all("Via"):
+        response.add("Via", via)
+    to = request.get("To") or ""
+    if to_tag and ";tag=" not in to.lower().replace(" ", ""):
+        to = f"{to};tag={to_tag}"
+    response.add("From", request.get("From") or "")
+    response.add("To", to)
+    response.add("Call-ID", request.call_id)
+    response.add("CSeq", request.get("CSeq") or "")
+    return response
+
+
+def tag_of(header: str) -> str | None:
+    match = re.search(r";\s*tag=([^;>\s]+)", header, re.I)
+    return match.group(1) if match else None
+
+
+def uri_of(header: str) -> str:
+    """The URI inside a From/To/Contact value (name-addr or addr-spec)."""
+    match = re.search(r"<([^>]*)>", header)
+    if match:
+        return match.group(1)
+    return header.split(";")[0].strip()

@@ -1,0 +1,248 @@
+"""RTP media of a SIP call (RFC 3550): G.711 over UDP, 20 ms packets both ways.
+
+One monotonic 20 ms clock drives the call: each tick takes one packet's worth of caller
+audio from the jitter buffer (concealing a loss) and sends one packet of bot audio (or
+silence), so input, output and RTP timestamps never drift apart, however long the call.
+Packets are parsed and built with aiortc's `RtpPacket`; the jitter buffer is our own:
+it reorders, drops duplicates and late packets, and hides single losses by repeating the
+last frame at half level. Symmetric RTP: we send to where the caller's packets actually
+come from once they arrive (NAT), not only to the SDP address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+from aiortc.rtp import RtpPacket
+
+from voicebot.audio import g711
+from voicebot.audio.resample import StreamingResampler
+from voicebot.telephony.dtmf import DtmfDetector
+from voicebot.telephony.sdp import PCMA, PCMU
+
+log = logging.getLogger("voicebot.telephony.rtp")
+
+SAMPLES_PER_PACKET = 160  # 20 ms at 8 kHz
+PACKET_SECONDS = 0.02
+
+
+def _seq_newer(a: int, b: int) -> bool:
+    """RFC 3550 appendix A.1 style 16-bit serial comparison: a is after b."""
+    return 0 < ((a - b) & 0xFFFF) < 0x8000
+
+
+class JitterBuffer:
+    """Orders packets by sequence number; one payload out per tick."""
+
+    def __init__(self, depth: int = 3, capacity: int = 50) -> None:
+        self.depth = depth  # packets held before playout starts (60 ms)
+        self.capacity = capacity
+        self._packets: dict[int, bytes] = {}
+        self._next: int | None = None
+        self._started = False
+        self.received = 0
+        self.duplicates = 0
+        self.late = 0
+        self.lost = 0
+
+    def put(self, seq: int, payload: bytes) -> None:
+        self.received += 1
+        if self._next is not None and not _seq_newer(seq, self._next - 1):
+            self.late += 1  # already played or concealed
+            return
+        if seq in self._packets:
+            self.duplicates += 1
+            return
+        self._packets[seq] = payload
+        if self._next is None:
+            self._next = seq
+        elif _seq_newer(self._next, seq):
+            self._next = seq  # an earlier packet arrived before playout started
+        if len(self._packets) > self.capacity:  # a burst after a long stall: skip ahead
+            oldest = min(self._packets, key=lambda s: (s - self._next) & 0xFFFF)
+            self._packets.pop(oldest, None)
+
+    def pop(self) -> bytes | None:
+        """The next payload, or None (lost / not yet arrived): the caller conceals."""
+        if self._next is None:
+            return None
+        if not self._started:
+            if len(self._packets) < self.depth:
+                return None
+            self._started = True
+        payload = self._packets.pop(self._next, None)
+        if payload is None:
+            if not self._packets:
+                # Nothing buffered at all: the caller paused sending (or a long loss);
+                # restart buffering instead of counting every tick as a loss.
+                self._started = False
+                return None
+            self.lost += 1
+        self._next = (self._next + 1) & 0xFFFF
+        return payload
+
+
+class RtpSession(asyncio.DatagramProtocol):
+    """One call's RTP socket, clock, codec and jitter buffer."""
+
+    def __init__(
+        self,
+        payload_type: int,
+        telephone_event_pt: int | None,
+        remote: tuple[str, int],
+        on_dtmf: Callable[[str], None],
+    ) -> None:
+        if payload_type not in (PCMU, PCMA) and payload_type < 96:
+            raise ValueError(f"unsupported payload type {payload_type}")
+        self.payload_type = payload_type
+        self.codec = "PCMU" if payload_type == PCMU else "PCMA"
+        self.te_pt = telephone_event_pt
+        self.remote = remote
+        self.send_enabled = remote[1] != 0
+        self._on_dtmf = on_dtmf
+        self._dtmf = DtmfDetector()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._latched = False
+        self._remote_ssrc: int | None = None
+        self.jitter = JitterBuffer()
+        self._out: deque[bytes] = deque()
+        self._up = StreamingResampler(8000, 16000)
+        self._down = StreamingResampler(16000, 8000)
+        self._last_in = np.zeros(SAMPLES_PER_PACKET, np.int16)
+        self._ssrc = random.getrandbits(32)
+        self._seq = random.getrandbits(16)
+        self._ts = random.getrandbits(32)
+        self._closed = False
+        self.sent = 0
+        self.late_ticks = 0
+        self.port = 0
+
+    # -- socket --------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self.port = transport.get_extra_info("sockname")[1]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) < 12 or data[0] >> 6 != 2:
+            return  # not RTP version 2 (RFC 3550 section 5.1)
+        try:
+            packet = RtpPacket.parse(data)
+        except ValueError:
+            return
+        if packet.payload_type == self.te_pt:
+            digit = self._dtmf.packet(packet.timestamp, packet.payload)
+            if digit is not None:
+                self._on_dtmf(digit)
+        elif packet.payload_type == self.payload_type:
+            self.jitter.put(packet.sequence_number, packet.payload)
+        else:
+            return
+        if not self._latched or addr != self.remote:
+            # Symmetric RTP: answer where the media really comes from (NAT, SBCs).
+            self.remote = addr
+            self._latched = True
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("RTP socket error: %s", exc)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- codec -----------------------------------------------------------------------------
+    def _decode(self, payload: bytes) -> np.ndarray:
+        if self.payload_type == PCMU:
+            return g711.ulaw_decode(payload)
+        return g711.alaw_decode(payload)
+
+    def _encode(self, pcm8k: np.ndarray) -> bytes:
+        codes = g711.ulaw_encode(pcm8k) if self.payload_type == PCMU else g711.alaw_encode(pcm8k)
+        return codes.tobytes()
+
+    # -- AudioSink ------------------------------------------------------------------------
+    def write(self, frame: np.ndarray) -> None:
+        self._out.append(self._encode(self._down.process(frame)))
+
+    def clear(self) -> int:
+        dropped = len(self._out)
+        self._out.clear()
+        return dropped
+
+    # -- the call's clock --------------------------------------------------------------------
+    async def frames(self) -> AsyncIterator[np.ndarray]:
+        """Caller frames (16 kHz) one per 20 ms; sends one packet per tick as it goes."""
+        silence = self._encode(np.zeros(SAMPLES_PER_PACKET, np.int16))
+        start = time.monotonic()
+        k = 0
+        while not self._closed:
+            k += 1
+            delay = start + k * PACKET_SECONDS - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -PACKET_SECONDS:
+                self.late_ticks += 1
+                if delay < -1.0:  # the loop stalled: re-anchor rather than burst
+                    start = time.monotonic() - k * PACKET_SECONDS
+            if self._closed:
+                return
+            payload = self.jitter.pop()
+            if payload is not None:
+                self._last_in = self._decode(payload)
+                pcm = self._last_in
+            else:
+                # Conceal: fade the last frame, then silence (no clicks, no stale speech).
+                self._last_in = (self._last_in // 2).astype(np.int16)
+                pcm = self._last_in
+            self._send(self._out.popleft() if self._out else silence)
+            yield self._up.process(pcm)
+
+    def _send(self, payload: bytes) -> None:
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._ts = (self._ts + SAMPLES_PER_PACKET) & 0xFFFFFFFF
+        if not self.send_enabled or self._transport is None:
+            return
+        packet = RtpPacket(
+            payload_type=self.payload_type,
+            sequence_number=self._seq,
+            timestamp=self._ts,
+            ssrc=self._ssrc,
+            payload=payload,
+            marker=1 if self.sent == 0 else 0,
+        )
+        self._transport.sendto(packet.serialize(), self.remote)
+        self.sent += 1
+
+
+class PortAllocator:
+    """Even RTP ports from a range (RFC 3550 section 11: RTP even, RTCP the next odd)."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low + (low % 2), high
+        self._next = self.low
+        self.in_use: set[int] = set()
+
+    async def open(self, host: str, factory: Callable[[], RtpSession]) -> RtpSession:
+        loop = asyncio.get_running_loop()
+        span = (self.high - self.low) // 2 + 1
+        for _ in range(span):
+            port = self._next
+            self._next = self._next + 2 if self._next + 2 <= self.high else self.low
+            if port in self.in_use:
+                continue
+            try:
+                _, protocol = await loop.create_datagram_endpoint(factory, local_addr=(host, port))
+            except OSError:
+                continue
+            self.in_use.add(port)
+            return protocol
+        raise OSError(f"no free RTP port in {self.low}-{self.high}")
+
+    def release(self, port: int) -> None:
+        self.in_use.discard(port)

@@ -1,0 +1,247 @@
+"""The SIP user agent on UDP: transactions and dialogs a bot gateway needs (RFC 3261).
+
+Server side: INVITE (100 Trying, 180 Ringing, 200 OK with the SDP answer; re-INVITE for
+hold/unhold), ACK, BYE, CANCEL (487 to the INVITE), OPTIONS (trunk keep-alives), INFO
+(DTMF relay); other methods get 405 or 501, malformed requests 400, no common codec 488,
+no capacity 486/503 with Retry-After, sources outside the allow-list 403. Responses go
+back to where the request came from (RFC 3581 rport behaviour), not to a registrar.
+Final responses to INVITE are retransmitted until ACK (section 17.2.1 timer G, and
+section 13.3.1.4 for 2xx), retransmitted requests get the same response again.
+Client side: BYE and REFER inside a dialog, REGISTER with digest auth (`register.py`),
+retransmitted over UDP per section 17.1.2 (timer E) until a final response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from voicebot.telephony.message import (
+    SipParseError,
+    SipRequest,
+    SipResponse,
+    parse_message,
+    response_to,
+)
+
+log = logging.getLogger("voicebot.telephony.sip")
+
+T1 = 0.5  # RFC 3261 section 17.1.1.1: RTT estimate
+T2 = 4.0
+TIMEOUT_64T1 = 64 * T1
+ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "NOTIFY")
+KNOWN_METHODS = (
+    *ALLOWED_METHODS, "REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "REFER", "UPDATE", "PRACK",
+)  # fmt: skip
+ALLOW_HEADER = ", ".join(ALLOWED_METHODS)
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+def new_branch() -> str:
+    return "z9hG4bK" + secrets.token_hex(8)  # RFC 3261 section 8.1.1.7 magic cookie
+
+
+@dataclass
+class ServerTransaction:
+    """An INVITE server transaction: its last response, resent on retransmissions."""
+
+    request: SipRequest
+    source: tuple[str, int]
+    last_response: SipResponse | None = None
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
+    retransmit_task: asyncio.Task[None] | None = None
+
+
+RequestHandler = Callable[[SipRequest, tuple[str, int]], None]
+
+
+class SipEndpoint(asyncio.DatagramProtocol):
+    """The UDP socket: parses datagrams, matches transactions, hands requests on."""
+
+    def __init__(self, on_request: RequestHandler, allow: list[str] | None = None) -> None:
+        self.on_request = on_request
+        self.allow = [ipaddress.ip_network(cidr, strict=False) for cidr in allow or []]
+        self.transport: asyncio.DatagramTransport | None = None
+        self._server_tx: dict[tuple[str, str, str], ServerTransaction] = {}
+        self._client_tx: dict[tuple[str, str], asyncio.Future[SipResponse]] = {}
+        self.stats = {"received": 0, "malformed": 0, "forbidden": 0}
+
+    # -- socket ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    @property
+    def local_port(self) -> int:
+        assert self.transport is not None
+        return self.transport.get_extra_info("sockname")[1]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.stats["received"] += 1
+        if not data.strip():
+            return  # RFC 5626 CRLF keep-alive
+        try:
+            message = parse_message(data)
+        except SipParseError as exc:
+            self.stats["malformed"] += 1
+            log.info("malformed SIP from %s:%d: %s", addr[0], addr[1], exc)
+            self._answer_malformed(data, addr, str(exc))
+            return
+        try:
+            if isinstance(message, SipResponse):
+                self._on_response(message)
+            else:
+                self._on_request(message, addr)
+        except Exception:
+            log.exception("error handling SIP %s from %s", message.__class__.__name__, addr)
+            if isinstance(message, SipRequest) and message.method != "ACK":
+                with contextlib.suppress(Exception):
+                    self.send(response_to(message, 500), addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("SIP socket error: %s", exc)
+
+    def send(self, message: SipRequest | SipResponse, addr: tuple[str, int]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(message.to_bytes(), addr)
+
+    # -- requests ------------------------------------------------------------------------------
+    def _allowed(self, addr: tuple[str, int]) -> bool:
+        if not self.allow:
+            return True
+        ip = ipaddress.ip_address(addr[0])
+        return any(ip in net for net in self.allow)
+
+    def _on_request(self, request: SipRequest, addr: tuple[str, int]) -> None:
+        if not self._allowed(addr):
+            self.stats["forbidden"] += 1
+            if request.method != "ACK":
+                self.send(response_to(request, 403, "Forbidden (source not allowed)"), addr)
+            return
+        key = (request.call_id, request.branch, request.cseq[1])
+        if request.method == "ACK":
+            # ACK to a final non-2xx matches the INVITE transaction (section 17.2.1); ACK
+            # to a 2xx is its own request but we let the dialog see both.
+            tx = self._server_tx.get((request.call_id, request.branch, "INVITE"))
+            if tx is not None:
+                tx.acked.set()
+            self.on_request(request, addr)
+            return
+        existing = self._server_tx.get(key)
+        if existing is not None:
+            # A retransmission: repeat our last response, do nothing else (section 17.2).
+            if existing.last_response is not None:
+                self.send(existing.last_response, existing.source)
+            return
+        self._server_tx[key] = ServerTransaction(request, addr)
+        asyncio.get_running_loop().call_later(TIMEOUT_64T1 + 5, self._server_tx.pop, key, None)
+        self.on_request(request, addr)
+
+    def respond(
+        self,
+        request: SipRequest,
+        response: SipResponse,
+        addr: tuple[str, int],
+        reliable: bool = False,
+    ) -> ServerTransaction | None:
+        """Send a response; record it for retransmitted requests; `reliable` retransmits
+        it (final responses to INVITE) until the ACK comes or 64*T1 passes."""
+        key = (request.call_id, request.branch, request.cseq[1])
+        tx = self._server_tx.get(key)
+        if tx is not None:
+            tx.last_response = response
+        self.send(response, addr)
+        if reliable and tx is not None:
+            if tx.retransmit_task is not None:
+                tx.retransmit_task.cancel()
+            tx.retransmit_task = asyncio.create_task(self._retransmit(tx, response, addr))
+        return tx
+
+    async def _retransmit(
+        self, tx: ServerTransaction, response: SipResponse, addr: tuple[str, int]
+    ) -> None:
+        interval = T1
+        waited = 0.0
+        while waited < TIMEOUT_64T1:
+            try:
+                await asyncio.wait_for(tx.acked.wait(), interval)
+                return
+            except TimeoutError:
+                waited += interval
+                self.send(response, addr)
+                interval = min(interval * 2, T2)
+        log.warning("no ACK for %d to call %s", response.status, tx.request.call_id)
+
+    def _answer_malformed(self, data: bytes, addr: tuple[str, int], reason: str) -> None:
+        """400 to a request we could not parse, if it carries enough to answer at all."""
+        if not self._allowed(addr) or data.startswith(b"SIP/"):
+            return
+        text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+        head = text.split("\n\n", 1)[0].split("\n")
+        if not head or head[0].split(" ", 1)[0].upper() == "ACK":
+            return
+        wanted = {"via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
+                  "call-id": "Call-ID", "i": "Call-ID", "cseq": "CSeq"}  # fmt: skip
+        response = SipResponse(status=400, reason=f"Bad Request ({reason[:80]})")
+        found: set[str] = set()
+        for line in head[1:]:
+            name, colon, value = line.partition(":")
+            key = wanted.get(name.strip().lower())
+            if colon and key:
+                response.add(key, value.strip())
+                found.add(key)
+        if "Via" not in found:
+            return  # nowhere to send it per section 18.2.2; the source address is a guess
+        for key in ("From", "To", "Call-ID", "CSeq"):
+            if key not in found:
+                response.add(key, "")
+        self.send(response, addr)
+
+    # -- client transactions ----------------------------------------------------------------------
+    def _on_response(self, response: SipResponse) -> None:
+        try:
+            _, method = response.cseq
+        except SipParseError:
+            return
+        future = self._client_tx.get((response.branch, method))
+        if future is None or future.done():
+            return
+        if response.status >= 200:
+            future.set_result(response)
+
+    async def request(
+        self, request: SipRequest, addr: tuple[str, int], timeout: float = TIMEOUT_64T1
+    ) -> SipResponse:
+        """Send a non-INVITE request and wait for its final response (timer E/F)."""
+        key = (request.branch, request.method)
+        future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
+        self._client_tx[key] = future
+        interval = T1
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while True:
+                self.send(request, addr)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError(f"no final response to {request.method}")
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), min(interval, remaining))
+                except TimeoutError:
+                    interval = min(interval * 2, T2)
+        finally:
+            self._client_tx.pop(key, None)
+
+    def close(self) -> None:
+        for tx in self._server_tx.values():
+            if tx.retransmit_task is not None:
+                tx.retransmit_task.cancel()
+        if self.transport is not None:
+            self.transport.close()
