@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages: espeak-ng (light TTS, test audio), sox, chromium (browser tests).
-DEB_PACKAGES := espeak-ng sox chromium
+# Debian packages: espeak-ng (light TTS, test audio), sox, chromium (browser tests),
+# sip-tester = SIPp and tcpdump (SIP tests).
+DEB_PACKAGES := espeak-ng sox chromium sip-tester tcpdump
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench system-deps setup clean

@@ -186,6 +186,7 @@ class SipGateway:
                 self.endpoint.respond(request, response_to(request, 481), addr)
                 return
             self.endpoint.respond(request, response_to(request, 200), addr)
+            self.endpoint.stop_retransmitting(call.call_id)
             call.ended = True
             self._end(call, "caller_hangup")
         elif method == "INFO" and call is not None:

@@ -72,6 +72,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._server_tx: dict[tuple[str, str, str], ServerTransaction] = {}
         self._client_tx: dict[tuple[str, str], asyncio.Future[SipResponse]] = {}
+        self._invites: dict[tuple[str, int], ServerTransaction] = {}
         self.stats = {"received": 0, "malformed": 0, "forbidden": 0}
 
     # -- socket ----------------------------------------------------------------------------
@@ -127,9 +128,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return
         key = (request.call_id, request.branch, request.cseq[1])
         if request.method == "ACK":
-            # ACK to a final non-2xx matches the INVITE transaction (section 17.2.1); ACK
-            # to a 2xx is its own request but we let the dialog see both.
-            tx = self._server_tx.get((request.call_id, request.branch, "INVITE"))
+            # ACK to a non-2xx shares the INVITE's branch (section 17.2.1); ACK to a 2xx is
+            # a new transaction (section 13.2.2.4) matched by Call-ID and CSeq number.
+            tx = self._invites.get((request.call_id, request.cseq[0]))
             if tx is not None:
                 tx.acked.set()
             self.on_request(request, addr)
@@ -140,8 +141,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
             if existing.last_response is not None:
                 self.send(existing.last_response, existing.source)
             return
-        self._server_tx[key] = ServerTransaction(request, addr)
-        asyncio.get_running_loop().call_later(TIMEOUT_64T1 + 5, self._server_tx.pop, key, None)
+        tx = ServerTransaction(request, addr)
+        self._server_tx[key] = tx
+        loop = asyncio.get_running_loop()
+        loop.call_later(TIMEOUT_64T1 + 5, self._server_tx.pop, key, None)
+        if request.method == "INVITE":
+            invite_key = (request.call_id, request.cseq[0])
+            self._invites[invite_key] = tx
+            loop.call_later(TIMEOUT_64T1 + 5, self._invites.pop, invite_key, None)
         self.on_request(request, addr)
 
     def respond(
@@ -238,6 +245,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     interval = min(interval * 2, T2)
         finally:
             self._client_tx.pop(key, None)
+
+    def stop_retransmitting(self, call_id: str) -> None:
+        """The dialog is over (BYE): no more 2xx retransmissions for it."""
+        for (cid, _), tx in self._invites.items():
+            if cid == call_id:
+                tx.acked.set()
 
     def close(self) -> None:
         for tx in self._server_tx.values():
