@@ -5,8 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages: espeak-ng (light TTS, test audio), sox, chromium (browser tests),
-# sip-tester = SIPp and tcpdump (SIP tests).
-DEB_PACKAGES := espeak-ng sox chromium sip-tester tcpdump
+# sip-tester = SIPp, tcpdump and kamailio (SIP tests; kamailio is not started as a service).
+DEB_PACKAGES := espeak-ng sox chromium sip-tester tcpdump kamailio
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench system-deps setup clean

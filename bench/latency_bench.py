@@ -72,6 +72,7 @@ from voicebot.models.base import (  # noqa: E402
     SpeechToText,
     TextDelta,
     TextToSpeech,
+    Transcript,
 )
 from voicebot.models.factory import warm_up  # noqa: E402
 from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel  # noqa: E402
@@ -333,6 +334,32 @@ class DitheredTTS:
         return np.where(audio == 0, np.int16(1), audio).astype(np.int16)
 
 
+class CountingSTT:
+    """Passes through to an STT, counting its runs (speculative ones included)."""
+
+    def __init__(self, inner: SpeechToText) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.runs = 0
+
+    async def transcribe(self, audio: np.ndarray) -> Transcript:
+        self.runs += 1
+        return await self.inner.transcribe(audio)
+
+
+class CountingLLM:
+    """Passes through to an LLM, counting the replies it was asked for."""
+
+    def __init__(self, inner: LanguageModel) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.runs = 0
+
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
+        self.runs += 1
+        return self.inner.stream(messages)
+
+
 class LongReplyLanguageModel:
     """Bench-only LLM (same protocol as ScriptedLanguageModel): whatever the caller says, a
     very long reply, streamed word by word, so the bot is speaking for the whole test."""
@@ -356,9 +383,14 @@ class LongReplyLanguageModel:
 
 def stats_ms(values: Sequence[float]) -> dict[str, float | int | None]:
     """n, median, p95, min, max, mean of seconds, in ms."""
+    return stats(values, 1000.0)
+
+
+def stats(values: Sequence[float], scale: float = 1.0) -> dict[str, float | int | None]:
+    """n, median, p95, min, max, mean of `values` x `scale`."""
     if not values:
         return {"n": 0, "median": None, "p95": None, "min": None, "max": None, "mean": None}
-    x = np.asarray(values, np.float64) * 1000
+    x = np.asarray(values, np.float64) * scale
     return {
         "n": len(x),
         "median": float(np.median(x)),
@@ -408,6 +440,34 @@ def runs(mask: np.ndarray) -> list[tuple[int, int]]:
 Log = Callable[[str], None]
 
 
+class CpuMeter:
+    """Share of the machine's CPU time used by *other* processes since the last `lap()`:
+    (all busy time - this process's, children included) / (wall time x cores), from /proc.
+    The engines' costs, hence every virtual-time latency, grow with it."""
+
+    def __init__(self) -> None:
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, int, int]:
+        try:
+            cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+            mine = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError):
+            return time.perf_counter(), 0, 0
+        busy = sum(cpu) - cpu[3] - cpu[4]  # minus idle and iowait
+        return time.perf_counter(), busy, sum(int(v) for v in mine[11:15])
+
+    def lap(self) -> float:
+        now = self._read()
+        wall, busy, mine = (a - b for a, b in zip(now, self._last, strict=True))
+        self._last = now
+        if wall <= 0:
+            return 0.0
+        return max(0.0, (busy - mine) / self._tick / (wall * (os.cpu_count() or 1)))
+
+
 # --------------------------------------------------------------------------- 1. barge-in
 
 
@@ -445,6 +505,7 @@ async def barge_in_trial(
     config: AgentConfig,
     question: np.ndarray,
     condition: tuple[str, float | None],
+    condition_index: int,
     index: int,
     piper: PiperTextToSpeech,
     seed: int,
@@ -452,7 +513,7 @@ async def barge_in_trial(
     kind, snr = condition
     rng = np.random.default_rng(seed)
     voice = barge_voice(rng, index)
-    text = INTERRUPTIONS[(index * 5 + seed) % len(INTERRUPTIONS)]
+    text = INTERRUPTIONS[(index + 5 * condition_index) % len(INTERRUPTIONS)]
     speech = caller_speech(text, voice, piper)
     q_at = int(0.5 * SR)
     total = q_at + len(question) + 10 * SR
@@ -533,7 +594,7 @@ async def barge_in_bench(cfg: Config, piper: PiperTextToSpeech, log: Log) -> dic
         for i in range(cfg.barge_trials_per_condition):
             seed = SEED + 1000 * (c + 1) + i
             trials.append(
-                await barge_in_trial(engines, config, question, condition, i, piper, seed)
+                await barge_in_trial(engines, config, question, condition, c, i, piper, seed)
             )
         done = [t for t in trials if t["condition"] == trials[-1]["condition"]]
         lat = [t["latency_s"] for t in done if t["outcome"] == "ok"]
@@ -582,6 +643,7 @@ async def barge_in_bench(cfg: Config, piper: PiperTextToSpeech, log: Log) -> dic
 
 
 OUTCOMES = ("ok", "early", "missed", "not_speaking", "no_room")
+PARTS = ("barge_in", "end_of_turn", "false_barge_in")
 
 
 # --------------------------------------------------------------------------- 2. end of turn
@@ -653,9 +715,9 @@ async def first_sentence_time(llm: LanguageModel, text: str) -> tuple[float, str
 
 
 async def end_of_turn_bench(cfg: Config, piper: PiperTextToSpeech, log: Log) -> dict[str, Any]:
-    base = WhisperSpeechToText("base")
-    tiny = WhisperSpeechToText("tiny.en")
-    llm = LlamaCppLanguageModel()
+    base = CountingSTT(WhisperSpeechToText("base"))
+    tiny = CountingSTT(WhisperSpeechToText("tiny.en"))
+    llm = CountingLLM(LlamaCppLanguageModel())
     variants: dict[str, tuple[SpeechToText, AgentConfig]] = {
         "base + speculative STT": (base, AgentConfig(greeting=None, vad_event_interval_ms=0)),
         "base, no speculation": (
@@ -682,14 +744,17 @@ async def end_of_turn_bench(cfg: Config, piper: PiperTextToSpeech, log: Log) -> 
             }
         )
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    meter = CpuMeter()
     for i, turn in enumerate(turns):
         # Variants interleaved turn by turn, so load changes on the machine hit them alike.
         for name, (stt, config) in variants.items():
+            stt_runs, llm_runs = stt.runs, llm.runs
             sim = await simulate_call(
                 turn["audio"], Engines(stt, llm, piper), config=config, tail_seconds=0.0
             )
             row = analyse_turn(sim, turn["true_end"])
-            row.update(text=turn["text"], voice=turn["voice"])
+            row.update(text=turn["text"], voice=turn["voice"], stt_runs=stt.runs - stt_runs,
+                       llm_runs=llm.runs - llm_runs, others_cpu=meter.lap())  # fmt: skip
             results[name].append(row)
         lats = [r[-1].get("latency_s", float("nan")) * 1000 for r in results.values()]
         log(f"  turn {i + 1}/{len(turns)}: " + ", ".join(f"{x:.0f} ms" for x in lats))
@@ -697,11 +762,13 @@ async def end_of_turn_bench(cfg: Config, piper: PiperTextToSpeech, log: Log) -> 
     realtime: list[dict[str, Any]] = []
     stt, config = variants["base + speculative STT"]
     for turn in turns[: cfg.realtime_turns]:
+        stt_runs, llm_runs = stt.runs, llm.runs
         sim = await simulate_call(
             turn["audio"], Engines(stt, llm, piper), config=config, realtime=True, tail_seconds=0.0
         )
         row = analyse_turn(sim, turn["true_end"])
-        row.update(text=turn["text"], voice=turn["voice"])
+        row.update(text=turn["text"], voice=turn["voice"], stt_runs=stt.runs - stt_runs,
+                   llm_runs=llm.runs - llm_runs, others_cpu=meter.lap())  # fmt: skip
         realtime.append(row)
     log(f"  realtime: {[round(r.get('latency_s', float('nan')) * 1000) for r in realtime]} ms")
 
@@ -751,6 +818,9 @@ async def end_of_turn_bench(cfg: Config, piper: PiperTextToSpeech, log: Log) -> 
                 r["transcript_after_end_s"] <= FRAME_S + 1e-6 for r in spec_ready
             ),
             "split_turns": sum(r["speech_ends"] > 1 for r in rows),
+            "stt_runs_per_turn": float(np.mean([r.get("stt_runs", 0) for r in rows])),
+            "llm_runs_per_turn": float(np.mean([r.get("llm_runs", 0) for r in rows])),
+            "others_cpu": stats([r["others_cpu"] for r in rows]),
             "errors": sum(len(r["errors"]) for r in rows),
         }
 
@@ -759,7 +829,7 @@ async def end_of_turn_bench(cfg: Config, piper: PiperTextToSpeech, log: Log) -> 
             "llm": llm.name,
             "tts": piper.name,
             "stt": {"base": base.name, "tiny": tiny.name},
-            "llm_max_tokens": llm.max_tokens,
+            "llm_max_tokens": getattr(llm.inner, "max_tokens", None),
         },
         "variants": {name: summary(rows) for name, rows in results.items()},
         "realtime": summary(realtime),
@@ -981,8 +1051,10 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
         f"Run {m['date_utc']} by `bench/latency_bench.py`{' --quick' if quick else ''} in "
         f"{res['total_seconds']:.0f} s. Machine: {m['nproc']} CPUs (`nproc`), {m['cpu_model']}; "
         f"load average at start {' / '.join(map(str, m['loadavg_at_start']))}, at end "
-        f"{' / '.join(map(str, res['loadavg_at_end']))} (other jobs shared the machine: engine "
-        "costs, hence virtual-time latencies, include their contention). Python "
+        f"{' / '.join(map(str, res['loadavg_at_end']))}; other processes used "
+        + " / ".join(f"{res[k]['others_cpu_share']:.0%}" for k in PARTS)
+        + " of the CPU time during parts 1 / 2 / 3 (engine costs, hence virtual-time "
+        "latencies, include that contention). Python "
         f"{m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()) + ".",
         "",
         "All calls run through the real `CallSession` in `simulate_call`'s virtual time: every "
@@ -1078,8 +1150,9 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
         f"(p95 {ms(cc['detected_onset_error_ms']['p95'])}); barge-in confirmed (speech_start, "
         f"after min speech) at median {ms(cc['confirmed_after_onset_ms']['median'])} ms after "
         f"the true onset. Bot frames sent after confirmation: "
-        f"{cc['bot_frames_after_confirmation']}. Flushed before the true onset (a candidate "
-        f"from noise merged into the speech): {ov['flushed_before_onset']}.",
+        f"{cc['bot_frames_after_confirmation']}. Negative latencies (output stopped before the "
+        "true onset: the 32 ms VAD window straddling the onset already read as speech, or a "
+        f"noise candidate ran into the speech): {ov['flushed_before_onset']}.",
         "",
         f"Goal p95 <= {BARGE_GOAL_MS:g} ms: {goal(met)} (median {ms(lat['median'])} ms, p95 "
         f"{ms(lat['p95'])} ms over {lat['n']} interruptions).",
@@ -1099,7 +1172,14 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
         "comes min_silence (500 ms) after the caller stopped; the 'from true end' columns "
         "measure from the real end of the caller's speech, which is what the caller "
         "experiences. 'transcript ready' = the final transcript was out within one frame of "
-        "`speech_end` (the speculative one was adopted).",
+        "`speech_end` (the speculative one was adopted). 'STT / LLM runs per turn' counts every "
+        "transcription and reply started in the call, speculative ones included (a speculation "
+        "is redone when the caller goes on talking after a 160 ms pause). Other processes on "
+        "the machine used, per call, a median "
+        f"{e['variants']['base + speculative STT']['others_cpu']['median'] or 0:.0%} "
+        f"(max {e['variants']['base + speculative STT']['others_cpu']['max'] or 0:.0%})"
+        " of its CPU time (`CpuMeter`): every engine cost, hence every latency here, is "
+        "measured under that contention.",
         "",
     ]
     rows = []
@@ -1120,6 +1200,7 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
                 ms(true_end["p95"]),
                 f"{s['within_goal']}/{s['answered']}",
                 s["transcript_ready_at_speech_end"],
+                f"{s['stt_runs_per_turn']:.1f} / {s['llm_runs_per_turn']:.1f}",
                 s["errors"],
             ]
         )
@@ -1135,6 +1216,7 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
                 "p95",
                 f"<= {TURN_GOAL_MS:g} ms",
                 "transcript ready",
+                "STT / LLM runs per turn",
                 "errors",
             ],
             rows,
@@ -1291,10 +1373,13 @@ async def run(cfg: Config, log: Log) -> dict[str, Any]:
         ("end_of_turn", "2. end-of-turn latency", lambda: end_of_turn_bench(cfg, piper, log)),
         ("false_barge_in", "3. false barge-ins on noise", lambda: false_barge_in_bench(cfg, log)),
     ]
+    meter = CpuMeter()
     for key, title, part in parts:
         log(title)
         phase[0] = key
+        meter.lap()
         res[key] = await part()
+        res[key]["others_cpu_share"] = meter.lap()
         gc.collect()  # let asyncio report this part's lost task exceptions now
         await asyncio.sleep(0)
     res["unhandled_task_exceptions"] = unhandled

@@ -20,6 +20,7 @@ from voicebot.gateway.calls import CallHandle, CallManager, CallRefusedError
 from voicebot.telephony.dtmf import parse_dtmf_relay
 from voicebot.telephony.message import (
     SipRequest,
+    host_port_of,
     response_to,
     tag_of,
     uri_of,
@@ -63,7 +64,7 @@ class SipCall:
         refer = self._in_dialog_request("REFER")
         refer.add("Refer-To", f"<{target}>")
         refer.add("Referred-By", f"<{self._local_uri()}>")
-        response = await self.gateway.endpoint.request(refer, self.source, timeout=8.0)
+        response = await self.gateway.endpoint.request(refer, self._next_hop(refer), timeout=8.0)
         if response.status >= 300:
             raise RuntimeError(f"REFER refused: {response.status} {response.reason}")
         # The transferee reports progress in NOTIFY sipfrags (RFC 3515 section 2.4.5);
@@ -87,6 +88,10 @@ class SipCall:
             self.invite.get("From") or ""
         )
         request = SipRequest(method=method, uri=remote_target)
+        # Section 12.1.1: as UAS our route set is the INVITE's Record-Route, in order.
+        for route in self.invite.get_all("Record-Route"):
+            for part in route.split(","):
+                request.add("Route", part.strip())
         request.add(
             "Via",
             f"SIP/2.0/UDP {self.gateway.address}:{self.gateway.port};branch={new_branch()};rport",
@@ -101,13 +106,21 @@ class SipCall:
         request.add("User-Agent", self.gateway.settings.sip.user_agent)
         return request
 
+    def _next_hop(self, request: SipRequest) -> tuple[str, int]:
+        """Loose routing (section 16.12): the first Route if any, else where the call came
+        from (symmetric signalling also works through NAT)."""
+        routes = request.get_all("Route")
+        if routes:
+            return host_port_of(uri_of(routes[0]))
+        return self.source
+
     async def _send_bye(self) -> None:
         if self.ended:
             return
         self.ended = True
         bye = self._in_dialog_request("BYE")
         try:
-            await self.gateway.endpoint.request(bye, self.source, timeout=8.0)
+            await self.gateway.endpoint.request(bye, self._next_hop(bye), timeout=8.0)
         except TimeoutError:
             log.warning("call %s: no answer to our BYE", self.call_id)
 

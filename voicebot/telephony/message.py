@@ -209,6 +209,10 @@ def response_to(
     response.add("To", to)
     response.add("Call-ID", request.call_id)
     response.add("CSeq", request.get("CSeq") or "")
+    if request.method == "INVITE" and 100 < status < 300:
+        # Section 12.1.1: dialog-creating responses echo the proxies' Record-Route.
+        for route in request.get_all("Record-Route"):
+            response.add("Record-Route", route)
     return response
 
 
@@ -223,3 +227,16 @@ def uri_of(header: str) -> str:
     if match:
         return match.group(1)
     return header.split(";")[0].strip()
+
+
+def host_port_of(uri: str, default_port: int = 5060) -> tuple[str, int]:
+    """(host, port) of a SIP URI such as sip:user@host:port;params."""
+    rest = uri.split(":", 1)[1] if ":" in uri else uri
+    rest = rest.split(";")[0].split("?")[0]
+    hostport = rest.rsplit("@", 1)[-1]
+    if hostport.startswith("["):  # IPv6 reference
+        host, _, port = hostport[1:].partition("]")
+        port = port.lstrip(":")
+    else:
+        host, _, port = hostport.partition(":")
+    return host, int(port) if port.isdigit() else default_port
