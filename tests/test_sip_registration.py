@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -114,6 +115,50 @@ def test_wrong_password_is_not_registered(tmp_path: Path) -> None:
             time.sleep(3.0)
             assert httpx.get(f"{gw.http}/healthz").json()["sip"]["registered"] is False
             assert "registration failed" in gw.log()
+    finally:
+        pbx.terminate()
+        pbx.wait(10)
+
+
+def test_pyvoip_calls_the_bot_through_kamailio(tmp_path: Path) -> None:
+    """pyVoIP, a SIP stack no one here wrote, registers to the same PBX and calls the bot."""
+    pytest.importorskip("pyVoIP")
+    pbx_port, sip_port = free_port(), free_port()
+    pbx = start_kamailio(tmp_path, pbx_port, "pw")
+    events = tmp_path / "events.jsonl"
+    try:
+        time.sleep(1.0)
+        env = {
+            "VOICEBOT_SIP_PORT": str(sip_port),
+            "VOICEBOT_SIP__REGISTER_URI": f"sip:127.0.0.1:{pbx_port}",
+            "VOICEBOT_SIP__USERNAME": "bot",
+            "VOICEBOT_SIP__PASSWORD": "pw",
+            "VOICEBOT_SIP__RTP_PORT_MIN": "22100",
+            "VOICEBOT_SIP__RTP_PORT_MAX": "22199",
+            "VOICEBOT_SERVER__EVENTS_LOG": str(events),
+            "VOICEBOT_ENGINES__TTS": "espeak",
+        }
+        voice = PiperTextToSpeech(noise_scale=0.0, noise_w_scale=0.0)
+        speech = voice.synthesize_sync("Hi, what is the balance on my account?")
+        wav = tmp_path / "alice.wav"
+        write_wav(wav, np.concatenate([np.zeros(8000, np.int16), speech]))
+        with gateway(tmp_path, **env) as gw:
+            deadline = time.monotonic() + 15
+            while not httpx.get(f"{gw.http}/healthz").json()["sip"]["registered"]:
+                assert time.monotonic() < deadline, gw.log()[-2000:]
+                time.sleep(0.3)
+            run = subprocess.run(
+                [sys.executable, "-m", "tests.pyvoip_caller", str(pbx_port), str(free_port()),
+                 str(wav), "9", "pw"],
+                capture_output=True, text=True, timeout=90, cwd=Path(__file__).parent.parent,
+            )  # fmt: skip
+            assert run.returncode == 0, run.stderr[-3000:] + gw.log()[-2000:]
+            result = json.loads(run.stdout.strip().splitlines()[-1])
+        assert result["answered"] and result.get("hung_up")
+        assert result["loud_fraction"] > 0.05  # the bot's reply reached pyVoIP
+        seen = [json.loads(line) for line in events.read_text().splitlines()]
+        assert any(e["type"] == "bot_text" for e in seen)
+        assert next(e for e in seen if e["type"] == "call_ended")["reason"] == "caller_hangup"
     finally:
         pbx.terminate()
         pbx.wait(10)
