@@ -720,7 +720,8 @@ def run_load(
         "client_stalls": {
             "count": sum(len(w["stalls"]) for w in worker_results),
             "total_s": sum(b - a for w in worker_results for a, b in w["stalls"]),
-            "max_ms": 1000 * max((b - a for w in worker_results for a, b in w["stalls"]), default=0),
+            "max_ms": 1000 * max((b - a for w in worker_results for a, b in w["stalls"]),
+                                 default=0.0),
         },
         "late_pct": share(LATE_S),
         "late_buffer_frames": int((lateness > LATE_BUFFER_S).sum()),
@@ -884,14 +885,16 @@ def timing_table(rows: Sequence[dict[str, Any]]) -> str:
         body.append([
             r["n"], r["engines"], r["layout"], f"{r['calls_completed']}/{r['n']}",
             r["turns_per_call"], r["frames"], f"**{late}**" if r["verdict"] == "ok" else late,
-            f(r["late_buffer_pct"], 2), r["calls_with_late_frames"], f(lat["p50"]),
+            f(r["late_buffer_pct"], 2), r["late_in_client_stall"], r["calls_with_late_frames"],
+            f(lat["p50"]),
             f(lat["p99"]), f(lat["max"], 0), r["gap_frames"], f(r["eot_client_s"]["p50"], 2),
             f(r["eot_client_s"]["p95"], 2), f(r["eot_server_s"]["p50"], 2),
             f(r["eot_server_s"]["p95"], 2), r["verdict"],
         ])  # fmt: skip
     return md_table(
         ["N", "engines", "CPUs", "calls ok", "turns / call", "bot frames", "late (> 20 ms) %",
-         "> 60 ms %", "calls with a late frame", "lateness p50 ms", "p99 ms", "max ms",
+         "> 60 ms %", "late frames due in a client stall", "calls with a late frame",
+         "lateness p50 ms", "p99 ms", "max ms",
          "mid-reply gap frames", "end of turn p50 s (client)", "p95 s", "p50 s (server)", "p95 s",
          "verdict"],
         body,
@@ -908,6 +911,7 @@ def cost_table(rows: Sequence[dict[str, Any]]) -> str:
             f(r["server_cpu_pct_per_call"], 2), f(r["server_peak_rss_mb"], 0),
             f(r["client_cpu_pct"], 0), f(r["client_cpu_pct_per_call"], 2), r["workers"],
             f(r["client_send_lag_ms"]["p99_worst_call"]), f(r["client_send_lag_ms"]["max"], 0),
+            f"{r['client_stalls']['count']} / {r['client_stalls']['max_ms']:.0f}",
             f(r["machine_busy_pct"], 0), f(m["vad_batch_size"]["mean"]),
             f(None if vad_us is None else 1e6 * vad_us, 0),
             " / ".join(f"{x:.2f}" for x in r["loadavg_at_start"]),
@@ -915,7 +919,8 @@ def cost_table(rows: Sequence[dict[str, Any]]) -> str:
     return md_table(
         ["N", "engines", "CPUs", "mean call s", "server CPU % of a core", "per call %",
          "server peak RSS MB", "client CPU %", "per call %", "client procs",
-         "client send lag p99 ms (worst call)", "max ms", "machine busy % (of 2 CPUs)",
+         "client send lag p99 ms (worst call)", "max ms", "client loop stalls > 5 ms: n / max ms",
+         "machine busy % (of 2 CPUs)",
          "VAD batch mean", "VAD µs / window", "load avg at start"],
         body,
     )  # fmt: skip
@@ -961,7 +966,10 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
         "`speech_end` -> `SPEAKING` in call-audio time. CPU: server from /proc/PID/stat (all "
         "threads + reaped espeak-ng children), callers from getrusage, over the calls' wall "
         "time, in % of one core. Client send lag = how late the callers' own 20 ms sends were "
-        "(large = the client side is short of CPU). Verdict 'ok' = < 1 % late frames and "
+        "(large = the client side is short of CPU); client loop stalls: a 5 ms timer in every "
+        "caller process waking more than 5 ms late; a late frame whose deadline fell in such a "
+        "stall is counted apart (the client, not the server, may have been late). Verdict "
+        "'ok' = < 1 % late frames and "
         f"end-of-turn median < {cfg.max_eot_p50_s:g} s.",
         "",
         "### Audio timing and end-of-turn latency",

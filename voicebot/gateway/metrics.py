@@ -50,6 +50,16 @@ class GatewayMetrics:
             registry=self.registry,
         )  # fmt: skip
 
+        self.rtp_packets = Counter(
+            "voicebot_rtp_packets_total", "RTP packets of SIP calls, by kind",
+            ["kind"], registry=self.registry,
+        )  # fmt: skip
+        self.rtp_late_ticks = Counter(
+            "voicebot_rtp_late_ticks_total",
+            "20 ms media ticks that ran more than one frame late (SIP calls)",
+            registry=self.registry,
+        )
+
     def for_call(self, transport: str) -> CallMetrics:
         return CallMetrics(self, transport)
 

@@ -125,6 +125,8 @@ class SipCall:
             log.warning("call %s: no answer to our BYE", self.call_id)
 
     def stop_media(self) -> None:
+        if self.rtp.port in self.gateway.ports.in_use:
+            self.gateway.record_rtp_stats(self.rtp)
         self.rtp.close()
         self.gateway.ports.release(self.rtp.port)
 
@@ -145,6 +147,16 @@ class SipGateway:
         self.registration: asyncio.Task[None] | None = None
         self.registered = False
         self._setup_tasks: set[asyncio.Task[None]] = set()
+
+    def record_rtp_stats(self, rtp: RtpSession) -> None:
+        m = self.manager.metrics
+        jitter = rtp.jitter
+        m.rtp_packets.labels("sent").inc(rtp.sent)
+        m.rtp_packets.labels("received").inc(jitter.received)
+        m.rtp_packets.labels("lost").inc(jitter.lost)
+        m.rtp_packets.labels("late").inc(jitter.late)
+        m.rtp_packets.labels("duplicate").inc(jitter.duplicates)
+        m.rtp_late_ticks.inc(rtp.late_ticks)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
