@@ -203,3 +203,21 @@ def test_source_allow_list(tmp_path: Path) -> None:
         ).encode()
         reply = _udp_exchange(sip_port, options)
         assert reply is not None and reply.startswith(b"SIP/2.0 403")
+
+
+def test_blind_transfer_by_refer(sip_gw, workdir, voice) -> None:
+    gw, sip_port, events_log = sip_gw
+    speech = voice.synthesize_sync("Can I talk to a person please?")
+    wav = caller_wav(workdir / "transfer.wav", place(4.0, (0.3, speech)), "ulaw")
+    before = set(events_log.read_text().splitlines())
+    result = siptools.sipp(
+        "uac_transfer.xml", sip_port, media_port=17300, log_dir=workdir,
+        fill={"WAV": str(wav), "CODEC_PT": "0"}, timeout_s=45,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:] + gw.log()[-2000:]
+    # The scenario checks (check_it) that Refer-To is the configured sip:queue@localhost.
+    time.sleep(0.3)
+    new = [json.loads(x) for x in events_log.read_text().splitlines() if x not in before]
+    said = [e["text"] for e in new if e["type"] == "bot_text"]
+    assert said and said[0].startswith("Of course. I am transferring you")
+    assert next(e for e in new if e["type"] == "call_ended")["reason"] == "transferred"
