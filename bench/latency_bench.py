@@ -691,6 +691,24 @@ def analyse_turn(result: SimulationResult, speech_end_true: float) -> dict[str, 
     return out
 
 
+async def prime_llm_cache(llm: LanguageModel) -> None:
+    """Leave llama.cpp's prompt cache holding the system prompt and an unrelated user turn.
+
+    llama.cpp reuses the longest common prefix of the previous prompt: without this, a
+    variant run after another on the same turn would get that turn's whole prompt for free.
+    With it every call finds what a warm server would have (the system prompt) and no more.
+    """
+    messages = [ChatMessage("system", AgentConfig().system_prompt), ChatMessage("user", "Hi.")]
+    stream = llm.stream(messages)
+    try:
+        async for _ in stream:
+            break
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 async def first_sentence_time(llm: LanguageModel, text: str) -> tuple[float, str]:
     """Seconds from starting the stream to the first sentence the agent's splitter cuts."""
     messages = [ChatMessage("system", AgentConfig().system_prompt), ChatMessage("user", text)]
@@ -745,9 +763,13 @@ async def end_of_turn_bench(cfg: Config, piper: PiperTextToSpeech, log: Log) -> 
         )
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     meter = CpuMeter()
+    names = list(variants)
     for i, turn in enumerate(turns):
-        # Variants interleaved turn by turn, so load changes on the machine hit them alike.
-        for name, (stt, config) in variants.items():
+        # Variants interleaved turn by turn (first one rotating), so load changes on the
+        # machine hit them alike.
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            stt, config = variants[name]
+            await prime_llm_cache(llm)
             stt_runs, llm_runs = stt.runs, llm.runs
             sim = await simulate_call(
                 turn["audio"], Engines(stt, llm, piper), config=config, tail_seconds=0.0
@@ -762,6 +784,7 @@ async def end_of_turn_bench(cfg: Config, piper: PiperTextToSpeech, log: Log) -> 
     realtime: list[dict[str, Any]] = []
     stt, config = variants["base + speculative STT"]
     for turn in turns[: cfg.realtime_turns]:
+        await prime_llm_cache(llm)
         stt_runs, llm_runs = stt.runs, llm.runs
         sim = await simulate_call(
             turn["audio"], Engines(stt, llm, piper), config=config, realtime=True, tail_seconds=0.0
@@ -789,6 +812,7 @@ async def end_of_turn_bench(cfg: Config, piper: PiperTextToSpeech, log: Log) -> 
         t0 = time.perf_counter()
         await tiny.transcribe(segment)
         pieces["stt_tiny"].append(time.perf_counter() - t0)
+        await prime_llm_cache(llm)
         llm_s, sentence = await first_sentence_time(llm, transcript.text or turn["text"])
         pieces["llm_first_sentence"].append(llm_s)
         t0 = time.perf_counter()
@@ -1167,7 +1191,10 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
         f"{e['setup']['llm']} (max {e['setup']['llm_max_tokens']} tokens), {e['setup']['tts']}. "
         "One caller turn per call (no greeting, so the prompt is system + one user message), "
         f"{cfg.turns} different sentences, caller voices alternating Piper and six espeak-ng "
-        "voices; the variants run interleaved turn by turn. **Latency = `speech_end` event -> "
+        "voices; the variants run interleaved turn by turn. Before every call llama.cpp's prompt "
+        "cache is left holding the system prompt and an unrelated user turn (what a warm "
+        "server has; otherwise a variant would reuse the previous variant's whole prompt). "
+        "**Latency = `speech_end` event -> "
         "SPEAKING state** (the frame the first bot audio is sent in). `speech_end` itself "
         "comes min_silence (500 ms) after the caller stopped; the 'from true end' columns "
         "measure from the real end of the caller's speech, which is what the caller "
@@ -1269,7 +1296,8 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
         "output resumed (TTS is far ahead of playout here, so no gap is an underrun). Cross-"
         "check: the agent's segmenter re-run on the per-window probabilities of the `vad` "
         "events (`vad_event_interval_ms=1`), counting candidates that died before min speech "
-        "while the bot was SPEAKING.",
+        "while the bot was SPEAKING (the events carry probabilities rounded to 3 decimals, so "
+        "a window right at a threshold can replay differently: a close, not exact, check).",
         "",
     ]
     rows = []

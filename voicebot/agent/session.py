@@ -27,6 +27,8 @@ from voicebot.agent.events import AgentState, Event, EventBus, make_event
 from voicebot.agent.playout import AudioSink, Playout, Utterance
 from voicebot.agent.reply import ReplyPipeline
 from voicebot.agent.vad_runner import InlineVad, VadRunner
+from voicebot.audio.denoise import NoiseSuppressor
+from voicebot.audio.echo import EchoCanceller
 from voicebot.audio.frames import FRAME_SAMPLES, SAMPLE_RATE
 from voicebot.models.base import (
     CallAction,
@@ -119,11 +121,16 @@ class CallSession:
         clock: EngineClock | None = None,
         control: CallControl | None = None,
         info: dict[str, object] | None = None,
+        echo_canceller: EchoCanceller | None = None,
+        denoiser: NoiseSuppressor | None = None,
     ) -> None:
         """`info`: what the transport knows of the call (SIP From/To/Call-ID), published
         with `call_started`."""
         self.call_id = call_id
         self.info = dict(info or {})
+        # Input stages for legs without their own (SIP): echo of the bot removed, then noise.
+        self.echo_canceller = echo_canceller
+        self.denoiser = denoiser
         self.engines = engines
         self.sink = sink
         self.bus = bus or EventBus()
@@ -218,6 +225,12 @@ class CallSession:
                 f"frame must be {FRAME_SAMPLES} int16 samples, got {pcm.dtype} {pcm.shape}"
             )
         self._frames_in += 1
+        if self.echo_canceller is not None:
+            pcm = self.echo_canceller.process(pcm)
+        if self.denoiser is not None:
+            segmenter = self._vad.segmenter
+            quiet = not (segmenter.in_speech or segmenter.speech_pending)
+            pcm = self.denoiser.process(pcm, noise_only=quiet)
         for window in self._vad.windows(pcm):
             probability = await self._vad_runner.probability(self._vad.stream, window)
             for event in self._vad.on_probability(window, probability):
@@ -491,14 +504,20 @@ class CallSession:
 
     # -- output ------------------------------------------------------------------------------
     def _tick_output(self) -> None:
+        sent = self._tick_output_frame()
+        if self.echo_canceller is not None:
+            self.echo_canceller.reference(sent)
+
+    def _tick_output_frame(self) -> np.ndarray | None:
+        """Send this tick's frame of bot speech, if any; returns it."""
         reply = self._reply
         if self._held_at is not None:
-            return  # paused on possible speech; see _hold_on_candidate
+            return None  # paused on possible speech; see _hold_on_candidate
         nxt = self._playout.next_frame()
         if nxt is not None:
             frame, utterance = nxt
             if self._state is AgentState.LISTENING:
-                return  # the caller has the floor; nothing plays over them
+                return None  # the caller has the floor; nothing plays over them
             if self._state in (AgentState.THINKING, AgentState.WAITING_FOR_SPEECH):
                 self._commit_user()
                 self._set_state(AgentState.SPEAKING)
@@ -508,14 +527,14 @@ class CallSession:
                 self._emit("bot_text", text=utterance.text)
             self.sink.write(frame)
             self._last_utterance = utterance
-            return
+            return frame
         if reply is None or not reply.done:
-            return
+            return None
         # The reply is fully played (or produced nothing).
         self._reply = None
         if reply.failed and not self._spoken and reply.uses_llm:
             self._start_reply(texts=[self.config.fallback_text])
-            return
+            return None
         if self._spoken:
             self._commit_assistant(self._spoken, interrupted=False)
             self._spoken = []
@@ -527,6 +546,7 @@ class CallSession:
             else:
                 self._pending_action = reply.action
                 asyncio.get_running_loop().create_task(self._perform(reply.action))
+        return None
 
     async def _perform(self, action: CallAction) -> None:
         try:

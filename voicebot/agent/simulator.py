@@ -20,20 +20,42 @@ from voicebot.agent.clock import LiveClock, VirtualClock
 from voicebot.agent.config import AgentConfig
 from voicebot.agent.events import Event, EventBus, EventLog
 from voicebot.agent.session import FRAME_SECONDS, CallSession, Engines
+from voicebot.audio.denoise import make_suppressor
+from voicebot.audio.echo import EchoCanceller
 from voicebot.audio.frames import FRAME_SAMPLES, split_frames
 from voicebot.models.vad import SileroVad, VadParams
 
 
-class RecordingSink:
-    """The simulated transport's output: frames land at the input frame they were sent in."""
+@dataclass(frozen=True)
+class EchoPath:
+    """A telephone line without echo cancellation: the bot's audio comes back in the
+    caller's channel `delay_ms` later, `gain_db` down, over line noise at `noise_dbfs`."""
 
-    def __init__(self) -> None:
+    gain_db: float = -10.0
+    delay_ms: float = 120.0
+    noise_dbfs: float = -60.0
+
+
+class RecordingSink:
+    """The simulated transport's output: frames land at the input frame they were sent in
+    (and, with an echo path, come back into the caller's audio later)."""
+
+    def __init__(self, echo: EchoPath | None = None, input_samples: int = 0) -> None:
         self.frames: dict[int, np.ndarray] = {}
         self.position = 0  # index of the input frame being processed
         self.cleared = 0
+        self.echo = echo
+        self.echo_buffer = np.zeros(input_samples + 16000, np.float64)
 
     def write(self, frame: np.ndarray) -> None:
         self.frames[self.position] = frame
+        if self.echo is not None:
+            # Sent at the end of input frame `position`; heard back delay_ms later.
+            start = (self.position + 1) * FRAME_SAMPLES + int(self.echo.delay_ms * 16)
+            end = min(start + FRAME_SAMPLES, len(self.echo_buffer))
+            if end > start:
+                gain = 10 ** (self.echo.gain_db / 20)
+                self.echo_buffer[start:end] += gain * frame[: end - start]
 
     def clear(self) -> int:
         # Frames are "played" the moment they are written here: nothing queued to drop.
@@ -69,6 +91,9 @@ async def simulate_call(
     realtime: bool = False,
     tail_seconds: float = 8.0,
     call_id: str = "sim",
+    echo_path: EchoPath | None = None,
+    echo_cancellation: bool = False,
+    noise_suppression: str = "off",
 ) -> SimulationResult:
     """Run one call; after the caller's audio, up to `tail_seconds` of silence let the bot
     finish its reply (stopping early once it is idle)."""
@@ -78,13 +103,17 @@ async def simulate_call(
     frames = split_frames(pcm)
     tail_frames = int(tail_seconds / FRAME_SECONDS)
     clock = LiveClock() if realtime else VirtualClock()
-    sink = RecordingSink()
+    total_samples = (len(frames) + tail_frames) * FRAME_SAMPLES
+    sink = RecordingSink(echo_path, total_samples)
+    rng = np.random.default_rng(0)
     log = EventLog()
     bus = EventBus()
     bus.subscribe(log)
     session = CallSession(
         call_id, engines, sink, bus=bus, config=config, vad_params=vad_params,
         vad_model=vad_model, clock=clock,
+        echo_canceller=EchoCanceller() if echo_cancellation else None,
+        denoiser=make_suppressor(noise_suppression),
     )  # fmt: skip
     fed: list[np.ndarray] = []
     began = time.perf_counter()
@@ -103,6 +132,13 @@ async def simulate_call(
                     await asyncio.sleep(delay)
             sink.position = k
             frame = frames[k] if k < len(frames) else silence
+            if echo_path is not None:
+                line = sink.echo_buffer[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES]
+                noise = (
+                    rng.standard_normal(FRAME_SAMPLES) * 32768 * 10 ** (echo_path.noise_dbfs / 20)
+                )
+                mixed = frame.astype(np.float64) + line + noise
+                frame = np.clip(np.rint(mixed), -32768, 32767).astype(np.int16)
             fed.append(frame)
             yield frame
 

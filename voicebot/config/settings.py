@@ -109,6 +109,10 @@ class SipSettings(BaseModel):
     answer_delay_ms: int = Field(200, ge=0, description="ringing before the bot answers")
     max_calls: int | None = Field(None, description="SIP calls at most (default: max_calls)")
     user_agent: str = "voicebot"
+    echo_cancellation: bool = Field(True, description="cancel the bot's own line echo")
+    noise_suppression: Literal["off", "spectral", "webrtc"] = Field(
+        "off", description="denoise callers before the VAD (bench/RESULTS.md: what it does)"
+    )
     # Registration mode: REGISTER to a PBX as an extension.
     register_uri: str | None = Field(None, description="e.g. sip:pbx.example.com:5060")
     username: str | None = None

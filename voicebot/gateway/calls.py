@@ -21,6 +21,8 @@ from voicebot.agent.events import Event, EventBus
 from voicebot.agent.playout import AudioSink
 from voicebot.agent.session import CallControl, CallSession
 from voicebot.agent.vad_runner import BatchedVad
+from voicebot.audio.denoise import NoiseSuppressor
+from voicebot.audio.echo import EchoCanceller
 from voicebot.config import Settings
 from voicebot.gateway.metrics import GatewayMetrics
 from voicebot.models.base import Engines
@@ -90,6 +92,8 @@ class CallManager:
         control: CallControl | None = None,
         call_id: str | None = None,
         info: dict[str, object] | None = None,
+        echo_canceller: EchoCanceller | None = None,
+        denoiser: NoiseSuppressor | None = None,
     ) -> CallHandle:
         """Admit and create a call (not yet running)."""
         self.admit(transport)
@@ -103,6 +107,7 @@ class CallManager:
             call_id, self.engines, sink, bus=bus, config=self.settings.agent,
             vad_params=self.settings.vad.params(), vad_model=self.vad_model,
             vad_runner=self.vad, control=control, info=info,
+            echo_canceller=echo_canceller, denoiser=denoiser,
         )  # fmt: skip
         handle = CallHandle(call_id, transport, session, bus)
         self.calls[call_id] = handle

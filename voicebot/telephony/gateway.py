@@ -15,6 +15,8 @@ import logging
 import re
 from dataclasses import dataclass, field
 
+from voicebot.audio.denoise import make_suppressor
+from voicebot.audio.echo import EchoCanceller
 from voicebot.config import Settings
 from voicebot.gateway.calls import CallHandle, CallManager, CallRefusedError
 from voicebot.telephony.dtmf import parse_dtmf_relay
@@ -303,9 +305,13 @@ class SipGateway:
                     "to": invite.get("To"),
                     "sip_call_id": invite.call_id,
                 }
+                sip = self.settings.sip
                 call.handle = self.manager.open(
-                    "sip", call.rtp, [], control=call, call_id=f"sip-{invite.call_id}", info=info
-                )
+                    "sip", call.rtp, [], control=call, call_id=f"sip-{invite.call_id}",
+                    info=info,
+                    echo_canceller=EchoCanceller() if sip.echo_cancellation else None,
+                    denoiser=make_suppressor(sip.noise_suppression),
+                )  # fmt: skip
             except CallRefusedError as exc:
                 self._refuse(invite, addr, 503, f"Service Unavailable ({exc.reason})", 10)
                 return

@@ -1,0 +1,1038 @@
+"""SIP load benchmark: N concurrent SIPp calls with G.711 RTP against a real `voicebot serve`.
+
+SIPp (`bench/sip_load.xml`) places N calls (`-m N -l N`, INVITEs spread evenly over a ramp
+of up to `ramp_max_s`), each offering PCMU only and streaming the caller's audio as RTP for
+the whole call (`rtp_stream` of a mu-law WAV: 0.5 s of silence, espeak-ng saying "What is
+the balance on my account?", then silence), then hangs up with BYE after `hold_s`. The bot
+runs the scripted LLM (it answers with about 6 s of speech), Whisper tiny.en and espeak-ng
+(`tests/gateway_server.py` starts `python -m voicebot serve`; no greeting, no `vad` events,
+no answer delay). Every N gets a fresh server process, so turns still queued from one N
+never load the next.
+
+Layout (default, `pinned`): the server on CPU 1, SIPp, tcpdump and this script on CPU 0
+(affinity inherited from this process when each is started), so the server's figures are
+those of one core to itself. `--layout shared`: everything on both cores.
+
+Measured per N:
+
+* Bot RTP timing, two ways. Server: `voicebot_rtp_late_ticks_total` (20 ms media ticks that
+  ran more than one frame late, i.e. bot packets sent late) / `voicebot_rtp_packets_total
+  {kind="sent"}`. Wire: tcpdump on `lo` records every RTP packet from and to the server's
+  RTP port range; per bot SSRC, a packet's schedule is (RTP timestamp - first timestamp) /
+  8000 s after the stream's earliest-relative packet (the server never sends early: it
+  sleeps until each tick's deadline), lateness = capture time - schedule. Late = more than
+  20 ms (one packet) behind. Also the RFC 3550 interarrival jitter J (section 6.4.1) of each
+  bot stream, and sequence gaps (packets lost on the way; on loopback only tcpdump can drop).
+* Caller RTP (SIPp's sends): what the server's jitter buffer counted (received / lost /
+  late / duplicate), and SIPp's own send timing from the capture (RFC 3550 jitter; p99 of
+  |deviation| from the stream's median schedule offset): large values mean the load
+  generator, not the server, is struggling.
+* Cost: server CPU (utime + stime of all threads + reaped espeak-ng children, /proc/PID/stat)
+  per call-second (= % of one core per concurrent call) and as % of a core while all N calls
+  are up; SIPp's CPU (rusage); whole-machine CPU (/proc/stat).
+* Turns: from the server's events log (`VOICEBOT_SERVER__EVENTS_LOG`): end-of-turn latency
+  (`speech_end` -> `SPEAKING` state, in call-audio time), replies heard before the hang-up,
+  transcripts with the expected words. Whisper decodes one utterance at a time per process,
+  so with many calls the turns queue: end-of-turn latency grows with N.
+* SIP: calls SIPp completed / failed, calls the server ended, peak concurrent calls (SIPp's
+  statistics file).
+
+Verdict per N: `ok` when every call completed and both late rates (server and wire) are
+below 0.5 %. The sweep raises N until the run is clearly over (late >= 2 % or failed calls),
+then bisects between the last `ok` N and the first that was not. Capacity = the largest `ok`
+N with every smaller N tried `ok` too.
+
+    bench/sip_load.sh --wait-load 1.0 --json /tmp/sip.json --results bench/RESULTS.md
+    bench/sip_load.sh --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SCENARIO = Path(__file__).resolve().with_name("sip_load.xml")
+SIPP = shutil.which("sipp") or "/usr/bin/sipp"
+TCPDUMP = shutil.which("tcpdump") or "/usr/bin/tcpdump"
+SECTION = "## SIP load"
+RTP_MIN, RTP_MAX = 30000, 31999  # the server's RTP ports (VOICEBOT_SIP__RTP_PORT_MIN/MAX)
+CLIENT_PORTS = range(40000, 50000)  # SIPp's media / SIP / control ports are picked here
+SR_RTP = 8000
+LATE_S = 0.020  # one packet period
+GOAL_LATE = 0.005  # < 0.5 % late packets
+OVER_LATE = 0.02  # clearly over: stop raising N
+CALLER_TEXT = "What is the balance on my account?"
+EXPECTED_REPLY = "Your account balance"  # the scripted bot's answer to the question
+LEAD_S = 0.5
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Engines:
+    label: str
+    stt_model: str
+    tts: str
+
+
+LIGHT = Engines("tiny.en + espeak-ng", "tiny.en", "espeak")
+HEAVY = Engines("base + Piper", "base", "piper")
+
+
+@dataclass(frozen=True)
+class Check:
+    """An extra run after the sweep: another layout or other engines at some N."""
+
+    label: str
+    engines: Engines
+    layout: str
+    n_of_capacity: float  # N = this x capacity (rounded to 5), at least `min_n`
+    min_n: int
+
+
+@dataclass(frozen=True)
+class Config:
+    ns: tuple[int, ...]
+    hold_s: float  # INVITE answered -> BYE
+    ramp_max_s: float  # INVITEs spread over min(ramp_max_s, N / min_cps)
+    min_cps: float
+    bisect_steps: int
+    bisect_min_gap: int
+    checks: tuple[Check, ...]
+    budget_s: float  # no new N once the sweep has run this long
+
+
+FULL = Config(
+    ns=(10, 25, 50, 75, 100, 125, 150, 200, 250, 300),
+    hold_s=20.0,
+    ramp_max_s=8.0,
+    min_cps=10.0,
+    bisect_steps=2,
+    bisect_min_gap=10,
+    checks=(
+        Check("shared cores", LIGHT, "shared", 1.0, 10),
+        Check("heavy engines", HEAVY, "shared", 0.5, 10),
+    ),
+    budget_s=11 * 60,
+)
+QUICK = Config(
+    ns=(5, 20),
+    hold_s=9.0,
+    ramp_max_s=2.0,
+    min_cps=10.0,
+    bisect_steps=0,
+    bisect_min_gap=10,
+    checks=(),
+    budget_s=60,
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_udp_ports(taken: set[int], span: int = 1) -> int:
+    """The first of `span` consecutive UDP ports of `CLIENT_PORTS` (starting even when
+    span > 1) that all bind now on 127.0.0.1; they are added to `taken`."""
+    for port in CLIENT_PORTS:
+        wanted = range(port, port + span)
+        if (span > 1 and port % 2) or taken.intersection(wanted):
+            continue
+        socks = []
+        try:
+            for p in wanted:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        taken.update(wanted)
+        return port
+    raise RuntimeError("no free UDP port for SIPp")
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of the process (all threads) + cutime + cstime of reaped children."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
+
+
+def system_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(values[:8])
+    return total - values[3] - values[4], total
+
+
+@contextlib.contextmanager
+def affinity(cpus: set[int] | None) -> Iterator[None]:
+    """Run the block with this process (and what it starts meanwhile) on `cpus`."""
+    if not cpus:
+        yield
+        return
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
+def pct(values: Sequence[float] | np.ndarray, q: float) -> float | None:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(np.percentile(arr, q)) if arr.size else None
+
+
+def ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+class Monitor:
+    """Samples (wall time, server CPU s, machine busy, machine total) every 0.25 s."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        with contextlib.suppress(OSError):
+            busy, total = system_cpu()
+            self.samples.append((time.time(), proc_cpu_s(self.pid), busy, total))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(0.25)
+
+    def __enter__(self) -> Monitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def window(self, t_a: float, t_b: float) -> dict[str, float | None]:
+        """Server CPU (% of one core) and machine CPU (% of all cores) between t_a and t_b."""
+        inside = [s for s in self.samples if t_a <= s[0] <= t_b]
+        if len(inside) < 2:
+            return {"server_core_pct": None, "machine_pct": None, "seconds": 0.0}
+        a, b = inside[0], inside[-1]
+        return {
+            "server_core_pct": 100 * (b[1] - a[1]) / (b[0] - a[0]),
+            "machine_pct": 100 * (b[2] - a[2]) / max(1, b[3] - a[3]),
+            "seconds": b[0] - a[0],
+        }
+
+
+def scrape_metrics(http: str) -> dict[str, Any]:
+    """The gateway's Prometheus figures (summed over labels unless split by one)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{http}/metrics", timeout=10, trust_env=False).text
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+
+    def total(name: str) -> float:
+        return sum(v for _, v in samples.get(name, []))
+
+    def by(name: str, label: str) -> dict[str, float]:
+        return {lab.get(label, "?"): v for lab, v in samples.get(name, [])}
+
+    def mean(name: str) -> float | None:
+        return ratio(total(f"{name}_sum"), total(f"{name}_count"))
+
+    return {
+        "rtp_packets": by("voicebot_rtp_packets_total", "kind"),
+        "rtp_late_ticks": total("voicebot_rtp_late_ticks_total"),
+        "active_calls": total("voicebot_active_calls"),
+        "calls_total": by("voicebot_calls_total", "reason"),
+        "rejected_total": total("voicebot_calls_rejected_total"),
+        "engine_errors": by("voicebot_engine_errors_total", "engine"),
+        "vad_batch_mean": mean("voicebot_vad_batch_size"),
+        "vad_window_mean_s": mean("voicebot_vad_window_seconds"),
+        "end_of_turn_mean_s": mean("voicebot_end_of_turn_latency_seconds"),
+        "end_of_turn_count": total("voicebot_end_of_turn_latency_seconds_count"),
+    }
+
+
+# --------------------------------------------------------------------------- caller audio
+
+
+def make_caller_wav(path: Path, seconds: float, log: Log) -> dict[str, float]:
+    """0.5 s of silence, the question (espeak-ng, en-us), silence up to `seconds`: 8 kHz
+    mu-law, which SIPp's rtp_stream sends as PT 0."""
+    from tests.audiogen import trimmed_speech
+    from voicebot.audio.resample import resample_whole
+    from voicebot.audio.wav import write_wav
+
+    speech = trimmed_speech(CALLER_TEXT, "en-us")
+    total = max(int(seconds * 16000), int((LEAD_S + 1) * 16000) + len(speech))
+    pcm = np.zeros(total, np.int16)
+    start = int(LEAD_S * 16000)
+    pcm[start : start + len(speech)] = speech
+    write_wav(path, resample_whole(pcm, 16000, SR_RTP), SR_RTP, encoding="ulaw")
+    info = {"speech_s": len(speech) / 16000, "lead_s": LEAD_S, "wav_s": total / 16000}
+    log(f"caller audio: {info['speech_s']:.2f} s of speech in a {info['wav_s']:.1f} s WAV")
+    return info
+
+
+# --------------------------------------------------------------------------- capture analysis
+
+
+def read_pcap(path: Path) -> dict[str, np.ndarray]:
+    """IPv4/UDP/RTP headers of a pcap (Ethernet or Linux cooked) as arrays."""
+    data = path.read_bytes() if path.exists() else b""
+    cols: dict[str, list[float | int]] = {
+        k: [] for k in ("t", "sport", "dport", "seq", "ts", "ssrc", "pt")
+    }
+    if len(data) < 24:
+        return {k: np.zeros(0) for k in cols}
+    magic = struct.unpack("<I", data[:4])[0]
+    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
+    scale = 1e-9 if magic in (0xA1B23C4D, 0x4D3CB2A1) else 1e-6
+    link_len = {1: 14, 113: 16, 276: 20, 0: 4}.get(
+        struct.unpack(endian + "I", data[20:24])[0], 14
+    )
+    rec = struct.Struct(endian + "IIII")
+    rtp = struct.Struct("!HHxxxxBBHII")  # UDP ports (length, checksum skipped), RTP header
+    pos, size = 24, len(data)
+    while pos + 16 <= size:
+        sec, frac, incl, _ = rec.unpack_from(data, pos)
+        ip = pos + 16 + link_len
+        pos += 16 + incl
+        if incl < link_len + 40 or data[ip] >> 4 != 4 or data[ip + 9] != 17:
+            continue
+        udp = ip + (data[ip] & 0x0F) * 4
+        if udp + 20 > pos:
+            continue
+        sport, dport, b0, b1, seq, ts, ssrc = rtp.unpack_from(data, udp)
+        if b0 >> 6 != 2:
+            continue
+        for key, value in zip(
+            cols, (sec + frac * scale, sport, dport, seq, ts, ssrc, b1 & 0x7F), strict=True
+        ):
+            cols[key].append(value)
+    return {k: np.asarray(v, dtype=np.float64 if k == "t" else np.int64) for k, v in cols.items()}
+
+
+def _rfc3550_jitter(t: np.ndarray, ts_s: np.ndarray) -> np.ndarray:
+    """Running interarrival jitter J (RFC 3550 section 6.4.1), seconds, one per packet."""
+    from scipy.signal import lfilter
+
+    d = np.abs(np.diff(t) - np.diff(ts_s))
+    if not d.size:
+        return np.zeros(0)
+    return lfilter([1 / 16], [1, -15 / 16], d)
+
+
+def stream_stats(t: np.ndarray, seq: np.ndarray, ts: np.ndarray) -> dict[str, Any]:
+    """Timing of one RTP stream (packets in capture order)."""
+    ts_s = ((ts - ts[0] + 2**31) % 2**32 - 2**31) / SR_RTP
+    seq_u = seq[0] + np.concatenate([[0], np.cumsum((np.diff(seq) + 2**15) % 2**16 - 2**15)])
+    expected = int(seq_u.max() - seq_u.min() + 1)
+    offset = t - ts_s
+    lateness = offset - offset.min()
+    jitter = _rfc3550_jitter(t, ts_s)
+    return {
+        "packets": len(t),
+        "lost": max(0, expected - len(np.unique(seq_u))),
+        "lateness": lateness,
+        "deviation": np.abs(offset - np.median(offset)),
+        "jitter_mean": float(jitter.mean()) if jitter.size else 0.0,
+        "jitter_max": float(jitter.max()) if jitter.size else 0.0,
+        "t": t,
+    }
+
+
+def analyse_capture(path: Path, phases: tuple[float, float, float]) -> dict[str, Any]:
+    """Bot streams (from the server's RTP ports) and caller streams (to them)."""
+    p = read_pcap(path)
+    bot_mask = (p["sport"] >= RTP_MIN) & (p["sport"] <= RTP_MAX)
+    caller_mask = (p["dport"] >= RTP_MIN) & (p["dport"] <= RTP_MAX) & ~bot_mask
+    out: dict[str, Any] = {}
+    for name, mask in (("bot", bot_mask), ("caller", caller_mask)):
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        idx = np.flatnonzero(mask)
+        for i, key in zip(idx, zip(p["ssrc"][idx], p["sport"][idx], strict=True), strict=True):
+            groups[(int(key[0]), int(key[1]))].append(int(i))
+        streams = [
+            stream_stats(p["t"][ix], p["seq"][ix], p["ts"][ix])
+            for ix in (np.asarray(v) for v in groups.values())
+            if len(ix) >= 2
+        ]
+        packets = sum(s["packets"] for s in streams)
+        lateness = np.concatenate([s["lateness"] for s in streams]) if streams else np.zeros(0)
+        times = np.concatenate([s["t"] for s in streams]) if streams else np.zeros(0)
+        deviation = np.concatenate([s["deviation"] for s in streams]) if streams else np.zeros(0)
+        late = lateness > LATE_S
+        t0, t_full, t_bye = phases
+        by_phase = {
+            "ramp": int(np.sum(late & (times < t_full))),
+            "all_up": int(np.sum(late & (times >= t_full) & (times < t_bye))),
+            "hangup": int(np.sum(late & (times >= t_bye))),
+        }
+        per_second = Counter(int(x) for x in (times[late] - t0))
+        out[name] = {
+            "streams": len(streams),
+            "packets": packets,
+            "lost": sum(s["lost"] for s in streams),
+            "late": int(late.sum()),
+            "late_rate": ratio(float(late.sum()), packets),
+            "streams_with_late": sum(int((s["lateness"] > LATE_S).any()) for s in streams),
+            "lateness_p99_ms": 1000 * (pct(lateness, 99) or 0.0),
+            "lateness_max_ms": 1000 * float(lateness.max(initial=0.0)),
+            "deviation_p99_ms": 1000 * (pct(deviation, 99) or 0.0),
+            "jitter_mean_ms": 1000 * float(np.mean([s["jitter_mean"] for s in streams] or [0])),
+            "jitter_max_ms": 1000 * float(max([s["jitter_max"] for s in streams] or [0])),
+            "late_by_phase": by_phase,
+            "late_per_second": dict(sorted(per_second.items())),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- events, SIPp
+
+
+def analyse_events(path: Path) -> dict[str, Any]:
+    """End-of-turn latency and replies per call from the server's JSONL events log."""
+    calls: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                calls[event.get("call_id", "?")].append(event)
+    latencies, durations, reasons = [], [], Counter()
+    turns = replied = understood = interrupted = 0
+    for events in calls.values():
+        pending: float | None = None
+        for e in events:
+            kind = e["type"]
+            if kind == "speech_end":
+                turns += 1
+                pending = e["t"]
+            elif kind == "state" and e.get("state") == "SPEAKING" and pending is not None:
+                latencies.append(e["t"] - pending)
+                replied += 1
+                pending = None
+            elif kind == "bot_text" and EXPECTED_REPLY in str(e.get("text", "")):
+                understood += 1
+            elif kind == "interrupted":
+                interrupted += 1
+            elif kind == "call_ended":
+                durations.append(float(e["t"]))
+                reasons[e.get("reason", "?")] += 1
+    return {
+        "calls": len(calls),
+        "ended": len(durations),
+        "end_reasons": dict(reasons),
+        "call_seconds": float(sum(durations)),
+        "turns": turns,
+        "replied": replied,
+        "understood": understood,
+        "interrupted": interrupted,
+        "eot_p50_s": pct(latencies, 50),
+        "eot_p95_s": pct(latencies, 95),
+        "eot_max_s": max(latencies, default=None),
+    }
+
+
+def sipp_stats(path: Path) -> dict[str, Any]:
+    """Final counters and peak concurrency from SIPp's `-trace_stat` CSV."""
+    if not path.exists():
+        return {}
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return {}
+    header = lines[0].split(";")
+    rows = [dict(zip(header, ln.split(";"), strict=False)) for ln in lines[1:]]
+    last = rows[-1]
+
+    def num(row: dict[str, str], key: str) -> int:
+        with contextlib.suppress(ValueError, KeyError):
+            return int(float(row[key]))
+        return 0
+
+    failed_kinds = {
+        k[len("Failed") : -3]: num(last, k)
+        for k in header
+        if k.startswith("Failed") and k.endswith("(C)") and k != "FailedCall(C)" and num(last, k)
+    }
+    return {
+        "created": num(last, "TotalCallCreated"),
+        "successful": num(last, "SuccessfulCall(C)"),
+        "failed": num(last, "FailedCall(C)"),
+        "failed_kinds": failed_kinds,
+        "retransmissions": num(last, "Retransmissions(C)"),
+        "peak_concurrent": max(num(r, "CurrentCall") for r in rows),
+    }
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    label: str
+    engines: Engines
+    layout: str  # "pinned" or "shared"
+    n: int
+
+
+def server_env(spec: RunSpec, sip_port: int, events: Path) -> dict[str, str]:
+    env = {
+        "VOICEBOT_SIP_PORT": str(sip_port),
+        "VOICEBOT_SIP__RTP_PORT_MIN": str(RTP_MIN),
+        "VOICEBOT_SIP__RTP_PORT_MAX": str(RTP_MAX),
+        "VOICEBOT_SIP__ANSWER_DELAY_MS": "0",
+        "VOICEBOT_SIP__MAX_CALLS": "1000",
+        "VOICEBOT_SERVER__MAX_CALLS": "1000",
+        "VOICEBOT_ENGINES__LLM": "scripted",
+        "VOICEBOT_ENGINES__STT_MODEL": spec.engines.stt_model,
+        "VOICEBOT_ENGINES__TTS": spec.engines.tts,
+        "VOICEBOT_AGENT__GREETING": "",
+        "VOICEBOT_AGENT__VAD_EVENT_INTERVAL_MS": "0",
+        "VOICEBOT_SERVER__EVENTS_LOG": str(events),
+        "VOICEBOT_LOG_LEVEL": "warning",
+    }
+    if spec.layout == "shared":
+        # With more than one CPU numpy's OpenBLAS runs a thread pool, and a fork() for an
+        # espeak-ng sentence during a matmul on another thread can deadlock it (seen by
+        # bench/ws_load.py); pinned to one CPU OpenBLAS is single-threaded anyway.
+        env["OPENBLAS_NUM_THREADS"] = "1"
+    return env
+
+
+@contextlib.contextmanager
+def tcpdump(path: Path) -> Iterator[dict[str, Any]]:
+    """Capture RTP from and to the server's RTP ports on loopback (headers only)."""
+    result: dict[str, Any] = {}
+    flt = f"udp and (src portrange {RTP_MIN}-{RTP_MAX} or dst portrange {RTP_MIN}-{RTP_MAX})"
+    proc = subprocess.Popen(
+        [TCPDUMP, "-i", "lo", "-U", "-n", "-s", "96", "-B", "16384", "-w", str(path), flt],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # let tcpdump open the device before packets flow
+    try:
+        yield result
+    finally:
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        match = re.search(r"(\d+) packets dropped by kernel", err or "")
+        result["dropped"] = int(match.group(1)) if match else None
+        result["stderr"] = (err or "")[-400:]
+
+
+def run_sipp(cmd: list[str], cwd: Path, timeout_s: float) -> tuple[int, float, float]:
+    """Run SIPp to the end; (exit code, CPU seconds, wall seconds)."""
+    began = time.monotonic()
+    with (cwd / "sipp.out").open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        timer = threading.Timer(timeout_s, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime, time.monotonic() - began
+
+
+def wait_idle(http: str, timeout_s: float) -> dict[str, Any]:
+    """Metrics once no call is active any more (or at the deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = scrape_metrics(http)
+        if metrics["active_calls"] == 0 or time.monotonic() > deadline:
+            return metrics
+        time.sleep(0.5)
+
+
+def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict[str, Any]:
+    from tests.gateway_server import gateway
+
+    work = base / f"{spec.label.replace(' ', '-')}-n{spec.n}"
+    work.mkdir(parents=True, exist_ok=True)
+    events = work / "events.jsonl"
+    pcap = work / "rtp.pcap"
+    taken: set[int] = set()
+    # SIPp binds the media port (audio; rtp_stream sends from it too) and port + 2 (video).
+    media_port = free_udp_ports(taken, span=4)
+    local_sip, control, sip_port = (free_udp_ports(taken) for _ in range(3))
+    ramp_s = min(cfg.ramp_max_s, max(0.1, spec.n / cfg.min_cps))
+    scenario = work / "scenario.xml"
+    scenario.write_text(
+        SCENARIO.read_text()
+        .replace("@WAV@", str(wav))
+        .replace("@HOLD_MS@", str(int(cfg.hold_s * 1000)))
+    )
+    stat_csv = work / "sipp-stat.csv"
+    sipp_timeout = ramp_s + cfg.hold_s + 60
+    cmd = [
+        SIPP, f"127.0.0.1:{sip_port}", "-sf", str(scenario), "-i", "127.0.0.1",
+        "-p", str(local_sip), "-cp", str(control), "-mi", "127.0.0.1", "-mp", str(media_port),
+        "-m", str(spec.n), "-l", str(spec.n), "-r", str(spec.n), "-rp", f"{ramp_s * 1000:.0f}",
+        "-timeout", f"{int(sipp_timeout)}s", "-timeout_error", "-nostdin",
+        "-trace_stat", "-stf", str(stat_csv), "-fd", "1",
+        "-trace_err", "-error_file", str(work / "sipp-errors.log"),
+    ]  # fmt: skip
+    pinned = spec.layout == "pinned"
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    log(f"{spec.label}: N={spec.n} (ramp {ramp_s:.1f} s, hold {cfg.hold_s:.0f} s), "
+        f"load {load_at_start[0]:.2f}")  # fmt: skip
+    began = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        with affinity({1} if pinned else None):
+            gw = stack.enter_context(gateway(work, **server_env(spec, sip_port, events)))
+        pid = gw.proc.pid
+        startup_s = time.monotonic() - began
+        capture = stack.enter_context(tcpdump(pcap))
+        monitor = stack.enter_context(Monitor(pid))
+        cpu_before = proc_cpu_s(pid)
+        t0 = time.time()
+        code, sipp_cpu, sipp_wall = run_sipp(cmd, work, sipp_timeout + 15)
+        metrics = wait_idle(gw.http, 30)
+        t_end = time.time()
+        cpu_s = proc_cpu_s(pid) - cpu_before
+        server_alive = gw.proc.poll() is None
+        stack.close()  # stop the monitor, tcpdump, then the server
+        server_log = gw.log()
+    phases = (t0, t0 + ramp_s, t0 + cfg.hold_s)
+    window = monitor.window(t0 + ramp_s + 1.0, t0 + cfg.hold_s - 0.5)
+    wire = analyse_capture(pcap, phases)
+    turns = analyse_events(events)
+    sipp = sipp_stats(stat_csv)
+    sent = metrics["rtp_packets"].get("sent", 0.0)
+    errors = [ln for ln in server_log.splitlines() if "ERROR" in ln or "Traceback" in ln]
+    row: dict[str, Any] = {
+        "label": spec.label,
+        "engines": spec.engines.label,
+        "layout": spec.layout,
+        "n": spec.n,
+        "ramp_s": ramp_s,
+        "hold_s": cfg.hold_s,
+        "loadavg_at_start": load_at_start,
+        "server_startup_s": startup_s,
+        "wall_s": t_end - t0,
+        "sipp_exit": code,
+        "sipp_wall_s": sipp_wall,
+        "sipp_cpu_s": sipp_cpu,
+        "sipp": sipp,
+        "server_alive": server_alive,
+        "server_errors": errors[:20],
+        "metrics": metrics,
+        "late_rate_server": ratio(metrics["rtp_late_ticks"], sent),
+        "wire": wire,
+        "tcpdump_dropped": capture.get("dropped"),
+        "turns": turns,
+        "server_cpu_s": cpu_s,
+        "cpu_per_call_pct": 100 * cpu_s / turns["call_seconds"] if turns["call_seconds"] else None,
+        "all_up_window": window,
+        "workdir": str(work),
+    }
+    row["verdict"] = verdict(row)
+    log(
+        f"  -> {row['verdict']}: SIPp ok {sipp.get('successful')}/{spec.n}, late server "
+        f"{f_pct(row['late_rate_server'])} wire {f_pct(wire['bot']['late_rate'])}, CPU "
+        f"{f(window['server_core_pct'], 0)} % core, EOT p50 {f(turns['eot_p50_s'], 2)} s"
+    )
+    return row
+
+
+def verdict(row: dict[str, Any]) -> str:
+    sipp = row["sipp"]
+    failed = sipp.get("failed", 0) or (sipp.get("successful", 0) < row["n"])
+    if failed or not row["server_alive"] or row["turns"]["ended"] < row["n"]:
+        return "failed calls"
+    late = max(row["late_rate_server"] or 0.0, row["wire"]["bot"]["late_rate"] or 0.0)
+    if late >= GOAL_LATE:
+        return "late"
+    return "ok"
+
+
+def clearly_over(row: dict[str, Any]) -> bool:
+    late = max(row["late_rate_server"] or 0.0, row["wire"]["bot"]["late_rate"] or 0.0)
+    return row["verdict"] == "failed calls" or late >= OVER_LATE
+
+
+def capacity(rows: Sequence[dict[str, Any]]) -> int | None:
+    """Largest ok N with every smaller N tried ok too."""
+    best = None
+    for row in sorted(rows, key=lambda r: r["n"]):
+        if row["verdict"] != "ok":
+            break
+        best = row["n"]
+    return best
+
+
+def run_sweep(
+    cfg: Config, engines: Engines, layout: str, ns: Sequence[int], wav: Path, base: Path,
+    started: float, log: Log,
+) -> list[dict[str, Any]]:  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    label = "sweep"
+    for n in ns:
+        if time.perf_counter() - started > cfg.budget_s:
+            log(f"time budget spent: no N above {rows[-1]['n'] if rows else 0}")
+            break
+        rows.append(run_one(RunSpec(label, engines, layout, n), cfg, wav, base, log))
+        if clearly_over(rows[-1]):
+            break
+    for _ in range(cfg.bisect_steps):
+        ok = [r["n"] for r in rows if r["verdict"] == "ok"]
+        bad = [r["n"] for r in rows if r["verdict"] != "ok"]
+        good = capacity(rows)
+        if good is None or not bad:
+            break
+        first_bad = min(n for n in bad if n > good)
+        if first_bad - good <= cfg.bisect_min_gap:
+            break
+        mid = int(round((good + first_bad) / 2 / 5) * 5)
+        if mid in ok or mid in bad or mid in (good, first_bad):
+            break
+        rows.append(run_one(RunSpec(label, engines, layout, mid), cfg, wav, base, log))
+    return sorted(rows, key=lambda r: r["n"])
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine_info() -> dict[str, Any]:
+    import importlib.metadata
+
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    sipp_version = subprocess.run([SIPP, "-v"], capture_output=True, text=True).stdout
+    match = re.search(r"SIPp v?([\w.\-]+)", sipp_version)
+    versions = {}
+    for pkg in ("faster-whisper", "ctranslate2", "onnxruntime", "numpy", "aiortc", "uvicorn"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[pkg] = importlib.metadata.version(pkg)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "sipp": match.group(1) if match else sipp_version.strip()[:40],
+        "packages": versions,
+    }
+
+
+def f(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def f_pct(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f} %"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def timing_table(rows: Sequence[dict[str, Any]], label: bool = False) -> str:
+    header = [
+        "N", "calls ok", "peak up", "bot pkts sent", "late ticks (server)", "late > 20 ms (wire)",
+        "calls with a late pkt", "lateness p99 / max ms", "jitter J mean / max ms",
+        "bot pkts lost (wire)", "caller pkts rcvd / lost / late", "SIPp send dev p99 ms",
+        "verdict",
+    ]  # fmt: skip
+    body = []
+    for r in rows:
+        bot, caller, m = r["wire"]["bot"], r["wire"]["caller"], r["metrics"]["rtp_packets"]
+        late_server = f_pct(r["late_rate_server"])
+        cells = [
+            r["n"],
+            f"{r['sipp'].get('successful', '-')}/{r['n']}",
+            r["sipp"].get("peak_concurrent", "-"),
+            f"{m.get('sent', 0):.0f}",
+            f"{r['metrics']['rtp_late_ticks']:.0f} ({late_server})",
+            f"{bot['late']} ({f_pct(bot['late_rate'])})",
+            f"{bot['streams_with_late']}/{bot['streams']}",
+            f"{bot['lateness_p99_ms']:.1f} / {bot['lateness_max_ms']:.0f}",
+            f"{bot['jitter_mean_ms']:.2f} / {bot['jitter_max_ms']:.1f}",
+            bot["lost"],
+            f"{m.get('received', 0):.0f} / {m.get('lost', 0):.0f} / {m.get('late', 0):.0f}",
+            f"{caller['deviation_p99_ms']:.1f}",
+            f"**{r['verdict']}**" if r["verdict"] == "ok" else r["verdict"],
+        ]
+        body.append(([r["label"], r["engines"], r["layout"]] if label else []) + cells)
+    return md_table((["run", "engines", "cores"] if label else []) + header, body)
+
+
+def cost_table(rows: Sequence[dict[str, Any]], label: bool = False) -> str:
+    header = [
+        "N", "server CPU, all up (% of a core)", "server CPU per call (% of a core)",
+        "machine CPU, all up", "SIPp CPU (% of a core)", "turns replied / taken",
+        "balance replies", "end-of-turn p50 / p95 / max s", "VAD batch mean",
+        "load avg at start",
+    ]  # fmt: skip
+    body = []
+    for r in rows:
+        t, w = r["turns"], r["all_up_window"]
+        cells = [
+            r["n"],
+            f(w["server_core_pct"], 0),
+            f(r["cpu_per_call_pct"], 2),
+            f"{f(w['machine_pct'], 0)} %",
+            f(100 * r["sipp_cpu_s"] / r["sipp_wall_s"], 0) if r["sipp_wall_s"] else "-",
+            f"{t['replied']}/{t['turns']}",
+            f"{t['understood']}/{t['turns']}",
+            f"{f(t['eot_p50_s'], 2)} / {f(t['eot_p95_s'], 2)} / {f(t['eot_max_s'], 2)}",
+            f(r["metrics"]["vad_batch_mean"], 1),
+            f"{r['loadavg_at_start'][0]:.2f}",
+        ]
+        body.append(([r["label"], r["engines"], r["layout"]] if label else []) + cells)
+    return md_table((["run", "engines", "cores"] if label else []) + header, body)
+
+
+def notes_for(rows: Sequence[dict[str, Any]]) -> list[str]:
+    notes = []
+    for r in rows:
+        tag = f"{r['label']} N={r['n']}"
+        bot = r["wire"]["bot"]
+        if bot["late"]:
+            ph = bot["late_by_phase"]
+            notes.append(f"{tag}: late bot packets by phase: ramp {ph['ramp']}, all up "
+                         f"{ph['all_up']}, hang-up {ph['hangup']}")  # fmt: skip
+        if r["sipp"].get("failed_kinds"):
+            notes.append(f"{tag}: SIPp failures {r['sipp']['failed_kinds']}")
+        if r["tcpdump_dropped"]:
+            notes.append(f"{tag}: tcpdump dropped {r['tcpdump_dropped']} packets")
+        if r["server_errors"]:
+            notes.append(f"{tag}: server log: {r['server_errors'][0][:160]}")
+        if r["metrics"]["engine_errors"]:
+            notes.append(f"{tag}: engine errors {r['metrics']['engine_errors']}")
+        if not r["server_alive"]:
+            notes.append(f"{tag}: the server process died")
+    return notes
+
+
+def render(res: dict[str, Any]) -> str:
+    cfg, m = res["config"], res["machine"]
+    sweep = res["sweep"]
+    when = res["started_utc"]
+    lines = [SECTION, ""]
+    lines.append(
+        f"Run {when} by `bench/sip_load.sh{' --quick' if res['quick'] else ''}` in "
+        f"{res['total_seconds']:.0f} s. Machine: {m['nproc']} CPUs, {m['cpu']}; load average "
+        f"at start {' / '.join(f'{x:.2f}' for x in res['loadavg_at_start'])}, at end "
+        f"{' / '.join(f'{x:.2f}' for x in res['loadavg_at_end'])}"
+        + (f" ({res['load_wait']})" if res.get("load_wait") else "")
+        + f". SIPp {m['sipp']}, Python {m['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+        + "."
+    )
+    lines += [
+        "",
+        f"Each call: SIPp INVITE (PCMU only), answered at once, the caller's RTP for the whole "
+        f"call ({res['caller']['lead_s']:.1f} s silence, {res['caller']['speech_s']:.1f} s of "
+        f'espeak-ng "{CALLER_TEXT}", silence), BYE {cfg["hold_s"]:.0f} s after the answer; '
+        f"INVITEs spread evenly over min({cfg['ramp_max_s']:.0f} s, N / "
+        f"{cfg['min_cps']:.0f} per s). Bot: scripted LLM (a ~6 s reply), "
+        f"**{LIGHT.label}** for the capacity figure, a fresh `voicebot serve` per N. Sweep "
+        f"layout: server pinned to CPU 1; SIPp, tcpdump and the driver on CPU 0.",
+        "",
+        "Late = a bot RTP packet more than 20 ms behind its schedule. Server: media ticks that "
+        "ran over one frame late / packets sent (`voicebot_rtp_late_ticks_total`). Wire: "
+        "tcpdump on `lo`, per SSRC, capture time vs RTP timestamp, anchored at the stream's "
+        "earliest-relative packet. J = RFC 3550 interarrival jitter. Caller packets: the "
+        "server's jitter buffer counts; SIPp send dev = p99 of |send time - median schedule| "
+        "of SIPp's own streams (its timing, not the server's). CPU per call = server CPU "
+        "seconds / call seconds. End-of-turn = `speech_end` -> `SPEAKING` in call-audio time "
+        "(Whisper decodes one turn at a time per process: queues at large N).",
+        "",
+        "### Sweep (" + LIGHT.label + ", server on its own core)",
+        "",
+        timing_table(sweep),
+        "",
+        cost_table(sweep),
+        "",
+    ]
+    cap = res["capacity"]
+    first_bad = next((r for r in sweep if r["verdict"] != "ok"), None)
+    eot_ok = [r["n"] for r in sweep if (r["turns"]["eot_p95_s"] or 99) < 2.0]
+    lines.append(
+        f"**Capacity: {cap if cap is not None else 'none'} concurrent calls** with < 0.5 % late "
+        f"bot packets (server and wire) and every call completed"
+        + (f"; first N over: {first_bad['n']} ({first_bad['verdict']})" if first_bad else
+           "; no N tried was over")
+        + (f". Goal >= 100: {'met' if cap is not None and cap >= 100 else 'not met'}.")
+        + (f" Turns answered within 2 s (p95) up to N = {max(eot_ok)}." if eot_ok else "")
+    )  # fmt: skip
+    if res["checks"]:
+        lines += [
+            "",
+            "### Checks at other settings (both cores shared by server, SIPp and tcpdump)",
+            "",
+            timing_table(res["checks"], label=True),
+            "",
+            cost_table(res["checks"], label=True),
+        ]
+    notes = notes_for(sweep + res["checks"])
+    if notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def update_results(path: Path, section: str) -> None:
+    """Replace this benchmark's section of a Markdown file (or append it); keep the rest."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
+    block = section.rstrip() + "\n\n"
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
+    else:
+        text = text.rstrip() + "\n\n" + block
+    path.write_text(text.rstrip() + "\n")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def wait_for_quiet(threshold: float, max_wait_s: float, log: Log) -> str:
+    """Poll the 1-minute load average every 30 s until it is below `threshold`."""
+    began = time.monotonic()
+    while True:
+        load = os.getloadavg()[0]
+        waited = time.monotonic() - began
+        if load < threshold:
+            log(f"load average {load:.2f} < {threshold:g}: starting")
+            return f"waited {waited:.0f} s for load < {threshold:g}"
+        if waited >= max_wait_s:
+            log(f"load average still {load:.2f} after {waited:.0f} s: starting anyway")
+            return f"load still {load:.2f} after waiting {waited:.0f} s; ran anyway"
+        log(f"load average {load:.2f} >= {threshold:g}: waiting")
+        time.sleep(30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run (< 1 min)")
+    parser.add_argument("--json", type=Path, help="write all figures as JSON here")
+    parser.add_argument("--results", type=Path, help=f"write the '{SECTION[3:]}' section here")
+    parser.add_argument("--ns", help="comma-separated N to run (no bisection, no checks)")
+    parser.add_argument("--layout", choices=("pinned", "shared"), default="pinned")
+    parser.add_argument("--hold", type=float, help="seconds from answer to BYE")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--wait-load", type=float, metavar="L",
+        help="first wait (up to 20 min) for the 1-minute load average to drop below L",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    ns = cfg.ns
+    if args.ns:
+        ns = tuple(int(x) for x in args.ns.split(","))
+        cfg = dataclasses.replace(cfg, bisect_steps=0, checks=(), budget_s=1e9)
+    if args.hold:
+        cfg = dataclasses.replace(cfg, hold_s=args.hold)
+    if {0, 1} - os.sched_getaffinity(0):
+        raise SystemExit("needs CPUs 0 and 1")
+    for tool in (SIPP, TCPDUMP):
+        if not Path(tool).exists():
+            raise SystemExit(f"{tool} not found")
+    started = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    load_wait = None
+    if args.wait_load is not None:
+        load_wait = wait_for_quiet(args.wait_load, 20 * 60, log)
+        started = time.perf_counter()
+    res: dict[str, Any] = {
+        "started_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": args.quick,
+        "config": asdict(cfg),
+        "machine": machine_info(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "load_wait": load_wait,
+        "definitions": {"late_s": LATE_S, "goal_late": GOAL_LATE, "rtp_ports": [RTP_MIN, RTP_MAX]},
+    }
+    base = Path(tempfile.mkdtemp(prefix="sip_load-"))
+    try:
+        wav = base / "caller.wav"
+        res["caller"] = make_caller_wav(wav, cfg.hold_s + 1.0, log)
+        # Everything this process starts runs on CPU 0 unless it asks otherwise.
+        with affinity({0} if args.layout == "pinned" else None):
+            sweep = run_sweep(cfg, LIGHT, args.layout, ns, wav, base, started, log)
+            res["sweep"] = sweep
+            res["capacity"] = capacity(sweep)
+            checks = []
+            for check in cfg.checks:
+                n = max(check.min_n, int(round((res["capacity"] or 0) * check.n_of_capacity / 5))
+                        * 5)  # fmt: skip
+                with affinity({0, 1} if check.layout == "shared" else {0}):
+                    spec = RunSpec(check.label, check.engines, check.layout, n)
+                    checks.append(run_one(spec, cfg, wav, base, log))
+            res["checks"] = checks
+    finally:
+        if args.keep:
+            log(f"work directory kept: {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    res["total_seconds"] = time.perf_counter() - started
+    res["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    log("done")
+    section = render(res)
+    print(section)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    if args.results:
+        update_results(args.results, section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""SIP legs have no echo cancellation: the bot must not interrupt itself on its own echo,
+while a caller talking over it still does. Simulated lines: the bot's audio fed back at
+-6 to -20 dB after 30-250 ms, plus line noise."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from tests import audiogen
+from tests.engines import ScriptedSTT
+from voicebot.agent.config import AgentConfig
+from voicebot.agent.simulator import EchoPath, simulate_call
+from voicebot.audio.echo import EchoCanceller
+from voicebot.models.base import Engines
+from voicebot.models.llm.scripted import ScriptedLanguageModel
+from voicebot.models.tts.espeak import EspeakTextToSpeech
+
+SR = 16000
+QUIET = AgentConfig(greeting=None, vad_event_interval_ms=0)
+LINES = [EchoPath(-6, 30, -55), EchoPath(-10, 120, -60), EchoPath(-20, 250, -50),
+         EchoPath(-6, 200, -60)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def engines() -> Engines:
+    stt = ScriptedSTT(["what is the balance on my account"] * 3)
+    return Engines(stt, ScriptedLanguageModel.from_file(), EspeakTextToSpeech())
+
+
+def question() -> np.ndarray:
+    return audiogen.trimmed_speech("What is the balance on my account?")
+
+
+def timeline(total_s: float, *parts: tuple[float, np.ndarray]) -> np.ndarray:
+    out = np.zeros(int(total_s * SR), np.int16)
+    for start, clip in parts:
+        i = int(start * SR)
+        out[i : i + len(clip)] = clip[: len(out) - i]
+    return out
+
+
+@pytest.mark.parametrize("line", LINES, ids=lambda p: f"{p.gain_db:g}dB-{p.delay_ms:g}ms")
+def test_no_self_interruption_on_echo(engines: Engines, line: EchoPath) -> None:
+    audio = timeline(12.0, (0.5, question()))
+    stt = ScriptedSTT(["what is the balance on my account"])
+    result = asyncio.run(simulate_call(
+        audio, Engines(stt, engines.llm, engines.tts), config=QUIET, echo_path=line,
+        echo_cancellation=True,
+    ))  # fmt: skip
+    kinds = [e["type"] for e in result.events]
+    assert "interrupted" not in kinds
+    said = [e["text"] for e in result.events if e["type"] == "bot_text"]
+    assert said == ["Your account balance is forty two dollars and ten cents.",
+                    "Is there anything else I can do for you?"]  # fmt: skip
+    assert len(stt.inputs) == 1  # the echo never reached STT as a turn
+
+
+@pytest.mark.parametrize("line", LINES[:2], ids=lambda p: f"{p.gain_db:g}dB-{p.delay_ms:g}ms")
+def test_caller_still_interrupts_over_the_echo(engines: Engines, line: EchoPath) -> None:
+    talk_over = audiogen.trimmed_speech("No, stop, I want to talk to somebody.", "en-gb")
+    audio = timeline(12.0, (0.5, question()), (5.0, talk_over))
+    stt = ScriptedSTT(["what is the balance on my account", "no stop"])
+    result = asyncio.run(simulate_call(
+        audio, Engines(stt, engines.llm, engines.tts), config=QUIET, echo_path=line,
+        echo_cancellation=True,
+    ))  # fmt: skip
+    barge = [e for e in result.events if e["type"] == "interrupted"]
+    assert len(barge) == 1 and barge[0]["latency_ms"] <= 150
+    assert 5.0 <= barge[0]["t"] <= 5.4
+
+
+def test_without_cancellation_the_echo_does_interrupt(engines: Engines) -> None:
+    # The control: the same loud, short echo and no canceller makes the bot cut itself off,
+    # which is what the canceller is for.
+    audio = timeline(12.0, (0.5, question()))
+    stt = ScriptedSTT(["what is the balance on my account"])
+    result = asyncio.run(simulate_call(
+        audio, Engines(stt, engines.llm, engines.tts), config=QUIET,
+        echo_path=EchoPath(-6, 200, -60), echo_cancellation=False,
+    ))  # fmt: skip
+    assert any(e["type"] == "interrupted" for e in result.events)
+
+
+def test_canceller_finds_the_delay_and_removes_the_echo() -> None:
+    rng = np.random.default_rng(2)
+    bot = np.concatenate([audiogen.trimmed_speech(s) for s in audiogen.SENTENCES[:2]])
+    n = len(bot) // 320 * 320
+    for delay_ms, gain_db in [(30, -6), (150, -12), (250, -20)]:
+        delay = delay_ms * 16
+        echo = np.convolve(bot[:n] * 10 ** (gain_db / 20), [0.7, 0.25, -0.15])[:n]
+        line = np.zeros(n + delay)
+        line[delay:] = echo
+        line += rng.standard_normal(len(line)) * 20
+        ec = EchoCanceller()
+        before, after = [], []
+        for k in range(n // 320):
+            frame = np.clip(line[k * 320 : (k + 1) * 320], -32768, 32767).astype(np.int16)
+            after.append(ec.process(frame))
+            before.append(frame)
+            ec.reference(bot[k * 320 : (k + 1) * 320])
+        half = n // 640
+        raw = np.concatenate(before[half:]).astype(float)
+        res = np.concatenate(after[half:]).astype(float)
+        assert ec.delay == delay
+        assert 10 * np.log10(np.mean(raw**2) / np.mean(res**2)) > 15  # ERLE

@@ -1,0 +1,155 @@
+"""Line echo cancellation for legs without AEC (SIP: phones and PSTN hybrids echo the bot).
+
+The bot knows exactly what it said (the far-end reference), so its echo in the caller's
+audio can be predicted and subtracted before the VAD sees it — otherwise the bot would
+"hear" itself and interrupt its own sentence. Two parts:
+- bulk delay: the lag of the cross-correlation peak between the caller's audio and the
+  reference over the last second (re-estimated every 500 ms while the bot talks);
+- a short FIR (`taps`, 2 ms at 16 kHz) around that delay for the hybrid's dispersion,
+  fitted per 20 ms block by exponentially weighted least squares, frozen during double talk
+  (the caller is louder than any echo of the reference could be).
+- a residual echo gate (the "non-linear processor" of line echo cancellers, ITU-T G.168):
+  a block that is no louder than the echo could be — before the delay is known, half the
+  loudest reference power within the delay range (echo returns at least 6 dB down); after,
+  the filter's own echo estimate — is attenuated, so leftover echo does not reach the VAD.
+  A caller talking over the bot is louder than that and passes.
+The residual goes on to the VAD; with no reference energy the input passes untouched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from voicebot.audio.frames import FRAME_SAMPLES
+
+_EPS = 1e-6
+_ECHO_RETURN = 0.5  # echo power is at most half the reference's (>= 3 dB down, margin)
+_NLP_RATIO = 0.5  # residual below half the echo estimate: leftover echo
+_GATE_GAIN = 0.05  # -26 dB
+_CONVERGED_BLOCKS = 10
+_DECIMATE = 4
+
+
+class EchoCanceller:
+    def __init__(
+        self,
+        max_delay_ms: int = 400,
+        taps: int = 32,
+        forget: float = 0.9,
+        sample_rate: int = 16_000,
+        min_correlation: float = 0.3,
+    ) -> None:
+        self.taps = taps
+        self.forget = forget
+        self.max_delay = max_delay_ms * sample_rate // 1000
+        self.window = sample_rate  # 1 s of audio for the delay estimate
+        self.min_correlation = min_correlation
+        # Absolute sample clocks: input sample t and reference sample t were sent/received
+        # in the same tick; the reference of a tick is known only after its input frame.
+        self._ref = np.zeros(self.window + self.max_delay + taps + 2 * FRAME_SAMPLES)
+        self._ref_end = 0
+        self._inp = np.zeros(self.window)
+        self._inp_end = 0
+        self._w = np.zeros(taps)
+        self._r = np.zeros((taps, taps))
+        self._p = np.zeros(taps)
+        self.delay: int | None = None  # samples
+        self._adapted = 0  # blocks the filter has learned from since the delay was set
+        self._ref_energy = 0.0
+        self._quiet_ticks = 1 << 30
+        span = self.max_delay // FRAME_SAMPLES + 2
+        self._ref_powers = np.zeros(span)  # per-tick reference power, newest last
+        self.gated = 0
+
+    def reference(self, frame: np.ndarray | None) -> None:
+        """What the bot sent in this tick (None: nothing, i.e. silence)."""
+        block = np.zeros(FRAME_SAMPLES) if frame is None else np.asarray(frame, np.float64)
+        self._ref = np.concatenate([self._ref[FRAME_SAMPLES:], block])
+        self._ref_end += FRAME_SAMPLES
+        self._ref_energy = 0.9 * self._ref_energy + 0.1 * float(np.mean(block * block))
+        self._quiet_ticks = self._quiet_ticks + 1 if not block.any() else 0
+        self._ref_powers = np.roll(self._ref_powers, -1)
+        self._ref_powers[-1] = float(np.dot(block, block))
+
+    def _ref_slice(self, start: int, end: int) -> np.ndarray:
+        """Reference samples [start, end) in absolute time (zeros outside what we have)."""
+        out = np.zeros(end - start)
+        first = self._ref_end - len(self._ref)
+        lo, hi = max(start, first), min(end, self._ref_end)
+        if hi > lo:
+            out[lo - start : hi - start] = self._ref[lo - first : hi - first]
+        return out
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        d = np.asarray(frame, np.float64)
+        t0 = self._inp_end
+        self._inp = np.concatenate([self._inp[FRAME_SAMPLES:], d])
+        self._inp_end += FRAME_SAMPLES
+        if self._quiet_ticks * FRAME_SAMPLES > self.max_delay + self.taps:
+            return np.asarray(frame, np.int16)  # the bot has been silent: no echo to remove
+        cadence = 25 if self.delay is not None else 5  # search often until found
+        if (self._inp_end // FRAME_SAMPLES) % cadence == 0 and self._ref_energy > 1e4:
+            self._estimate_delay()
+        in_power = float(np.dot(d, d))
+        if self.delay is None:
+            if in_power < _ECHO_RETURN * float(self._ref_powers.max()):
+                self.gated += 1
+                return np.clip(np.rint(d * _GATE_GAIN), -32768, 32767).astype(np.int16)
+            return np.asarray(frame, np.int16)
+        # echo(t) = sum_j w[j] ref(t - c - j), c = delay - taps/2: the filter straddles the
+        # bulk delay so the hybrid's dispersion on either side of it is covered.
+        c = self.delay - self.taps // 2
+        segment = self._ref_slice(t0 - c - self.taps + 1, t0 + FRAME_SAMPLES - c)
+        matrix = np.lib.stride_tricks.sliding_window_view(segment, self.taps)[:, ::-1]
+        echo = matrix @ self._w
+        residual = d - echo
+        recent = segment[-FRAME_SAMPLES:]
+        ref_power = float(np.dot(recent, recent))
+        # Echo returns at least 6 dB below what was sent: input above a quarter of the
+        # reference's power is the caller talking (double talk): no adaptation on it.
+        if ref_power > FRAME_SAMPLES * 1e4 and in_power < 0.25 * ref_power:
+            # Exponentially weighted least squares over blocks: converges in a few blocks
+            # where block NLMS needs seconds, and cannot diverge.
+            self._r = self.forget * self._r + matrix.T @ matrix
+            self._p = self.forget * self._p + matrix.T @ d
+            ridge = 1e-3 * np.trace(self._r) / self.taps + _EPS
+            self._w = np.linalg.solve(self._r + ridge * np.eye(self.taps), self._p)
+            self._adapted += 1
+        residual_power = float(np.dot(residual, residual))
+        converging = self._adapted < _CONVERGED_BLOCKS
+        if residual_power < _NLP_RATIO * float(np.dot(echo, echo)) or (
+            converging and in_power < _ECHO_RETURN * float(self._ref_powers.max())
+        ):
+            self.gated += 1
+            residual = residual * _GATE_GAIN
+        return np.clip(np.rint(residual), -32768, 32767).astype(np.int16)
+
+    def _estimate_delay(self) -> None:
+        # Coarse search at 1/4 rate (a 16x smaller FFT), then refine at full rate within
+        # one coarse step: the bulk delay to the sample for a fraction of the cost.
+        n, max_d, q = self.window, self.max_delay, _DECIMATE
+        a = self._inp
+        b = self._ref_slice(self._inp_end - n - max_d, self._inp_end - FRAME_SAMPLES)
+        a4 = a[: len(a) // q * q].reshape(-1, q).mean(axis=1)
+        b4 = b[: len(b) // q * q].reshape(-1, q).mean(axis=1)
+        size = 1 << int(np.ceil(np.log2(len(a4) + len(b4))))
+        # c[m] = sum_u a[u] b[u + m]; lag L = max_d - m (input(t) ~ ref(t - L)).
+        c = np.fft.irfft(np.conj(np.fft.rfft(a4, size)) * np.fft.rfft(b4, size), size)
+        m_max = (max_d - FRAME_SAMPLES) // q
+        coarse = int(np.argmax(np.abs(c[: m_max + 1]))) * q
+        best_m, best_v = coarse, 0.0
+        for m in range(max(0, coarse - q), min(max_d - FRAME_SAMPLES, coarse + q) + 1):
+            v = float(np.dot(a, b[m : m + n]))
+            if abs(v) > abs(best_v):
+                best_m, best_v = m, v
+        aligned = b[best_m : best_m + n]
+        norm = np.sqrt(float(np.dot(a, a)) * float(np.dot(aligned, aligned))) + _EPS
+        if abs(best_v) / norm < self.min_correlation:
+            return
+        lag = max_d - best_m
+        if self.delay is None or abs(lag - self.delay) > self.taps // 4:
+            self.delay = lag
+            self._w = np.zeros(self.taps)
+            self._r = np.zeros((self.taps, self.taps))
+            self._p = np.zeros(self.taps)
+            self._adapted = 0
