@@ -993,7 +993,10 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
         "N so that every N has enough bot frames. CPUs: 'server CPU 1, callers CPU 0' = both "
         "pinned (the server has a core to itself); 'shared' = no pinning (server and callers "
         "compete for both CPUs; the server then runs with `OPENBLAS_NUM_THREADS=1`, see the "
-        "notes). Seeds fixed.",
+        "notes). Seeds fixed. The machine is shared: before each run the benchmark waits (up "
+        f"to {IDLE_MAX_WAIT_S:.0f} s) until all CPUs together are < {IDLE_MAX_BUSY_PCT:.0f} % "
+        "busy, and a failed run during which other processes used more than "
+        f"{OTHERS_MAX_PCT:.0f} % of a core is run once more (the 'other processes' column).",
         "",
         "**Late frame**: every bot frame is placed on the server's 20 ms output grid (frame j of "
         "a sentence belongs to tick `bot_text.t` / 20 ms + j); its ideal arrival is the arrival "
@@ -1049,6 +1052,10 @@ def notes_for(res: dict[str, Any]) -> list[str]:
             "thread then spins forever holding the Whisper lock, and every later turn ends in "
             "'STT timed out after 10 s' (a gateway bug, seen in development runs)."
         )
+    for r in res.get("discarded_runs", []):
+        notes.append(f"N={r['n']} ({r['engines']}, {r['layout']}): a first run was discarded "
+                     f"({f(r['late_pct'], 2)} % late; other processes used "
+                     f"{r['others_cpu_pct']:.0f} % of a core meanwhile)")  # fmt: skip
     for r in res["runs"]:
         label = f"N={r['n']} ({r['engines']}, {r['layout']})"
         if r["connect_errors"]:

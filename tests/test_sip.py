@@ -221,3 +221,20 @@ def test_blind_transfer_by_refer(sip_gw, workdir, voice) -> None:
     said = [e["text"] for e in new if e["type"] == "bot_text"]
     assert said and said[0].startswith("Of course. I am transferring you")
     assert next(e for e in new if e["type"] == "call_ended")["reason"] == "transferred"
+
+
+def test_hold_and_unhold_by_reinvite(sip_gw, workdir) -> None:
+    _, sip_port, _ = sip_gw
+    media_port = 17500
+    with siptools.rtp_capture(media_port, workdir / "hold.pcap") as cap:
+        result = siptools.sipp("uac_hold.xml", sip_port, media_port=media_port,
+                               log_dir=workdir, fill={"PHASE_MS": "1500"})  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    packets = siptools.read_rtp_pcap(cap)
+    assert packets, "no RTP before hold"
+    times = np.array([p.time for p in packets])
+    times -= times[0]
+    # ~1.5 s of RTP, ~1.5 s of none while held, then RTP again: look for the gap.
+    gaps = np.diff(times)
+    assert gaps.max() > 1.2, f"bot kept sending on hold (largest gap {gaps.max():.2f} s)"
+    assert times[-1] > gaps.max() + 1.0  # and it resumed afterwards
