@@ -37,13 +37,23 @@ Measured per N:
 * SIP: calls SIPp completed / failed, calls the server ended, peak concurrent calls (SIPp's
   statistics file).
 
-Verdict per N: `ok` when every call completed and both late rates (server and wire) are
-below 0.5 %. The sweep raises N until the run is clearly over (late >= 2 % or failed calls),
-then bisects between the last `ok` N and the first that was not. Capacity = the largest `ok`
-N with every smaller N tried `ok` too.
+Bot packets never sent: when the server's 20 ms clock falls more than 1 s behind it
+re-anchors and skips those ticks (no sequence or timestamp gap on the wire), so per bot
+stream the packets due are (last - first capture time) / 20 ms + 1; the shortfall counts.
+
+Verdict per N: `ok` when every call completed and the server's late-tick rate, the wire's
+late-packet rate and the never-sent rate are all below 0.5 %. The sweep raises N through
+`FULL.ns` until the run is clearly over (one of them >= 2 %, failed calls, or two Ns in a
+row not `ok`), then bisects between the last `ok` N and the first that was not. Capacity =
+the largest `ok` N with every smaller N tried `ok` too. Then `FULL.checks`, each at a
+multiple of that capacity: the SIP echo canceller off (its cost), server and SIPp sharing
+both cores, and Whisper base + Piper (the default engines). A full run takes about 8-12 min
+(each N: ~3 s server start, the ramp, the 20 s call, ~3 s teardown and analysis); `--quick`
+(N = 5 and 20 with 9 s calls, one check) about 45 s.
 
     bench/sip_load.sh --wait-load 1.0 --json /tmp/sip.json --results bench/RESULTS.md
     bench/sip_load.sh --quick
+    bench/sip_load.sh --ns 10,20 --env VOICEBOT_SIP__ECHO_CANCELLATION=false
 """
 
 from __future__ import annotations
@@ -115,6 +125,7 @@ class Check:
     layout: str
     n_of_capacity: float  # N = this x capacity (rounded to 5), at least `min_n`
     min_n: int
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,21 +135,24 @@ class Config:
     ramp_max_s: float  # INVITEs spread over min(ramp_max_s, N / min_cps)
     min_cps: float
     bisect_steps: int
-    bisect_min_gap: int
+    bisect_min_gap: float  # no bisection once the gap is <= max(5, this x capacity)
     checks: tuple[Check, ...]
     budget_s: float  # no new N once the sweep has run this long
 
 
+ECHO_OFF = (("VOICEBOT_SIP__ECHO_CANCELLATION", "false"),)
 FULL = Config(
-    ns=(10, 25, 50, 75, 100, 125, 150, 200, 250, 300),
+    ns=(5, 10, 15, 20, 30, 40, 50, 75, 100, 125, 150, 200, 250, 300),
     hold_s=20.0,
     ramp_max_s=8.0,
     min_cps=10.0,
     bisect_steps=2,
-    bisect_min_gap=10,
+    bisect_min_gap=0.2,
     checks=(
-        Check("shared cores", LIGHT, "shared", 1.0, 10),
-        Check("heavy engines", HEAVY, "shared", 0.5, 10),
+        Check("echo canceller off", LIGHT, "pinned", 1.0, 10, ECHO_OFF),
+        Check("both cores", LIGHT, "shared", 1.0, 10),
+        Check("both cores", LIGHT, "shared", 1.5, 15),
+        Check("heavy engines", HEAVY, "shared", 0.5, 5),
     ),
     budget_s=11 * 60,
 )
@@ -148,8 +162,8 @@ QUICK = Config(
     ramp_max_s=2.0,
     min_cps=10.0,
     bisect_steps=0,
-    bisect_min_gap=10,
-    checks=(),
+    bisect_min_gap=0.2,
+    checks=(Check("echo canceller off", LIGHT, "pinned", 1.0, 5, ECHO_OFF),),
     budget_s=60,
 )
 
@@ -180,10 +194,29 @@ def free_udp_ports(taken: set[int], span: int = 1) -> int:
     raise RuntimeError("no free UDP port for SIPp")
 
 
+def _stat_fields(path: str) -> list[str]:
+    return Path(path).read_text().rsplit(")", 1)[1].split()
+
+
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of the process (all threads) + cutime + cstime of reaped children."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat_fields(f"/proc/{pid}/stat")
     return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
+
+
+def proc_cpu_split(pid: int) -> dict[str, float]:
+    """CPU seconds of the main thread (the asyncio event loop), of the other threads (engine
+    pool: Whisper; the VAD thread; ONNX Runtime / CTranslate2 workers) and of reaped children
+    (espeak-ng)."""
+    fields = _stat_fields(f"/proc/{pid}/stat")
+    main = _stat_fields(f"/proc/{pid}/task/{pid}/stat")
+    threads = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    loop = (int(main[11]) + int(main[12])) / CLK_TCK
+    return {
+        "loop": loop,
+        "threads": threads - loop,
+        "children": (int(fields[13]) + int(fields[14])) / CLK_TCK,
+    }
 
 
 def system_cpu() -> tuple[int, int]:
@@ -217,18 +250,21 @@ def ratio(num: float, den: float) -> float | None:
 
 
 class Monitor:
-    """Samples (wall time, server CPU s, machine busy, machine total) every 0.25 s."""
+    """Samples (wall time, server CPU s, event-loop thread CPU s, machine busy, machine
+    total) every 0.25 s."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.samples: list[tuple[float, float, int, int]] = []
+        self.samples: list[tuple[float, float, float, int, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
         with contextlib.suppress(OSError):
             busy, total = system_cpu()
-            self.samples.append((time.time(), proc_cpu_s(self.pid), busy, total))
+            split = proc_cpu_split(self.pid)
+            cpu = split["loop"] + split["threads"] + split["children"]
+            self.samples.append((time.time(), cpu, split["loop"], busy, total))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -245,14 +281,17 @@ class Monitor:
         self._sample()
 
     def window(self, t_a: float, t_b: float) -> dict[str, float | None]:
-        """Server CPU (% of one core) and machine CPU (% of all cores) between t_a and t_b."""
+        """Server CPU and its event-loop thread (% of one core), machine CPU (% of all
+        cores) between t_a and t_b."""
         inside = [s for s in self.samples if t_a <= s[0] <= t_b]
         if len(inside) < 2:
-            return {"server_core_pct": None, "machine_pct": None, "seconds": 0.0}
+            return {"server_core_pct": None, "loop_core_pct": None, "machine_pct": None,
+                    "seconds": 0.0}  # fmt: skip
         a, b = inside[0], inside[-1]
         return {
             "server_core_pct": 100 * (b[1] - a[1]) / (b[0] - a[0]),
-            "machine_pct": 100 * (b[2] - a[2]) / max(1, b[3] - a[3]),
+            "loop_core_pct": 100 * (b[2] - a[2]) / (b[0] - a[0]),
+            "machine_pct": 100 * (b[3] - a[3]) / max(1, b[4] - a[4]),
             "seconds": b[0] - a[0],
         }
 
@@ -326,9 +365,7 @@ def read_pcap(path: Path) -> dict[str, np.ndarray]:
     magic = struct.unpack("<I", data[:4])[0]
     endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
     scale = 1e-9 if magic in (0xA1B23C4D, 0x4D3CB2A1) else 1e-6
-    link_len = {1: 14, 113: 16, 276: 20, 0: 4}.get(
-        struct.unpack(endian + "I", data[20:24])[0], 14
-    )
+    link_len = {1: 14, 113: 16, 276: 20, 0: 4}.get(struct.unpack(endian + "I", data[20:24])[0], 14)
     rec = struct.Struct(endian + "IIII")
     rtp = struct.Struct("!HHxxxxBBHII")  # UDP ports (length, checksum skipped), RTP header
     pos, size = 24, len(data)
@@ -368,9 +405,13 @@ def stream_stats(t: np.ndarray, seq: np.ndarray, ts: np.ndarray) -> dict[str, An
     expected = int(seq_u.max() - seq_u.min() + 1)
     offset = t - ts_s
     lateness = offset - offset.min()
+    # One packet per 20 ms of the stream's life is due; when the server's clock falls over a
+    # second behind it re-anchors and those ticks are never sent (no sequence gap either).
+    due = round(float(t[-1] - t[0]) / 0.020) + 1
     jitter = _rfc3550_jitter(t, ts_s)
     return {
         "packets": len(t),
+        "due": due,
         "lost": max(0, expected - len(np.unique(seq_u))),
         "lateness": lateness,
         "deviation": np.abs(offset - np.median(offset)),
@@ -397,6 +438,7 @@ def analyse_capture(path: Path, phases: tuple[float, float, float]) -> dict[str,
             if len(ix) >= 2
         ]
         packets = sum(s["packets"] for s in streams)
+        due = sum(s["due"] for s in streams)
         lateness = np.concatenate([s["lateness"] for s in streams]) if streams else np.zeros(0)
         times = np.concatenate([s["t"] for s in streams]) if streams else np.zeros(0)
         deviation = np.concatenate([s["deviation"] for s in streams]) if streams else np.zeros(0)
@@ -411,6 +453,8 @@ def analyse_capture(path: Path, phases: tuple[float, float, float]) -> dict[str,
         out[name] = {
             "streams": len(streams),
             "packets": packets,
+            "due": due,
+            "missing_rate": ratio(max(0, due - packets), due),
             "lost": sum(s["lost"] for s in streams),
             "late": int(late.sum()),
             "late_rate": ratio(float(late.sum()), packets),
@@ -488,6 +532,13 @@ def sipp_stats(path: Path) -> dict[str, Any]:
             return int(float(row[key]))
         return 0
 
+    def seconds(key: str) -> float | None:
+        parts = last.get(key, "").split(":")  # HH:MM:SS:microseconds
+        with contextlib.suppress(ValueError):
+            h, m, sec, us = (int(x) for x in parts)
+            return h * 3600 + m * 60 + sec + us / 1e6
+        return None
+
     failed_kinds = {
         k[len("Failed") : -3]: num(last, k)
         for k in header
@@ -500,6 +551,8 @@ def sipp_stats(path: Path) -> dict[str, Any]:
         "failed_kinds": failed_kinds,
         "retransmissions": num(last, "Retransmissions(C)"),
         "peak_concurrent": max(num(r, "CurrentCall") for r in rows),
+        "call_length_mean_s": seconds("CallLength(C)"),
+        "response_time_mean_s": seconds("ResponseTime1(C)"),
     }
 
 
@@ -512,6 +565,7 @@ class RunSpec:
     engines: Engines
     layout: str  # "pinned" or "shared"
     n: int
+    env: tuple[tuple[str, str], ...] = ()
 
 
 def server_env(spec: RunSpec, sip_port: int, events: Path) -> dict[str, str]:
@@ -535,6 +589,7 @@ def server_env(spec: RunSpec, sip_port: int, events: Path) -> dict[str, str]:
         # espeak-ng sentence during a matmul on another thread can deadlock it (seen by
         # bench/ws_load.py); pinned to one CPU OpenBLAS is single-threaded anyway.
         env["OPENBLAS_NUM_THREADS"] = "1"
+    env.update(dict(spec.env))
     return env
 
 
@@ -582,12 +637,24 @@ def run_sipp(cmd: list[str], cwd: Path, timeout_s: float) -> tuple[int, float, f
     return proc.returncode, usage.ru_utime + usage.ru_stime, time.monotonic() - began
 
 
+EMPTY_METRICS: dict[str, Any] = {
+    "rtp_packets": {}, "rtp_late_ticks": 0.0, "active_calls": 0.0, "calls_total": {},
+    "rejected_total": 0.0, "engine_errors": {}, "vad_batch_mean": None,
+    "vad_window_mean_s": None, "end_of_turn_mean_s": None, "end_of_turn_count": 0.0,
+}  # fmt: skip
+
+
 def wait_idle(http: str, timeout_s: float) -> dict[str, Any]:
-    """Metrics once no call is active any more (or at the deadline)."""
+    """Metrics once no call is active any more (or at the deadline; empty if the server
+    never answered)."""
     deadline = time.monotonic() + timeout_s
+    metrics = dict(EMPTY_METRICS, unreachable=True)
     while True:
-        metrics = scrape_metrics(http)
-        if metrics["active_calls"] == 0 or time.monotonic() > deadline:
+        with contextlib.suppress(Exception):
+            metrics = scrape_metrics(http)
+            if metrics["active_calls"] == 0:
+                return metrics
+        if time.monotonic() > deadline:
             return metrics
         time.sleep(0.5)
 
@@ -632,12 +699,16 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
         startup_s = time.monotonic() - began
         capture = stack.enter_context(tcpdump(pcap))
         monitor = stack.enter_context(Monitor(pid))
-        cpu_before = proc_cpu_s(pid)
+        cpu_before = proc_cpu_split(pid)
         t0 = time.time()
         code, sipp_cpu, sipp_wall = run_sipp(cmd, work, sipp_timeout + 15)
         metrics = wait_idle(gw.http, 30)
         t_end = time.time()
-        cpu_s = proc_cpu_s(pid) - cpu_before
+        cpu_after = dict(cpu_before)
+        with contextlib.suppress(OSError):  # the server died: no CPU figures
+            cpu_after = proc_cpu_split(pid)
+        cpu_split = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
+        cpu_s = sum(cpu_split.values())
         server_alive = gw.proc.poll() is None
         stack.close()  # stop the monitor, tcpdump, then the server
         server_log = gw.log()
@@ -648,11 +719,15 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
     sipp = sipp_stats(stat_csv)
     sent = metrics["rtp_packets"].get("sent", 0.0)
     errors = [ln for ln in server_log.splitlines() if "ERROR" in ln or "Traceback" in ln]
+    # Call-seconds of wall time (SIPp: INVITE sent -> BYE answered). Not the events' call
+    # time: that counts the server's media ticks, which an overloaded server skips.
+    call_s = (sipp.get("call_length_mean_s") or cfg.hold_s) * (sipp.get("successful") or spec.n)
     row: dict[str, Any] = {
         "label": spec.label,
         "engines": spec.engines.label,
         "layout": spec.layout,
         "n": spec.n,
+        "env": dict(spec.env),
         "ramp_s": ramp_s,
         "hold_s": cfg.hold_s,
         "loadavg_at_start": load_at_start,
@@ -670,7 +745,12 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
         "tcpdump_dropped": capture.get("dropped"),
         "turns": turns,
         "server_cpu_s": cpu_s,
-        "cpu_per_call_pct": 100 * cpu_s / turns["call_seconds"] if turns["call_seconds"] else None,
+        "server_cpu_split_s": cpu_split,
+        "call_seconds_wall": call_s,
+        # < 1: the server's media clocks skipped ticks (re-anchored after > 1 s behind).
+        "media_clock_ratio": turns["call_seconds"] / call_s if call_s else None,
+        "cpu_per_call_pct": 100 * cpu_s / call_s,
+        "cpu_per_call_split_pct": {k: 100 * v / call_s for k, v in cpu_split.items()},
         "all_up_window": window,
         "workdir": str(work),
     }
@@ -688,15 +768,20 @@ def verdict(row: dict[str, Any]) -> str:
     failed = sipp.get("failed", 0) or (sipp.get("successful", 0) < row["n"])
     if failed or not row["server_alive"] or row["turns"]["ended"] < row["n"]:
         return "failed calls"
-    late = max(row["late_rate_server"] or 0.0, row["wire"]["bot"]["late_rate"] or 0.0)
-    if late >= GOAL_LATE:
+    if worst_late(row) >= GOAL_LATE:
         return "late"
     return "ok"
 
 
+def worst_late(row: dict[str, Any]) -> float:
+    """The largest of: server late ticks, wire late packets, wire packets never sent."""
+    bot = row["wire"]["bot"]
+    rates = (row["late_rate_server"], bot["late_rate"], bot["missing_rate"])
+    return max(r or 0.0 for r in rates)
+
+
 def clearly_over(row: dict[str, Any]) -> bool:
-    late = max(row["late_rate_server"] or 0.0, row["wire"]["bot"]["late_rate"] or 0.0)
-    return row["verdict"] == "failed calls" or late >= OVER_LATE
+    return row["verdict"] == "failed calls" or worst_late(row) >= OVER_LATE
 
 
 def capacity(rows: Sequence[dict[str, Any]]) -> int | None:
@@ -711,7 +796,7 @@ def capacity(rows: Sequence[dict[str, Any]]) -> int | None:
 
 def run_sweep(
     cfg: Config, engines: Engines, layout: str, ns: Sequence[int], wav: Path, base: Path,
-    started: float, log: Log,
+    started: float, log: Log, env: tuple[tuple[str, str], ...] = (),
 ) -> list[dict[str, Any]]:  # fmt: skip
     rows: list[dict[str, Any]] = []
     label = "sweep"
@@ -719,8 +804,10 @@ def run_sweep(
         if time.perf_counter() - started > cfg.budget_s:
             log(f"time budget spent: no N above {rows[-1]['n'] if rows else 0}")
             break
-        rows.append(run_one(RunSpec(label, engines, layout, n), cfg, wav, base, log))
-        if clearly_over(rows[-1]):
+        rows.append(run_one(RunSpec(label, engines, layout, n, env), cfg, wav, base, log))
+        if clearly_over(rows[-1]) or (
+            len(rows) >= 2 and all(r["verdict"] != "ok" for r in rows[-2:])
+        ):
             break
     for _ in range(cfg.bisect_steps):
         ok = [r["n"] for r in rows if r["verdict"] == "ok"]
@@ -729,12 +816,12 @@ def run_sweep(
         if good is None or not bad:
             break
         first_bad = min(n for n in bad if n > good)
-        if first_bad - good <= cfg.bisect_min_gap:
+        if first_bad - good <= max(5, cfg.bisect_min_gap * good):
             break
         mid = int(round((good + first_bad) / 2 / 5) * 5)
         if mid in ok or mid in bad or mid in (good, first_bad):
             break
-        rows.append(run_one(RunSpec(label, engines, layout, mid), cfg, wav, base, log))
+        rows.append(run_one(RunSpec(label, engines, layout, mid, env), cfg, wav, base, log))
     return sorted(rows, key=lambda r: r["n"])
 
 
@@ -780,12 +867,21 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def _run_cells(r: dict[str, Any]) -> list[object]:
+    settings = ", ".join(f"{k.removeprefix('VOICEBOT_')}={v}" for k, v in r["env"].items())
+    return [r["label"], r["engines"], r["layout"], settings or "defaults"]
+
+
+RUN_HEADER = ["run", "engines", "cores", "settings"]
+
+
 def timing_table(rows: Sequence[dict[str, Any]], label: bool = False) -> str:
     header = [
-        "N", "calls ok", "peak up", "bot pkts sent", "late ticks (server)", "late > 20 ms (wire)",
-        "calls with a late pkt", "lateness p99 / max ms", "jitter J mean / max ms",
-        "bot pkts lost (wire)", "caller pkts rcvd / lost / late", "SIPp send dev p99 ms",
-        "verdict",
+        "N", "calls ok", "peak up", "bot pkts sent", "late ticks (server)",
+        "late > 20 ms (wire)", "never sent (wire)", "media time / call time",
+        "calls with a late pkt",
+        "lateness p99 / max ms", "jitter J mean / max ms", "caller pkts rcvd / lost / late",
+        "SIPp send dev p99 ms", "verdict",
     ]  # fmt: skip
     body = []
     for r in rows:
@@ -798,32 +894,35 @@ def timing_table(rows: Sequence[dict[str, Any]], label: bool = False) -> str:
             f"{m.get('sent', 0):.0f}",
             f"{r['metrics']['rtp_late_ticks']:.0f} ({late_server})",
             f"{bot['late']} ({f_pct(bot['late_rate'])})",
+            f_pct(bot["missing_rate"]),
+            f(r["media_clock_ratio"], 3),
             f"{bot['streams_with_late']}/{bot['streams']}",
             f"{bot['lateness_p99_ms']:.1f} / {bot['lateness_max_ms']:.0f}",
             f"{bot['jitter_mean_ms']:.2f} / {bot['jitter_max_ms']:.1f}",
-            bot["lost"],
             f"{m.get('received', 0):.0f} / {m.get('lost', 0):.0f} / {m.get('late', 0):.0f}",
             f"{caller['deviation_p99_ms']:.1f}",
             f"**{r['verdict']}**" if r["verdict"] == "ok" else r["verdict"],
         ]
-        body.append(([r["label"], r["engines"], r["layout"]] if label else []) + cells)
-    return md_table((["run", "engines", "cores"] if label else []) + header, body)
+        body.append((_run_cells(r) if label else []) + cells)
+    return md_table((RUN_HEADER if label else []) + header, body)
 
 
 def cost_table(rows: Sequence[dict[str, Any]], label: bool = False) -> str:
     header = [
-        "N", "server CPU, all up (% of a core)", "server CPU per call (% of a core)",
+        "N", "server CPU, all up: total / event loop (% of a core)",
+        "server CPU per call: total / loop / other threads / espeak (% of a core)",
         "machine CPU, all up", "SIPp CPU (% of a core)", "turns replied / taken",
         "balance replies", "end-of-turn p50 / p95 / max s", "VAD batch mean",
         "load avg at start",
     ]  # fmt: skip
     body = []
     for r in rows:
-        t, w = r["turns"], r["all_up_window"]
+        t, w, split = r["turns"], r["all_up_window"], r["cpu_per_call_split_pct"]
         cells = [
             r["n"],
-            f(w["server_core_pct"], 0),
-            f(r["cpu_per_call_pct"], 2),
+            f"{f(w['server_core_pct'], 0)} / {f(w['loop_core_pct'], 0)}",
+            f"{f(r['cpu_per_call_pct'], 2)} / {f(split['loop'], 2)} / "
+            f"{f(split['threads'], 2)} / {f(split['children'], 2)}",
             f"{f(w['machine_pct'], 0)} %",
             f(100 * r["sipp_cpu_s"] / r["sipp_wall_s"], 0) if r["sipp_wall_s"] else "-",
             f"{t['replied']}/{t['turns']}",
@@ -832,19 +931,25 @@ def cost_table(rows: Sequence[dict[str, Any]], label: bool = False) -> str:
             f(r["metrics"]["vad_batch_mean"], 1),
             f"{r['loadavg_at_start'][0]:.2f}",
         ]
-        body.append(([r["label"], r["engines"], r["layout"]] if label else []) + cells)
-    return md_table((["run", "engines", "cores"] if label else []) + header, body)
+        body.append((_run_cells(r) if label else []) + cells)
+    return md_table((RUN_HEADER if label else []) + header, body)
 
 
 def notes_for(rows: Sequence[dict[str, Any]]) -> list[str]:
     notes = []
+    phases = [
+        f"{r['label']} N={r['n']}: {ph['ramp']} / {ph['all_up']} / {ph['hangup']}"
+        for r in rows
+        if r["wire"]["bot"]["late"]
+        for ph in [r["wire"]["bot"]["late_by_phase"]]
+    ]
+    if phases:
+        notes.append(
+            "Late bot packets (wire) while calls were starting / all up / hanging up: "
+            + "; ".join(phases)
+        )
     for r in rows:
         tag = f"{r['label']} N={r['n']}"
-        bot = r["wire"]["bot"]
-        if bot["late"]:
-            ph = bot["late_by_phase"]
-            notes.append(f"{tag}: late bot packets by phase: ramp {ph['ramp']}, all up "
-                         f"{ph['all_up']}, hang-up {ph['hangup']}")  # fmt: skip
         if r["sipp"].get("failed_kinds"):
             notes.append(f"{tag}: SIPp failures {r['sipp']['failed_kinds']}")
         if r["tcpdump_dropped"]:
@@ -873,6 +978,13 @@ def render(res: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
         + "."
     )
+    others = res.get("other_processes_at_start") or []
+    if others:
+        lines[-1] += (
+            " Also running at start (shared machine): "
+            + "; ".join(f"`{o.split(': ', 1)[1][:70]}`" for o in others)
+            + "."
+        )
     lines += [
         "",
         f"Each call: SIPp INVITE (PCMU only), answered at once, the caller's RTP for the whole "
@@ -880,19 +992,31 @@ def render(res: dict[str, Any]) -> str:
         f'espeak-ng "{CALLER_TEXT}", silence), BYE {cfg["hold_s"]:.0f} s after the answer; '
         f"INVITEs spread evenly over min({cfg['ramp_max_s']:.0f} s, N / "
         f"{cfg['min_cps']:.0f} per s). Bot: scripted LLM (a ~6 s reply), "
-        f"**{LIGHT.label}** for the capacity figure, a fresh `voicebot serve` per N. Sweep "
-        f"layout: server pinned to CPU 1; SIPp, tcpdump and the driver on CPU 0.",
+        f"**{LIGHT.label}** for the capacity figure, a fresh `voicebot serve` per N, default "
+        f"settings otherwise (SIP echo canceller on). Sweep layout: "
+        + (
+            "server pinned to CPU 1; SIPp, tcpdump and the driver on CPU 0."
+            if res["layout"] == "pinned"
+            else "server, SIPp, tcpdump and the driver all on both CPUs."
+        )
+        + (f" Sweep settings: {res['sweep_env']}." if res["sweep_env"] else ""),
         "",
         "Late = a bot RTP packet more than 20 ms behind its schedule. Server: media ticks that "
         "ran over one frame late / packets sent (`voicebot_rtp_late_ticks_total`). Wire: "
         "tcpdump on `lo`, per SSRC, capture time vs RTP timestamp, anchored at the stream's "
-        "earliest-relative packet. J = RFC 3550 interarrival jitter. Caller packets: the "
-        "server's jitter buffer counts; SIPp send dev = p99 of |send time - median schedule| "
-        "of SIPp's own streams (its timing, not the server's). CPU per call = server CPU "
-        "seconds / call seconds. End-of-turn = `speech_end` -> `SPEAKING` in call-audio time "
-        "(Whisper decodes one turn at a time per process: queues at large N).",
+        "earliest-relative packet. Never sent: packets due at 50/s over each bot stream's life "
+        "but not sent (the server re-anchors its clock when over 1 s behind and skips those "
+        "ticks). Media time / call time: the call time the server's media clocks covered "
+        "(events) / the wall-clock call time (SIPp); 1.000 = real time. J = RFC 3550 "
+        "interarrival jitter. Caller packets: the server's jitter-buffer counts; SIPp send dev "
+        "= p99 of |send time - median schedule| of SIPp's own streams (its timing, not the "
+        "server's). CPU per call = server CPU seconds / wall call-seconds; event loop = the "
+        "main thread, other threads = Whisper, VAD and ONNX/CTranslate2 workers, espeak = "
+        "reaped espeak-ng children. End-of-turn = `speech_end` -> `SPEAKING` in call-audio "
+        "time (Whisper decodes one turn at a time per process: turns queue at large N).",
         "",
-        "### Sweep (" + LIGHT.label + ", server on its own core)",
+        f"### Sweep ({LIGHT.label}, "
+        + ("server on its own core)" if res["layout"] == "pinned" else "all on both cores)"),
         "",
         timing_table(sweep),
         "",
@@ -901,19 +1025,27 @@ def render(res: dict[str, Any]) -> str:
     ]
     cap = res["capacity"]
     first_bad = next((r for r in sweep if r["verdict"] != "ok"), None)
-    eot_ok = [r["n"] for r in sweep if (r["turns"]["eot_p95_s"] or 99) < 2.0]
+    cap_text = f"{cap} concurrent calls" if cap is not None else "below the smallest N tried"
+    over = (
+        f"first N over: {first_bad['n']} ({first_bad['verdict']})"
+        if first_bad
+        else "no N tried was over"
+    )
+    goal = "met" if cap is not None and cap >= 100 else "not met"
+    eot_n = None
+    for r in sweep:
+        if (r["turns"]["eot_p95_s"] or 99.0) >= 2.0:
+            break
+        eot_n = r["n"]
     lines.append(
-        f"**Capacity: {cap if cap is not None else 'none'} concurrent calls** with < 0.5 % late "
-        f"bot packets (server and wire) and every call completed"
-        + (f"; first N over: {first_bad['n']} ({first_bad['verdict']})" if first_bad else
-           "; no N tried was over")
-        + (f". Goal >= 100: {'met' if cap is not None and cap >= 100 else 'not met'}.")
-        + (f" Turns answered within 2 s (p95) up to N = {max(eot_ok)}." if eot_ok else "")
-    )  # fmt: skip
+        f"**Capacity: {cap_text}** with < 0.5 % of bot packets late (server ticks, wire > 20 ms, "
+        f"or never sent) and every call completed; {over}. Goal >= 100: {goal}."
+        + (f" End-of-turn p95 < 2 s up to N = {eot_n}." if eot_n is not None else "")
+    )
     if res["checks"]:
         lines += [
             "",
-            "### Checks at other settings (both cores shared by server, SIPp and tcpdump)",
+            "### Checks at other settings (N relative to the capacity found above)",
             "",
             timing_table(res["checks"], label=True),
             "",
@@ -938,6 +1070,20 @@ def update_results(path: Path, section: str) -> None:
 
 
 # --------------------------------------------------------------------------- main
+
+
+def other_processes() -> list[str]:
+    """Benchmarks, test runs and servers running now that this script did not start."""
+    mine = {os.getpid()}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        with contextlib.suppress(OSError):
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if re.search(r"bench/|pytest|voicebot serve|sipp |tcpdump", cmd):
+                found.append(f"{entry.name}: {cmd.strip()[:120]}")
+    return sorted(found)
 
 
 def wait_for_quiet(threshold: float, max_wait_s: float, log: Log) -> str:
@@ -966,6 +1112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", type=float, help="seconds from answer to BYE")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE",
+        help="extra server env for the sweep (repeatable): VOICEBOT_SIP__ECHO_CANCELLATION=false",
+    )  # fmt: skip
+    parser.add_argument("--no-checks", action="store_true", help="only the sweep")
+    parser.add_argument(
         "--wait-load", type=float, metavar="L",
         help="first wait (up to 20 min) for the 1-minute load average to drop below L",
     )  # fmt: skip
@@ -975,6 +1126,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.ns:
         ns = tuple(int(x) for x in args.ns.split(","))
         cfg = dataclasses.replace(cfg, bisect_steps=0, checks=(), budget_s=1e9)
+    if args.no_checks:
+        cfg = dataclasses.replace(cfg, checks=())
+    if any("=" not in kv for kv in args.env):
+        raise SystemExit("--env takes KEY=VALUE")
+    sweep_env = tuple((kv.split("=", 1)[0], kv.split("=", 1)[1]) for kv in args.env)
     if args.hold:
         cfg = dataclasses.replace(cfg, hold_s=args.hold)
     if {0, 1} - os.sched_getaffinity(0):
@@ -994,11 +1150,14 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {
         "started_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "quick": args.quick,
+        "layout": args.layout,
         "config": asdict(cfg),
         "machine": machine_info(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "other_processes_at_start": other_processes(),
         "load_wait": load_wait,
         "definitions": {"late_s": LATE_S, "goal_late": GOAL_LATE, "rtp_ports": [RTP_MIN, RTP_MAX]},
+        "sweep_env": dict(sweep_env),
     }
     base = Path(tempfile.mkdtemp(prefix="sip_load-"))
     try:
@@ -1006,15 +1165,14 @@ def main(argv: list[str] | None = None) -> int:
         res["caller"] = make_caller_wav(wav, cfg.hold_s + 1.0, log)
         # Everything this process starts runs on CPU 0 unless it asks otherwise.
         with affinity({0} if args.layout == "pinned" else None):
-            sweep = run_sweep(cfg, LIGHT, args.layout, ns, wav, base, started, log)
+            sweep = run_sweep(cfg, LIGHT, args.layout, ns, wav, base, started, log, sweep_env)
             res["sweep"] = sweep
             res["capacity"] = capacity(sweep)
             checks = []
             for check in cfg.checks:
-                n = max(check.min_n, int(round((res["capacity"] or 0) * check.n_of_capacity / 5))
-                        * 5)  # fmt: skip
+                n = max(check.min_n, 5 * round((res["capacity"] or 0) * check.n_of_capacity / 5))
                 with affinity({0, 1} if check.layout == "shared" else {0}):
-                    spec = RunSpec(check.label, check.engines, check.layout, n)
+                    spec = RunSpec(check.label, check.engines, check.layout, n, check.env)
                     checks.append(run_one(spec, cfg, wav, base, log))
             res["checks"] = checks
     finally:

@@ -174,3 +174,12 @@ def compose(
         parts.append(np.zeros(int(gap * SR), np.int16))
         pos += int(gap * SR)
     return Conversation(np.concatenate(parts), segments)
+
+
+def place(total_s: float, *parts: tuple[float, np.ndarray]) -> np.ndarray:
+    """A caller's timeline: each (start second, clip) on silence, `total_s` long."""
+    out = np.zeros(int(total_s * SR), np.int16)
+    for start, clip in parts:
+        i = int(start * SR)
+        out[i : i + len(clip)] = clip[: max(0, len(out) - i)]
+    return out

@@ -17,6 +17,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
+def voice():  # type: ignore[no-untyped-def]
+    """Piper with noise off: the same caller speech every run (a human-like test voice)."""
+    from voicebot.models.tts.piper import PiperTextToSpeech
+
+    return PiperTextToSpeech(noise_scale=0.0, noise_w_scale=0.0)
+
+
+@pytest.fixture(scope="session")
 def vad_model() -> SileroVad:
     return SileroVad.shared()
 

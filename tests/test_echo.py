@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests import audiogen
+from tests.audiogen import place
 from tests.engines import ScriptedSTT
 from voicebot.agent.config import AgentConfig
 from voicebot.agent.simulator import EchoPath, simulate_call
@@ -34,17 +35,9 @@ def question() -> np.ndarray:
     return audiogen.trimmed_speech("What is the balance on my account?")
 
 
-def timeline(total_s: float, *parts: tuple[float, np.ndarray]) -> np.ndarray:
-    out = np.zeros(int(total_s * SR), np.int16)
-    for start, clip in parts:
-        i = int(start * SR)
-        out[i : i + len(clip)] = clip[: len(out) - i]
-    return out
-
-
 @pytest.mark.parametrize("line", LINES, ids=lambda p: f"{p.gain_db:g}dB-{p.delay_ms:g}ms")
 def test_no_self_interruption_on_echo(engines: Engines, line: EchoPath) -> None:
-    audio = timeline(12.0, (0.5, question()))
+    audio = place(12.0, (0.5, question()))
     stt = ScriptedSTT(["what is the balance on my account"])
     result = asyncio.run(simulate_call(
         audio, Engines(stt, engines.llm, engines.tts), config=QUIET, echo_path=line,
@@ -61,7 +54,7 @@ def test_no_self_interruption_on_echo(engines: Engines, line: EchoPath) -> None:
 @pytest.mark.parametrize("line", LINES[:2], ids=lambda p: f"{p.gain_db:g}dB-{p.delay_ms:g}ms")
 def test_caller_still_interrupts_over_the_echo(engines: Engines, line: EchoPath) -> None:
     talk_over = audiogen.trimmed_speech("No, stop, I want to talk to somebody.", "en-gb")
-    audio = timeline(12.0, (0.5, question()), (5.0, talk_over))
+    audio = place(12.0, (0.5, question()), (5.0, talk_over))
     stt = ScriptedSTT(["what is the balance on my account", "no stop"])
     result = asyncio.run(simulate_call(
         audio, Engines(stt, engines.llm, engines.tts), config=QUIET, echo_path=line,
@@ -75,7 +68,7 @@ def test_caller_still_interrupts_over_the_echo(engines: Engines, line: EchoPath)
 def test_without_cancellation_the_echo_does_interrupt(engines: Engines) -> None:
     # The control: the same loud, short echo and no canceller makes the bot cut itself off,
     # which is what the canceller is for.
-    audio = timeline(12.0, (0.5, question()))
+    audio = place(12.0, (0.5, question()))
     stt = ScriptedSTT(["what is the balance on my account"])
     result = asyncio.run(simulate_call(
         audio, Engines(stt, engines.llm, engines.tts), config=QUIET,

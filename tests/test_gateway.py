@@ -14,17 +14,13 @@ import numpy as np
 import pytest
 
 from tests import gateway_client
+from tests.audiogen import place
 from tests.gateway_server import Gateway, gateway
 from voicebot.audio.resample import resample_whole
 from voicebot.models.tts.piper import PiperTextToSpeech
 from voicebot.models.vad import detect_speech_segments
 
 SR = 16000
-
-
-@pytest.fixture(scope="module")
-def voice() -> PiperTextToSpeech:
-    return PiperTextToSpeech(noise_scale=0.0, noise_w_scale=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +40,6 @@ def strict_gw(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
         VOICEBOT_ENGINES__STT_MODEL="tiny.en",
     ) as server:
         yield server
-
-
-def place(total_s: float, *parts: tuple[float, np.ndarray]) -> np.ndarray:
-    out = np.zeros(int(total_s * SR), np.int16)
-    for start, clip in parts:
-        i = int(start * SR)
-        out[i : i + len(clip)] = clip[: len(out) - i]
-    return out
 
 
 def test_a_turn_over_the_websocket(gw: Gateway, voice: PiperTextToSpeech) -> None:

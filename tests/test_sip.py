@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from tests import siptools
+from tests.audiogen import place
 from tests.gateway_server import Gateway, gateway
 from tests.servers import free_port
 from voicebot.audio.resample import resample_whole
 from voicebot.audio.wav import write_wav
-from voicebot.models.tts.piper import PiperTextToSpeech
 from voicebot.models.vad import detect_speech_segments
 
 pytestmark = pytest.mark.skipif(
@@ -23,11 +23,6 @@ pytestmark = pytest.mark.skipif(
     reason="sipp / tcpdump not installed",
 )
 SR = 16000
-
-
-@pytest.fixture(scope="module")
-def voice() -> PiperTextToSpeech:
-    return PiperTextToSpeech(noise_scale=0.0, noise_w_scale=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +47,6 @@ def sip_gw(workdir: Path) -> tuple[Gateway, int, Path]:
 def caller_wav(path: Path, audio16k: np.ndarray, encoding: str) -> Path:
     write_wav(path, resample_whole(audio16k, SR, 8000), 8000, encoding=encoding)
     return path
-
-
-def place(total_s: float, *parts: tuple[float, np.ndarray]) -> np.ndarray:
-    out = np.zeros(int(total_s * SR), np.int16)
-    for start, clip in parts:
-        i = int(start * SR)
-        out[i : i + len(clip)] = clip[: len(out) - i]
-    return out
 
 
 def call_events(events_log: Path, sip_call_id_part: str) -> list[dict]:

@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.audiogen import place
 from tests.gateway_server import Gateway, gateway
 from tests.webrtc_client import connect_and_leave, rtc_call
 from voicebot.models.tts.piper import PiperTextToSpeech
@@ -18,22 +19,9 @@ SR = 16000
 
 
 @pytest.fixture(scope="module")
-def voice() -> PiperTextToSpeech:
-    return PiperTextToSpeech(noise_scale=0.0, noise_w_scale=0.0)
-
-
-@pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
     with gateway(tmp_path_factory.mktemp("rtc"), VOICEBOT_WEBRTC__LOOPBACK_ONLY="true") as server:
         yield server
-
-
-def place(total_s: float, *parts: tuple[float, np.ndarray]) -> np.ndarray:
-    out = np.zeros(int(total_s * SR), np.int16)
-    for start, clip in parts:
-        i = int(start * SR)
-        out[i : i + len(clip)] = clip[: len(out) - i]
-    return out
 
 
 def test_a_turn_over_webrtc(gw: Gateway, voice: PiperTextToSpeech) -> None:
