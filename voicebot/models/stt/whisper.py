@@ -14,13 +14,12 @@ loop; a transcript too long for its audio is caught and redone on the full 30 s 
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from voicebot.models.base import EngineError, Transcript
-from voicebot.models.executor import run_blocking
+from voicebot.models.executor import model_worker, run_blocking
 from voicebot.models.weights import whisper_base_dir, whisper_tiny_en_dir
 
 SAMPLE_RATE = 16_000
@@ -70,8 +69,9 @@ class WhisperSpeechToText:
             language=language if self._whisper.model.is_multilingual else "en",
         )
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
-        # One decode at a time per model: CTranslate2 would split the same threads anyway.
-        self._lock = threading.Lock()
+        # One decode at a time per model (CTranslate2 would split the same threads anyway):
+        # its own worker thread queues them.
+        self._worker = model_worker("whisper")
 
     def transcribe_sync(self, audio: np.ndarray) -> Transcript:
         pcm = np.asarray(audio)
@@ -81,13 +81,12 @@ class WhisperSpeechToText:
             return Transcript("")
         samples = pcm[: int(MAX_SECONDS * SAMPLE_RATE)].astype(np.float32) / 32768.0
         seconds = len(samples) / SAMPLE_RATE
-        with self._lock:
-            if self.trim_encoder:
-                window = min(MAX_SECONDS, math.ceil(seconds + PAD_SECONDS))
-                text = self._decode(samples, window)
-                if text is not None and len(text.split()) <= 3 + MAX_WORDS_PER_SECOND * seconds:
-                    return Transcript(text, "en")
-            text = self._decode(samples, MAX_SECONDS)
+        if self.trim_encoder:
+            window = min(MAX_SECONDS, math.ceil(seconds + PAD_SECONDS))
+            text = self._decode(samples, window)
+            if text is not None and len(text.split()) <= 3 + MAX_WORDS_PER_SECOND * seconds:
+                return Transcript(text, "en")
+        text = self._decode(samples, MAX_SECONDS)
         return Transcript(text or "", "en")
 
     def _decode(self, samples: np.ndarray, window_seconds: float) -> str | None:
@@ -117,4 +116,4 @@ class WhisperSpeechToText:
         return self._tokenizer.decode(tokens).strip()
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
-        return await run_blocking(self.transcribe_sync, audio)
+        return await run_blocking(self._worker, self.transcribe_sync, audio)

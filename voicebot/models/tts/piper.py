@@ -6,7 +6,6 @@ the voice's 22.05 kHz output is resampled to canonical 16 kHz.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import numpy as np
 from voicebot.audio.frames import SAMPLE_RATE, float_to_pcm16
 from voicebot.audio.resample import StreamingResampler
 from voicebot.models.base import EngineError
-from voicebot.models.executor import run_blocking
+from voicebot.models.executor import model_worker, run_blocking
 from voicebot.models.weights import PIPER_JOE, PIPER_JOE_CONFIG
 
 MAX_TEXT_CHARS = 2000
@@ -61,18 +60,17 @@ class PiperTextToSpeech:
         )
         self.name = f"piper-{Path(model).stem}"
         self.sample_rate = self._voice.config.sample_rate
-        self._lock = threading.Lock()
+        self._worker = model_worker("piper")
 
     def synthesize_sync(self, text: str) -> np.ndarray:
         text = text.strip()[:MAX_TEXT_CHARS]
         if not text:
             return np.zeros(0, np.int16)
-        with self._lock:
-            chunks = [c.audio_float_array for c in self._voice.synthesize(text, self._syn)]
+        chunks = [c.audio_float_array for c in self._voice.synthesize(text, self._syn)]
         if not chunks:
             return np.zeros(0, np.int16)
         audio = float_to_pcm16(np.concatenate(chunks))
         return StreamingResampler(self.sample_rate, SAMPLE_RATE).process(audio)
 
     async def synthesize(self, text: str) -> np.ndarray:
-        return await run_blocking(self.synthesize_sync, text)
+        return await run_blocking(self._worker, self.synthesize_sync, text)

@@ -23,6 +23,7 @@ class VadParams:
     min_speech_ms: int = 100
     min_silence_ms: int = 500
     prefix_padding_ms: int = 200
+    max_speech_ms: int = 30_000
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.deactivation_threshold <= self.activation_threshold <= 1.0:
@@ -32,6 +33,8 @@ class VadParams:
             )
         if min(self.min_speech_ms, self.min_silence_ms, self.prefix_padding_ms) < 0:
             raise ValueError("durations must not be negative")
+        if self.max_speech_ms <= self.min_speech_ms:
+            raise ValueError("max_speech_ms must exceed min_speech_ms")
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,12 @@ class SpeechSegmenter:
                 self._segment.append(window)
         else:
             self._segment.append(window)
+            if self._ms(k + 1 - self._onset_index) >= p.max_speech_ms:
+                # Endless "speech" (babble, a TV): cut it so STT gets a bounded segment and
+                # the call moves on; if it goes on, a new segment starts after min speech.
+                self._silence_from = None
+                events.append(self._end_segment(t=self._time(k + 1)))
+                return events
             if probability >= p.activation_threshold:
                 self._silence_from = None
             elif probability < p.deactivation_threshold:
