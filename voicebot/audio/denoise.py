@@ -86,7 +86,7 @@ class SpectralGate:
 
 class WebRtcSuppressor:
     name = "webrtc-ns"
-    latency_ms = 0.0
+    latency_ms = 6.0  # measured: its 256-point FFT over 160-sample blocks delays 96 samples
 
     def __init__(self, level: int = 2) -> None:
         from webrtc_noise_gain import AudioProcessor
