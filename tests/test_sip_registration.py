@@ -4,8 +4,11 @@ through Kamailio."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -42,7 +45,19 @@ def start_kamailio(workdir: Path, port: int, password: str) -> subprocess.Popen[
          "-P", str(workdir / "kamailio.pid")],
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its worker processes share the group: stop them all
     )  # fmt: skip
+
+
+def stop_kamailio(proc: subprocess.Popen[bytes]) -> None:
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def test_bot_registers_and_takes_a_call_through_kamailio(tmp_path: Path) -> None:
@@ -80,7 +95,7 @@ def test_bot_registers_and_takes_a_call_through_kamailio(tmp_path: Path) -> None
                 "uac_call.xml", pbx_port, media_port=17400, log_dir=tmp_path,
                 keys={"codec_pt": "0", "codec_name": "PCMU"},
                 fill={"WAV": str(wav), "CODEC_PT": "0", "DTMF_PCAP": str(pcap),
-                      "DTMF_AFTER_MS": "0", "HOLD_MS": "7000"},
+                      "DTMF_AFTER_MS": "0", "HOLD_MS": "7000", "INFO_DIGIT": "0"},
             )  # fmt: skip
             assert result.returncode == 0, result.stdout[-1500:] + gw.log()[-3000:]
         seen = [json.loads(line) for line in events.read_text().splitlines()]
@@ -91,11 +106,7 @@ def test_bot_registers_and_takes_a_call_through_kamailio(tmp_path: Path) -> None
         assert "balance" in next(e for e in seen if e["type"] == "transcript")["text"].lower()
         assert next(e for e in seen if e["type"] == "call_ended")["reason"] == "caller_hangup"
     finally:
-        pbx.terminate()
-        try:
-            pbx.wait(10)
-        except subprocess.TimeoutExpired:
-            pbx.kill()
+        stop_kamailio(pbx)
 
 
 def test_wrong_password_is_not_registered(tmp_path: Path) -> None:
@@ -116,8 +127,7 @@ def test_wrong_password_is_not_registered(tmp_path: Path) -> None:
             assert httpx.get(f"{gw.http}/healthz").json()["sip"]["registered"] is False
             assert "registration failed" in gw.log()
     finally:
-        pbx.terminate()
-        pbx.wait(10)
+        stop_kamailio(pbx)
 
 
 def test_pyvoip_calls_the_bot_through_kamailio(tmp_path: Path) -> None:
@@ -160,5 +170,4 @@ def test_pyvoip_calls_the_bot_through_kamailio(tmp_path: Path) -> None:
         assert any(e["type"] == "bot_text" for e in seen)
         assert next(e for e in seen if e["type"] == "call_ended")["reason"] == "caller_hangup"
     finally:
-        pbx.terminate()
-        pbx.wait(10)
+        stop_kamailio(pbx)
