@@ -53,6 +53,7 @@ every smaller N tried passing too.
 
     .venv/bin/python bench/ws_load.py --wait-load 1.0 --json /tmp/ws.json --results bench/RESULTS.md
     .venv/bin/python bench/ws_load.py --quick
+    .venv/bin/python bench/ws_load.py --render /tmp/ws.json --results bench/RESULTS.md  # no runs
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ import os
 import platform
 import re
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -859,8 +861,19 @@ def idle_gate(max_wait_s: float, log: Log) -> dict[str, float]:
         waited += 10.0
 
 
+@dataclass
+class Budget:
+    """Benchmark time so far, not counting the waits for a quiet machine."""
+
+    started: float = field(default_factory=time.perf_counter)
+    waited: float = 0.0
+
+    def used(self) -> float:
+        return time.perf_counter() - self.started - self.waited
+
+
 def run_sweep(
-    sweep: Sweep, cfg: Config, ns: Sequence[int], bank: list[list[bytes]], t0: float, log: Log
+    sweep: Sweep, cfg: Config, ns: Sequence[int], bank: list[list[bytes]], budget: Budget, log: Log
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     discarded: list[dict[str, Any]] = []
@@ -870,6 +883,7 @@ def run_sweep(
         other processes used over OTHERS_MAX_PCT of a core is run once more."""
         for attempt in range(2):
             gate = idle_gate(cfg.idle_wait_s, log)
+            budget.waited += gate["waited_s"]
             res = run_load(n, cfg, sweep, bank, log) | {"idle_gate": gate}
             busy = res["others_cpu_pct"] > OTHERS_MAX_PCT and cfg.retry_when_busy
             if res["verdict"] == "ok" or not busy or attempt:
@@ -880,7 +894,7 @@ def run_sweep(
         raise AssertionError("unreachable")
 
     def time_left() -> bool:
-        if time.perf_counter() - t0 < sweep.until_s:
+        if budget.used() < sweep.until_s:
             return True
         log(f"{sweep.name}: time budget spent, no more runs")
         return False
@@ -1007,14 +1021,17 @@ def cost_table(rows: Sequence[dict[str, Any]]) -> str:
     )  # fmt: skip
 
 
-def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
-    m = res["machine"]
+def render(res: dict[str, Any]) -> str:
+    """The Markdown section, from the figures alone (so `--render` can redo it from JSON)."""
+    m, c, quick = res["machine"], res["config"], res["quick"]
     runs = res["runs"]
     out = [
         SECTION,
         "",
         f"Run {m['date_utc']} by `bench/ws_load.py{' --quick' if quick else ''}` in "
-        f"{res['total_seconds'] / 60:.1f} min. Machine: {m['nproc']} CPUs, {m['cpu_model']}, "
+        f"{res['total_seconds'] / 60:.1f} min ({res['waited_for_quiet_seconds'] / 60:.1f} min of "
+        "it waiting for other work on the machine to pause). "
+        f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, "
         f"shared with other work: load average at start "
         f"{' / '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}, at end "
         f"{' / '.join(f'{x:.2f}' for x in res['loadavg_at_end'])}. Python {m['python']}, "
@@ -1024,12 +1041,12 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
         "Setup: a real `voicebot serve` process per run (scripted LLM, no greeting, no `vad` "
         "events) and N WebSocket callers in separate processes (asyncio + uvloop, "
         f"{CALLS_PER_WORKER} calls per process), each streaming 16 kHz PCM in real time in 20 "
-        f"ms frames. Calls connect spread over {cfg.connect_spread_s:g} s; each caller is "
-        f"silent {cfg.lead_s[0]:g}-{cfg.lead_s[1]:g} s, then says a sentence (espeak-ng, "
+        f"ms frames. Calls connect spread over {c['connect_spread_s']:g} s; each caller is "
+        f"silent {c['lead_s'][0]:g}-{c['lead_s'][1]:g} s, then says a sentence (espeak-ng, "
         f'{len(CALLER_VOICES)} voices; "{SENTENCES[0]}"'
-        + (f', then "{SENTENCES[1]}", alternating' if cfg.max_turns > 1 else "")
+        + (f', then "{SENTENCES[1]}", alternating' if c["max_turns"] > 1 else "")
         + "), listens to the whole reply (about 6 s of bot speech), pauses "
-        f"{cfg.pause_s[0]:g}-{cfg.pause_s[1]:g} s and goes on; 'turns / call' is more at small "
+        f"{c['pause_s'][0]:g}-{c['pause_s'][1]:g} s and goes on; 'turns / call' is more at small "
         "N so that every N has enough bot frames. CPUs: 'server CPU 1, callers CPU 0' = both "
         "pinned (the server has a core to itself); 'shared' = no pinning (server and callers "
         "compete for both CPUs; the server then runs with `OPENBLAS_NUM_THREADS=1`, see the "
@@ -1057,7 +1074,7 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
         "caller process waking more than 5 ms late; a late frame whose deadline fell in such a "
         "stall is counted apart (the client, not the server, may have been late). Verdict "
         "'ok' = < 1 % late frames and "
-        f"end-of-turn median < {cfg.max_eot_p50_s:g} s.",
+        f"end-of-turn median < {c['max_eot_p50_s']:g} s.",
         "",
         "### Bot audio timing",
         "",
@@ -1081,21 +1098,64 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
     ]
     for cap in res["capacity"]:
         over = cap["first_over"]
+        rows = [r for r in runs if r["sweep"] == cap["sweep"]]
+        buffered, all_passed = None, True
+        for r in rows:
+            if r["late_buffer_pct"] is None or r["late_buffer_pct"] >= 1.0 or "STT" in r["verdict"]:
+                all_passed = False
+                break
+            buffered = r["n"]
         out.append(
             f"- {cap['engines']}, {cap['layout']}: **{cap['max_n'] if cap['max_n'] else 'none'}"
             "** calls with < 1 % late frames"
             + (f" (N = {over['n']}: {over['verdict']})" if over else " (no N tried was over)")
+            + "; with a 3-frame client buffer (< 1 % of frames > 60 ms late, end of turn "
+            f"median < {c['max_eot_p50_s']:g} s): "
+            + (f"{'at least ' if all_passed else ''}{buffered}" if buffered else "none")
+            + (" (the largest N tried)" if all_passed and buffered else "")
             + "."
         )
-    out.append(f"- Total run time {res['total_seconds'] / 60:.1f} min.")
+    out.append(
+        f"- Total run time {res['total_seconds'] / 60:.1f} min, of which "
+        f"{res['waited_for_quiet_seconds'] / 60:.1f} min waiting for a quiet machine."
+    )
     notes = notes_for(res)
     if notes:
         out += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"
 
 
+def espeak_vs_piper(runs: Sequence[dict[str, Any]]) -> str | None:
+    """If Piper had (far) fewer late frames than espeak-ng at the same N and CPU layout, say so:
+    then the late frames come from the espeak-ng path, not from the WebSocket transport."""
+    light = {(r["n"], r["pinned"]): r for r in runs if r["engines"] == LIGHT.label}
+    pairs = [
+        (light[(r["n"], r["pinned"])], r)
+        for r in runs
+        if r["engines"] == HEAVY.label and (r["n"], r["pinned"]) in light
+    ]
+    pairs = [(a, b) for a, b in pairs if a["late_pct"] >= 1.0 and b["late_pct"] < a["late_pct"] / 4]
+    if not pairs:
+        return None
+    a, b = max(pairs, key=lambda p: p[0]["n"])
+    return (
+        f"At N = {a['n']} ({a['layout']}) {f(a['late_pct'], 2)} % of frames were late with "
+        f"{a['engines']} but {f(b['late_pct'], 2)} % with {b['engines']}, although that server "
+        f"used {b['server_cpu_pct'] / max(1e-9, a['server_cpu_pct']):.1f}x the CPU: the late "
+        "frames come from the espeak-ng path, not from the WebSocket transport. Diagnosed in "
+        "development with an instrumented server (N = 15, pinned): every event-loop stall over "
+        "20 ms coincided with an espeak-ng spawn (the event loop blocks in `uv_spawn` until the "
+        "child has exec'd, which takes tens of ms when a Whisper decode is running on the same "
+        "core), and frames were already late when they left the server (server -> client "
+        "transit p99 1.7 ms)."
+    )
+
+
 def notes_for(res: dict[str, Any]) -> list[str]:
     notes = []
+    diagnosis = espeak_vs_piper(res["runs"])
+    if diagnosis:
+        notes.append(diagnosis)
     if any(not r["pinned"] and "OPENBLAS_NUM_THREADS" in r["server_env"] for r in res["runs"]):
         notes.append(
             "Unpinned runs with espeak-ng set `OPENBLAS_NUM_THREADS=1` for the server: without "
@@ -1177,7 +1237,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="L",
         help="first wait (up to 20 min) for the 1-minute load average to drop below L",
     )
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="no runs: redo the report from a --json file"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        section = render(json.loads(args.render.read_text()))
+        print(section)
+        if args.results:
+            update_results(args.results, section)
+        return 0
     cfg = QUICK if args.quick else FULL
     if args.ns or args.no_pin:
         first = cfg.sweeps[0]
@@ -1187,6 +1256,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_pin:
             first = dataclasses.replace(first, name="shared", pinned=False)
         cfg = dataclasses.replace(cfg, sweeps=(first,))
+    # SIGTERM ends the benchmark like Ctrl-C: the gateway and caller processes are cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if {0, 1} - os.sched_getaffinity(0):
         raise SystemExit("needs CPUs 0 and 1")
     started = time.perf_counter()
@@ -1204,10 +1275,11 @@ def main(argv: list[str] | None = None) -> int:
         "definitions": {"late_s": LATE_S, "late_buffer_s": LATE_BUFFER_S, "seed": SEED},
     }
     bank = caller_bank(log)
+    budget = Budget(started=started)
     runs: list[dict[str, Any]] = []
     res["capacity"] = []
     for sweep in cfg.sweeps:
-        all_rows = run_sweep(sweep, cfg, sweep.ns, bank, started, log)
+        all_rows = run_sweep(sweep, cfg, sweep.ns, bank, budget, log)
         rows = [r for r in all_rows if not r.get("discarded")]
         runs += rows
         res.setdefault("discarded_runs", []).extend(r for r in all_rows if r.get("discarded"))
@@ -1220,9 +1292,10 @@ def main(argv: list[str] | None = None) -> int:
         })  # fmt: skip
     res["runs"] = runs
     res["total_seconds"] = time.perf_counter() - started
+    res["waited_for_quiet_seconds"] = budget.waited
     res["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     log("done")
-    section = render(res, cfg, args.quick)
+    section = render(res)
     print(section)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2, default=str) + "\n")

@@ -137,6 +137,8 @@ class CallManager:
     async def drain(self, deadline_s: float) -> None:
         """Refuse new calls; wait for running ones up to the deadline, then end them."""
         self.draining = True
+        if not self.calls:
+            return
         log.info("draining: %d call(s) in progress, deadline %.0f s", len(self.calls), deadline_s)
         try:
             await asyncio.wait_for(self._idle.wait(), deadline_s)

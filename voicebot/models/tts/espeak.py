@@ -6,8 +6,9 @@ binary's WAV output (22.05 kHz) is resampled to canonical 16 kHz.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from voicebot.audio.frames import SAMPLE_RATE
 from voicebot.audio.resample import resample_whole
 from voicebot.audio.wav import WavError, read_wav_bytes, to_mono
 from voicebot.models.base import EngineError
+from voicebot.models.executor import run_blocking
 
 MAX_TEXT_CHARS = 2000
 
@@ -31,40 +33,33 @@ class EspeakTextToSpeech:
         self.binary = found
         self.voice = voice
         self.speed_wpm = speed_wpm
+        # Separate processes: two may run at once (one per core) without sharing anything.
+        self._worker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="espeak")
 
-    async def synthesize(self, text: str) -> np.ndarray:
+    def synthesize_sync(self, text: str) -> np.ndarray:
         text = text.strip()[:MAX_TEXT_CHARS]
         if not text:
             return np.zeros(0, np.int16)
         # "--" ends the options: text that starts with "-" is spoken, not parsed.
-        proc = await asyncio.create_subprocess_exec(
-            self.binary,
-            "-v",
-            self.voice,
-            "-s",
-            str(self.speed_wpm),
-            "--stdout",
-            "--",
-            text,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        result = subprocess.run(
+            [self.binary, "-v", self.voice, "-s", str(self.speed_wpm), "--stdout", "--", text],
+            capture_output=True,
+            timeout=30,
+            check=False,
         )
+        if result.returncode != 0:
+            err = result.stderr.decode(errors="replace")[:200]
+            raise EngineError(f"espeak-ng exited {result.returncode}: {err}")
         try:
-            out, err = await proc.communicate()
-        except asyncio.CancelledError:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            raise
-        if proc.returncode != 0:
-            raise EngineError(
-                f"espeak-ng exited {proc.returncode}: {err.decode(errors='replace')[:200]}"
-            )
-        try:
-            audio = read_wav_bytes(_fix_streamed_wav(out))
+            audio = read_wav_bytes(_fix_streamed_wav(result.stdout))
         except WavError as exc:
             raise EngineError(f"espeak-ng produced unreadable audio: {exc}") from exc
         return resample_whole(to_mono(audio.samples), audio.sample_rate, SAMPLE_RATE)
+
+    async def synthesize(self, text: str) -> np.ndarray:
+        # Starting a process blocks the caller until the child runs (tens of ms on a busy
+        # machine) and the resampling is CPU work: both happen on the worker thread.
+        return await run_blocking(self._worker, self.synthesize_sync, text)
 
 
 def _fix_streamed_wav(raw: bytes) -> bytes:
