@@ -61,6 +61,7 @@ the 21 s of audio, ~3 s teardown and analysis);
     bench/sip_load.sh --wait-load 1.0 --json /tmp/sip.json --results bench/RESULTS.md
     bench/sip_load.sh --quick
     bench/sip_load.sh --ns 10,20 --env VOICEBOT_SIP__ECHO_CANCELLATION=false
+    bench/sip_load.sh --render /tmp/sip.json --results bench/RESULTS.md  # re-render only
 """
 
 from __future__ import annotations
@@ -612,10 +613,11 @@ def server_env(spec: RunSpec, sip_port: int, events: Path) -> dict[str, str]:
         "VOICEBOT_LOG_LEVEL": "warning",
     }
     if spec.layout == "shared":
-        # With more than one CPU numpy's OpenBLAS runs a thread pool: a fork() for an
-        # espeak-ng sentence during a matmul on another thread can deadlock it (seen by
-        # bench/ws_load.py), and a threaded BLAS call on the event loop (the echo canceller's
-        # 16000-sample dot products) waits for a busy second core: stalls of tens of ms.
+        # With more than one CPU numpy's OpenBLAS runs a thread pool: a fork() (uvloop's,
+        # for espeak-ng, before espeak-ng moved to a worker thread) during a matmul on
+        # another thread could deadlock it (seen by bench/ws_load.py), and a threaded BLAS
+        # call on the event loop (the echo canceller's 16000-sample dot products) waits for
+        # a busy second core: stalls of tens of ms.
         # Pinned to one CPU OpenBLAS is single-threaded anyway. The "OpenBLAS threads as
         # shipped" check runs without this.
         env["OPENBLAS_NUM_THREADS"] = "1"
@@ -1060,9 +1062,10 @@ def render(res: dict[str, Any]) -> str:
             "server pinned to CPU 1; SIPp, tcpdump and the driver on CPU 0."
             if res["layout"] == "pinned"
             else "server, SIPp, tcpdump and the driver all on both CPUs; the server with "
-            "`OPENBLAS_NUM_THREADS=1` (OpenBLAS's own thread pool lets numpy calls on the "
-            "event loop wait for the other, busy core, and can deadlock across espeak-ng's "
-            "fork: the check 'OpenBLAS threads as shipped' runs without it)."
+            "`OPENBLAS_NUM_THREADS=1`, as bench/ws_load.py does (OpenBLAS's own thread pool "
+            "lets numpy calls on the event loop wait for the other, busy core, and it could "
+            "deadlock across a fork(): the check 'OpenBLAS threads as shipped' runs without "
+            "it)."
         )
         + (f" Sweep settings: {res['sweep_env']}." if res["sweep_env"] else ""),
         "",
