@@ -46,10 +46,14 @@ class EchoCanceller:
         self.min_correlation = min_correlation
         # Absolute sample clocks: input sample t and reference sample t were sent/received
         # in the same tick; the reference of a tick is known only after its input frame.
-        self._ref = np.zeros(self.window + self.max_delay + taps + 2 * FRAME_SAMPLES)
+        # Ring buffers (a whole number of frames long, so a frame never wraps): writing a
+        # tick costs one 320-sample copy, not a copy of the whole history.
+        frames = -(-(self.window + self.max_delay + taps + 2 * FRAME_SAMPLES) // FRAME_SAMPLES)
+        self._ref = np.zeros(frames * FRAME_SAMPLES)
         self._ref_end = 0
-        self._inp = np.zeros(self.window)
+        self._inp = np.zeros(self.window // FRAME_SAMPLES * FRAME_SAMPLES)
         self._inp_end = 0
+        self._misses = 0  # delay searches in a row that found no echo
         self._w = np.zeros(taps)
         self._r = np.zeros((taps, taps))
         self._p = np.zeros(taps)
@@ -64,7 +68,8 @@ class EchoCanceller:
     def reference(self, frame: np.ndarray | None) -> None:
         """What the bot sent in this tick (None: nothing, i.e. silence)."""
         block = np.zeros(FRAME_SAMPLES) if frame is None else np.asarray(frame, np.float64)
-        self._ref = np.concatenate([self._ref[FRAME_SAMPLES:], block])
+        at = self._ref_end % len(self._ref)
+        self._ref[at : at + FRAME_SAMPLES] = block
         self._ref_end += FRAME_SAMPLES
         self._ref_energy = 0.9 * self._ref_energy + 0.1 * float(np.mean(block * block))
         self._quiet_ticks = self._quiet_ticks + 1 if not block.any() else 0
@@ -74,20 +79,28 @@ class EchoCanceller:
     def _ref_slice(self, start: int, end: int) -> np.ndarray:
         """Reference samples [start, end) in absolute time (zeros outside what we have)."""
         out = np.zeros(end - start)
-        first = self._ref_end - len(self._ref)
-        lo, hi = max(start, first), min(end, self._ref_end)
+        lo, hi = max(start, self._ref_end - len(self._ref)), min(end, self._ref_end)
         if hi > lo:
-            out[lo - start : hi - start] = self._ref[lo - first : hi - first]
+            out[lo - start : hi - start] = self._ref[np.arange(lo, hi) % len(self._ref)]
         return out
+
+    def _input_window(self) -> np.ndarray:
+        """The last `window` input samples, oldest first."""
+        at = self._inp_end % len(self._inp)
+        return np.concatenate([self._inp[at:], self._inp[:at]])
 
     def process(self, frame: np.ndarray) -> np.ndarray:
         d = np.asarray(frame, np.float64)
         t0 = self._inp_end
-        self._inp = np.concatenate([self._inp[FRAME_SAMPLES:], d])
+        at = self._inp_end % len(self._inp)
+        self._inp[at : at + FRAME_SAMPLES] = d
         self._inp_end += FRAME_SAMPLES
         if self._quiet_ticks * FRAME_SAMPLES > self.max_delay + self.taps:
             return np.asarray(frame, np.int16)  # the bot has been silent: no echo to remove
-        cadence = 25 if self.delay is not None else 5  # search often until found
+        # Search often until an echo is found; on a line with none (a softphone with its
+        # own AEC) back off to every 2 s instead of searching forever.
+        searching = 5 if self._misses < 20 else 100
+        cadence = 25 if self.delay is not None else searching
         if (self._inp_end // FRAME_SAMPLES) % cadence == 0 and self._ref_energy > 1e4:
             self._estimate_delay()
         in_power = float(np.dot(d, d))
@@ -127,8 +140,8 @@ class EchoCanceller:
     def _estimate_delay(self) -> None:
         # Coarse search at 1/4 rate (a 16x smaller FFT), then refine at full rate within
         # one coarse step: the bulk delay to the sample for a fraction of the cost.
-        n, max_d, q = self.window, self.max_delay, _DECIMATE
-        a = self._inp
+        a = self._input_window()
+        n, max_d, q = len(a), self.max_delay, _DECIMATE
         b = self._ref_slice(self._inp_end - n - max_d, self._inp_end - FRAME_SAMPLES)
         a4 = a[: len(a) // q * q].reshape(-1, q).mean(axis=1)
         b4 = b[: len(b) // q * q].reshape(-1, q).mean(axis=1)
@@ -145,7 +158,9 @@ class EchoCanceller:
         aligned = b[best_m : best_m + n]
         norm = np.sqrt(float(np.dot(a, a)) * float(np.dot(aligned, aligned))) + _EPS
         if abs(best_v) / norm < self.min_correlation:
+            self._misses += 1
             return
+        self._misses = 0
         lag = max_d - best_m
         if self.delay is None or abs(lag - self.delay) > self.taps // 4:
             self.delay = lag
