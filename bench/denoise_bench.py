@@ -58,6 +58,7 @@ if str(REPO) not in sys.path:
 
 import noisereduce  # noqa: E402
 
+from bench.common import md_table, update_results  # noqa: E402
 from tests.audiogen import (  # noqa: E402
     SENTENCES,
     SR,
@@ -1052,12 +1053,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def label(method: str) -> str:
     return {
         "none": "none",
@@ -1598,20 +1593,6 @@ def render_echo(res: dict[str, Any], cfg: Config, quick: bool) -> str:
             + ".",
         ]
     return "\n".join(out) + "\n"
-
-
-def update_results(path: Path, sections: Sequence[str]) -> None:
-    """Replace (or append) each '## Title' section, keeping the rest of the file."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    for section in sections:
-        title = section.splitlines()[0]
-        pattern = re.compile(r"^" + re.escape(title) + r"[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
-        block = section.rstrip() + "\n\n"
-        if pattern.search(text):
-            text = pattern.sub(lambda _, b=block: b, text, count=1)
-        else:
-            text = text.rstrip() + "\n\n" + block
-    path.write_text(text.rstrip() + "\n")
 
 
 def pinned(core_set: set[int] | None) -> set[int]:

@@ -39,7 +39,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -54,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import md_table, update_results  # noqa: E402
 from tests.audiogen import (  # noqa: E402
     SENTENCES,
     SR,
@@ -1103,12 +1103,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def ms(value: float | int | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -1443,18 +1437,6 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
             out += [f"- {part}: {n}x `{what}`" for what, n in counts.items()]
         out.append("")
     return "\n".join(out)
-
-
-def update_results(path: Path, section: str) -> None:
-    """Replace the '## Agent latency' section of a Markdown file (or append it)."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## Agent latency[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
-    block = section.rstrip() + "\n\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + block
-    path.write_text(text.rstrip() + "\n")
 
 
 async def run(cfg: Config, log: Log) -> dict[str, Any]:

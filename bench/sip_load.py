@@ -95,6 +95,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import md_table, update_results  # noqa: E402
+
 SCENARIO = Path(__file__).resolve().with_name("sip_load.xml")
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
 TCPDUMP = shutil.which("tcpdump") or "/usr/bin/tcpdump"
@@ -896,12 +898,6 @@ def f_pct(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f} %"
 
 
-def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _run_cells(r: dict[str, Any]) -> list[object]:
     settings = ", ".join(f"{k.removeprefix('VOICEBOT_')}={v}" for k, v in r["env"].items())
     return [r["label"], r["engines"], r["layout"], settings or "defaults"]
@@ -1132,18 +1128,6 @@ def render(res: dict[str, Any]) -> str:
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
-
-
-def update_results(path: Path, section: str) -> None:
-    """Replace this benchmark's section of a Markdown file (or append it); keep the rest."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
-    block = section.rstrip() + "\n\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + block
-    path.write_text(text.rstrip() + "\n")
 
 
 # --------------------------------------------------------------------------- main

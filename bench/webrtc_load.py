@@ -97,6 +97,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import md_table  # noqa: E402
+
 RTC_RATE = 48_000
 RTC_FRAME = 960  # 20 ms at 48 kHz
 FRAME_S = 0.02
@@ -1113,12 +1115,6 @@ def capacity(rows: Sequence[dict[str, Any]]) -> int | None:
 
 def f(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def cpu_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -89,6 +89,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import md_table, update_results  # noqa: E402
+
 SR = 16_000
 FRAME = 320  # samples per 20 ms
 FRAME_S = 0.02
@@ -946,12 +948,6 @@ def machine_info() -> dict[str, Any]:
 # --------------------------------------------------------------------------- report
 
 
-def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def f(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -1192,18 +1188,6 @@ def notes_for(res: dict[str, Any]) -> list[str]:
                          f"{r['turns_said']} turns got another reply than the scripted one "
                          "(STT misheard, or no reply)")  # fmt: skip
     return notes
-
-
-def update_results(path: Path, section: str) -> None:
-    """Replace this benchmark's section of a Markdown file (or append it); keep the rest."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}[ \t]*\n.*?(?=^## |\Z)", re.S | re.M)
-    block = section.rstrip() + "\n\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + block
-    path.write_text(text.rstrip() + "\n")
 
 
 # --------------------------------------------------------------------------- main
