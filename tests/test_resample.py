@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from voicebot.audio.resample import StreamingResampler, resample_whole
+from voicebot.audio.resample import (
+    StreamingResampler,
+    design_filter,
+    resample_many,
+    resample_whole,
+)
 
 PAIRS = [
     (8000, 16000),
@@ -59,7 +64,9 @@ def test_matches_resample_poly_after_group_delay(in_rate: int, out_rate: int) ->
     frame = in_rate // 50
     ours = np.concatenate([r.process(x[i : i + frame]) for i in range(0, len(x), frame)])
     reference = np.rint(resample_poly(x.astype(np.float64) / 32768, r.up, r.down) * 32768)
-    edge = len(r._taps) // r.down + 1  # one filter length: edge effects of resample_poly
+    edge = (
+        len(design_filter(r.up, r.down)) // r.down + 1
+    )  # one filter length: edge effects of resample_poly
     d = r.delay_out
     ours_mid = ours[d + edge : len(ours) - edge].astype(np.int64)
     ref_mid = reference[edge : len(ours) - d - edge].astype(np.int64)
@@ -105,3 +112,35 @@ def test_reset_restarts_the_stream() -> None:
     first = r.process(x)
     r.reset()
     np.testing.assert_array_equal(r.process(x), first)
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), [(8000, 16000), (16000, 8000), (22050, 16000)])
+def test_many_streams_at_once_equal_one_by_one(in_rate: int, out_rate: int) -> None:
+    # Streams that start at different times (as SIP calls do) share each tick's batch.
+    signals = [_test_signal(in_rate, 0.5, seed=s) for s in range(5)]
+    frame = in_rate // 50
+    solo = [StreamingResampler(in_rate, out_rate) for _ in signals]
+    batch = [StreamingResampler(in_rate, out_rate) for _ in signals]
+    offsets = [frame * (1 + i % 3) for i in range(len(signals))]  # different amounts of past
+    for rs in (solo, batch):
+        for r, x, o in zip(rs, signals, offsets, strict=True):
+            r.process(x[:o])
+    for tick in range(10):
+        chunks = np.stack(
+            [
+                x[o + tick * frame : o + (tick + 1) * frame]
+                for x, o in zip(signals, offsets, strict=True)
+            ]
+        )
+        together = resample_many(batch, chunks)
+        alone = np.stack([r.process(c) for r, c in zip(solo, chunks, strict=True)])
+        np.testing.assert_array_equal(together, alone)
+        assert together.dtype == np.int16
+
+
+def test_many_streams_refuses_mixed_rates() -> None:
+    streams = [StreamingResampler(8000, 16000), StreamingResampler(16000, 8000)]
+    with pytest.raises(ValueError, match="rate pair"):
+        resample_many(streams, np.zeros((2, 160), np.int16))
+    with pytest.raises(ValueError, match="int16 row"):
+        resample_many(streams[:1], np.zeros((2, 160), np.int16))
