@@ -144,3 +144,20 @@ def test_many_streams_refuses_mixed_rates() -> None:
         resample_many(streams, np.zeros((2, 160), np.int16))
     with pytest.raises(ValueError, match="int16 row"):
         resample_many(streams[:1], np.zeros((2, 160), np.int16))
+
+
+def test_skipping_silence_is_exact() -> None:
+    x = _test_signal(16000, 0.2)
+    skipping, computing = StreamingResampler(16000, 8000), StreamingResampler(16000, 8000)
+    silence = np.zeros(320, np.int16)
+    assert skipping.skip_silence(320)  # fresh: silent history
+    computing.process(silence)
+    out_a = skipping.process(x[:320])
+    out_b = computing.process(x[:320])
+    np.testing.assert_array_equal(out_a, out_b)
+    assert not skipping.skip_silence(320)  # speech in the history: must be computed
+    for _ in range(3):  # the speech's tail rings out, then the filter holds silence again
+        np.testing.assert_array_equal(skipping.process(silence), computing.process(silence))
+    assert skipping.skip_silence(320)
+    computing.process(silence)
+    np.testing.assert_array_equal(skipping.process(x[320:640]), computing.process(x[320:640]))

@@ -42,6 +42,7 @@ from voicebot.models.vad import (
     SpeechStart,
     VadParams,
     VadProbability,
+    VadStream,
     VoiceActivityDetector,
 )
 
@@ -155,6 +156,7 @@ class CallSession:
         self._spoken: list[str] = []  # sentences of the current reply heard so far
         self._pending_action: CallAction | None = None
         self._end_reason: str | None = None
+        self._stopped: asyncio.Future[None] | None = None  # driven mode: set by end()
         self._last_vad_event_t = -1.0
         self._vad_peak = 0.0
         self.stt_inputs: list[np.ndarray] = []  # every buffer sent to STT (tests, audits)
@@ -190,35 +192,70 @@ class CallSession:
     def end(self, reason: str) -> None:
         """Ask the session to end after the current frame (hang-up from outside)."""
         self._end_reason = self._end_reason or reason
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
-    async def run(self, frames: AsyncIterator[np.ndarray]) -> str:
-        """Process the call until the input ends or the call is ended; returns the reason."""
+    @property
+    def ending(self) -> bool:
+        """Asked to end (by the caller's side or the bot's): no more frames are wanted."""
+        return self._end_reason is not None
+
+    async def run(self, frames: AsyncIterator[np.ndarray] | None = None) -> str:
+        """Process the call until the input ends or the call is ended; returns the reason.
+
+        With `frames` the session pulls its own input. Without, it is driven: a shared
+        clock (the SIP media clock) calls `begin_frame` / `finish_frame` for it, and this
+        returns once `end` or `fail` is called.
+        """
         self._emit("call_started", **self.info)
         self._emit("state", state=self._state.value)
         if self.config.greeting:
             self._start_reply(texts=[self.config.greeting])
         reason = "caller_hangup"
         try:
-            async for frame in frames:
-                await self.process_frame(frame)
-                if self._end_reason is not None:
-                    break
+            if frames is None:
+                self._stopped = asyncio.get_running_loop().create_future()
+                if self._end_reason is None:
+                    await self._stopped
+            else:
+                async for frame in frames:
+                    await self.process_frame(frame)
+                    if self._end_reason is not None:
+                        break
             if self._end_reason is not None:
                 reason = self._end_reason
         except asyncio.CancelledError:
             reason = self._end_reason or "cancelled"
             raise
         except Exception as exc:
-            log.exception("call %s failed", self.call_id)
-            self._emit("error", message=f"agent: {type(exc).__name__}: {exc}")
+            self._report_failure(exc)
             reason = "error"
         finally:
             await self._shutdown()
             self._emit("call_ended", reason=reason)
         return reason
 
+    def fail(self, exc: BaseException) -> None:
+        """A driven session's frame step raised: report it and end the call (only this one)."""
+        self._report_failure(exc)
+        self.end("error")
+
+    def _report_failure(self, exc: BaseException) -> None:
+        log.error("call %s failed", self.call_id, exc_info=exc)
+        self._emit("error", message=f"agent: {type(exc).__name__}: {exc}")
+
     async def process_frame(self, frame: np.ndarray) -> None:
         """One 20 ms frame in: VAD, state machine, then one frame of bot speech out."""
+        windows = self.begin_frame(frame)
+        probabilities = [
+            await self._vad_runner.probability(self._vad.stream, window) for window in windows
+        ]
+        self.finish_frame(windows, probabilities)
+
+    def begin_frame(self, frame: np.ndarray) -> list[np.ndarray]:
+        """First half of a frame step: input stages, then the VAD windows now due (at most
+        one for 20 ms frames). The caller runs the VAD model on them (batched across calls
+        if it likes) and hands the probabilities to `finish_frame`."""
         pcm = np.asarray(frame)
         if pcm.dtype != np.int16 or pcm.shape != (FRAME_SAMPLES,):
             raise ValueError(
@@ -231,13 +268,22 @@ class CallSession:
             segmenter = self._vad.segmenter
             quiet = not (segmenter.in_speech or segmenter.speech_pending)
             pcm = self.denoiser.process(pcm, noise_only=quiet)
-        for window in self._vad.windows(pcm):
-            probability = await self._vad_runner.probability(self._vad.stream, window)
+        return self._vad.windows(pcm)
+
+    def finish_frame(self, windows: list[np.ndarray], probabilities: list[float]) -> None:
+        """Second half: VAD events drive the states, then this tick's bot frame goes out.
+        Synchronous, so a barge-in silences the sink in this same event-loop turn."""
+        for window, probability in zip(windows, probabilities, strict=True):
             for event in self._vad.on_probability(window, probability):
                 self._on_vad_event(event)
             self._hold_on_candidate()
         self._maybe_speculate()
         self._tick_output()
+
+    @property
+    def vad_stream(self) -> VadStream:
+        """The VAD model state of this call (for runners that batch windows of many calls)."""
+        return self._vad.stream
 
     # -- VAD events -> states ------------------------------------------------------------
     def _on_vad_event(self, event: VadProbability | SpeechStart | SpeechEnd) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -46,16 +47,26 @@ class BatchedVad:
         self.model = model or SileroVad.shared()
         self.on_batch = on_batch
         self.max_batch = max_batch
-        self._pending: list[tuple[VadStream, np.ndarray, asyncio.Future[float]]] = []
+        # Requests waiting for the next run: a group of windows (distinct streams) each.
+        self._pending: list[_Request] = []
         self._running = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
         self.batches = 0
         self.windows = 0
 
     async def probability(self, stream: VadStream, window: np.ndarray) -> float:
+        return float((await self.probabilities([stream], [window]))[0])
+
+    async def probabilities(
+        self, streams: list[VadStream], windows: list[np.ndarray]
+    ) -> np.ndarray:
+        """Advance each of `streams` (all different) by its window, in one request: the SIP
+        media clock submits every call's window of a tick at once."""
+        if not streams:
+            return np.zeros(0, np.float32)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[float] = loop.create_future()
-        self._pending.append((stream, window, future))
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        self._pending.append(_Request(streams, windows, future))
         if not self._running:
             self._running = True
             loop.call_soon(self._start_batch)
@@ -63,20 +74,27 @@ class BatchedVad:
 
     def _start_batch(self) -> None:
         # A stream may have one window in a run: its next window needs this one's state.
-        batch, rest, seen = [], [], set()
-        for item in self._pending:
-            if id(item[0]) in seen or len(batch) >= self.max_batch or item[2].cancelled():
-                (rest if not item[2].cancelled() else []).append(item)
+        batch: list[_Request] = []
+        rest: list[_Request] = []
+        seen: set[int] = set()
+        size = 0
+        for request in self._pending:
+            if request.future.cancelled():
                 continue
-            seen.add(id(item[0]))
-            batch.append(item)
+            ids = {id(stream) for stream in request.streams}
+            if (batch and size + len(request.streams) > self.max_batch) or ids & seen:
+                rest.append(request)
+                continue
+            seen |= ids
+            size += len(request.streams)
+            batch.append(request)
         self._pending = rest
         if not batch:
             self._running = False
             return
         loop = asyncio.get_running_loop()
-        streams = [s for s, _, _ in batch]
-        windows = [w for _, w, _ in batch]
+        streams = [stream for request in batch for stream in request.streams]
+        windows = [window for request in batch for window in request.windows]
         run = loop.run_in_executor(self._executor, self._timed_run, streams, windows)
         run.add_done_callback(lambda done: self._finish_batch(done, batch))
 
@@ -87,22 +105,27 @@ class BatchedVad:
             self.on_batch(len(streams), time.perf_counter() - began)
         return probs
 
-    def _finish_batch(
-        self,
-        done: asyncio.Future[np.ndarray],
-        batch: list[tuple[VadStream, np.ndarray, asyncio.Future[float]]],
-    ) -> None:
+    def _finish_batch(self, done: asyncio.Future[np.ndarray], batch: list[_Request]) -> None:
         self.batches += 1
-        self.windows += len(batch)
         exc = done.exception()
-        for i, (_, _, future) in enumerate(batch):
-            if future.done():
-                continue
-            if exc is not None:
-                future.set_exception(exc)
-            else:
-                future.set_result(float(done.result()[i]))
+        at = 0
+        for request in batch:
+            n = len(request.streams)
+            self.windows += n
+            if not request.future.done():
+                if exc is not None:
+                    request.future.set_exception(exc)
+                else:
+                    request.future.set_result(done.result()[at : at + n])
+            at += n
         self._start_batch()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Request:
+    streams: list[VadStream]
+    windows: list[np.ndarray]
+    future: asyncio.Future[np.ndarray]

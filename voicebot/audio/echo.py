@@ -62,19 +62,28 @@ class EchoCanceller:
         self._ref_energy = 0.0
         self._quiet_ticks = 1 << 30
         span = self.max_delay // FRAME_SAMPLES + 2
-        self._ref_powers = np.zeros(span)  # per-tick reference power, newest last
+        self._ref_powers = np.zeros(span)  # per-tick reference power over the delay range
         self.gated = 0
 
     def reference(self, frame: np.ndarray | None) -> None:
         """What the bot sent in this tick (None: nothing, i.e. silence)."""
-        block = np.zeros(FRAME_SAMPLES) if frame is None else np.asarray(frame, np.float64)
         at = self._ref_end % len(self._ref)
-        self._ref[at : at + FRAME_SAMPLES] = block
         self._ref_end += FRAME_SAMPLES
-        self._ref_energy = 0.9 * self._ref_energy + 0.1 * float(np.mean(block * block))
-        self._quiet_ticks = self._quiet_ticks + 1 if not block.any() else 0
-        self._ref_powers = np.roll(self._ref_powers, -1)
-        self._ref_powers[-1] = float(np.dot(block, block))
+        slot = self._ref_end // FRAME_SAMPLES % len(self._ref_powers)
+        if frame is None:
+            # The common case on a quiet bot: no arithmetic on the frame at all.
+            self._ref[at : at + FRAME_SAMPLES] = 0.0
+            self._ref_energy *= 0.9
+            self._quiet_ticks += 1
+            self._ref_powers[slot] = 0.0
+            return
+        block = self._ref[at : at + FRAME_SAMPLES]
+        block[:] = frame
+        power = float(np.dot(block, block))
+        self._ref_energy = 0.9 * self._ref_energy + 0.1 * power / FRAME_SAMPLES
+        self._quiet_ticks = self._quiet_ticks + 1 if power == 0.0 else 0
+        # Only the maximum over the delay range is ever read: a ring, order irrelevant.
+        self._ref_powers[slot] = power
 
     def _ref_slice(self, start: int, end: int) -> np.ndarray:
         """Reference samples [start, end) in absolute time (zeros outside what we have)."""

@@ -116,6 +116,15 @@ class StreamingResampler:
         # Only n_in mod down matters: a shift by `down` inputs shifts outputs by `up`.
         return _plan(self.up, self.down, self._k, self._n_in % self.down, n_new, self._keep)
 
+    def skip_silence(self, n: int) -> bool:
+        """If the filter holds only silence, account for `n` silent input samples without
+        computing them (their output is all zeros) and return True; else False and nothing
+        changes (process them)."""
+        if self._history.any():
+            return False
+        self._n_in += n
+        return True
+
     def process_float(self, samples: np.ndarray) -> np.ndarray:
         """Resample a chunk of float samples in [-1, 1]; returns float64 samples."""
         x = np.asarray(samples, dtype=np.float64)

@@ -120,7 +120,8 @@ class CallManager:
         if not self.calls:
             self._idle.set()
 
-    async def run(self, handle: CallHandle, frames: AsyncIterator[np.ndarray]) -> str:
+    async def run(self, handle: CallHandle, frames: AsyncIterator[np.ndarray] | None = None) -> str:
+        """Run a call to its end: pulling `frames`, or driven by a media clock if None."""
         log.info("call %s started (%s)", handle.call_id, handle.transport)
         try:
             reason = await handle.session.run(frames)

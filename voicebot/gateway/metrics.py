@@ -59,6 +59,17 @@ class GatewayMetrics:
             "20 ms media ticks that ran more than one frame late (SIP calls)",
             registry=self.registry,
         )
+        self.media_tick_seconds = Histogram(
+            "voicebot_media_tick_seconds",
+            "Work of one 20 ms SIP media tick for all calls (VAD wait included)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.5),
+            registry=self.registry,
+        )
+        self.media_ticks_skipped = Counter(
+            "voicebot_media_ticks_skipped_total",
+            "SIP media ticks never run: the clock fell over 1 s behind and re-anchored",
+            registry=self.registry,
+        )
 
     def for_call(self, transport: str) -> CallMetrics:
         return CallMetrics(self, transport)

@@ -3,8 +3,9 @@
 `SipGateway` owns the SIP socket and every SIP call of the process. An INVITE that passes
 the checks (allow-list, capacity, SDP with a common codec, a free RTP port) becomes a
 `SipCall`: it rings for `answer_delay_ms`, answers 200 OK with our SDP, and runs one
-CallSession whose frames come from the RTP clock. The bot's hang-up is a BYE; a transfer
-is a REFER (RFC 3515) to the configured target, then a BYE once the REFER is accepted.
+CallSession, driven with every other SIP call by one shared 20 ms media clock
+(`media_clock`). The bot's hang-up is a BYE; a transfer is a REFER (RFC 3515) to the
+configured target, then a BYE once the REFER is accepted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from voicebot.audio.echo import EchoCanceller
 from voicebot.config import Settings
 from voicebot.gateway.calls import CallHandle, CallManager, CallRefusedError
 from voicebot.telephony.dtmf import parse_dtmf_relay
+from voicebot.telephony.media_clock import SipMediaClock
 from voicebot.telephony.message import (
     SipRequest,
     host_port_of,
@@ -149,6 +151,13 @@ class SipGateway:
         self.registration: asyncio.Task[None] | None = None
         self.registered = False
         self._setup_tasks: set[asyncio.Task[None]] = set()
+        self.media = SipMediaClock(manager.vad, on_tick=self._on_media_tick)
+
+    def _on_media_tick(self, calls: int, seconds: float, late: bool, skipped: int) -> None:
+        m = self.manager.metrics
+        m.media_tick_seconds.observe(seconds)
+        if skipped:
+            m.media_ticks_skipped.inc(skipped)
 
     def record_rtp_stats(self, rtp: RtpSession) -> None:
         m = self.manager.metrics
@@ -183,6 +192,7 @@ class SipGateway:
         tasks = [c.task for c in self.calls.values() if c.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=10)
+        await self.media.close()
         self.endpoint.close()
 
     # -- dispatch ---------------------------------------------------------------------------
@@ -323,7 +333,11 @@ class SipGateway:
             ok.body = build_answer(offer, codec, self.address, call.rtp.port).encode()
             self.endpoint.respond(invite, ok, addr, reliable=True)
             call.answered = True
-            reason = await self.manager.run(call.handle, call.rtp.frames())
+            self.media.add(call.rtp, call.handle.session)
+            try:
+                reason = await self.manager.run(call.handle)
+            finally:
+                self.media.remove(call.rtp)
             if reason in ("bot_hangup", "shutdown", "error") and not call.ended:
                 await call.hangup()
         except Exception:

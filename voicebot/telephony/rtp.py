@@ -1,12 +1,13 @@
 """RTP media of a SIP call (RFC 3550): G.711 over UDP, 20 ms packets both ways.
 
-One monotonic 20 ms clock drives the call: each tick takes one packet's worth of caller
-audio from the jitter buffer (concealing a loss) and sends one packet of bot audio (or
-silence), so input, output and RTP timestamps never drift apart, however long the call.
-Packets are parsed and built with aiortc's `RtpPacket`; the jitter buffer is our own:
-it reorders, drops duplicates and late packets, and hides single losses by repeating the
-last frame at half level. Symmetric RTP: we send to where the caller's packets actually
-come from once they arrive (NAT), not only to the SDP address.
+`RtpSession` is one call's socket, jitter buffer, resampler states and RTP header state;
+the 20 ms clock that moves audio through it is shared by every SIP call of the process
+(`telephony.media_clock`): each tick takes one packet's worth of caller audio from each
+jitter buffer and sends one packet of bot audio (or silence) per call, so input, output
+and RTP timestamps never drift apart, however long the call. Packets are parsed and built
+with aiortc's `RtpPacket`; the jitter buffer is our own: it reorders, drops duplicates and
+late packets, and hides losses by fading the last frame. Symmetric RTP: we send to where
+the caller's packets actually come from once they arrive (NAT), not only to the SDP address.
 """
 
 from __future__ import annotations
@@ -14,14 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import numpy as np
 from aiortc.rtp import RtpPacket
 
-from voicebot.audio import g711
 from voicebot.audio.resample import StreamingResampler
 from voicebot.telephony.dtmf import DtmfDetector
 from voicebot.telephony.sdp import PCMA, PCMU
@@ -111,10 +109,10 @@ class RtpSession(asyncio.DatagramProtocol):
         self._latched = False
         self._remote_ssrc: int | None = None
         self.jitter = JitterBuffer()
-        self._out: deque[bytes] = deque()
-        self._up = StreamingResampler(8000, 16000)
-        self._down = StreamingResampler(16000, 8000)
-        self._last_in = np.zeros(SAMPLES_PER_PACKET, np.int16)
+        self.out_frame: np.ndarray | None = None
+        self.upsampler = StreamingResampler(8000, 16000)
+        self.downsampler = StreamingResampler(16000, 8000)
+        self.last_in = np.zeros(SAMPLES_PER_PACKET, np.int16)
         self._ssrc = random.getrandbits(32)
         self._seq = random.getrandbits(16)
         self._ts = random.getrandbits(32)
@@ -156,54 +154,29 @@ class RtpSession(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.close()
 
-    # -- codec -----------------------------------------------------------------------------
-    def _decode(self, payload: bytes) -> np.ndarray:
-        if self.payload_type == PCMU:
-            return g711.ulaw_decode(payload)
-        return g711.alaw_decode(payload)
-
-    def _encode(self, pcm8k: np.ndarray) -> bytes:
-        codes = g711.ulaw_encode(pcm8k) if self.payload_type == PCMU else g711.alaw_encode(pcm8k)
-        return codes.tobytes()
-
     # -- AudioSink ------------------------------------------------------------------------
     def write(self, frame: np.ndarray) -> None:
-        self._out.append(self._encode(self._down.process(frame)))
+        """The bot's 16 kHz frame for this tick; the media clock encodes and sends it."""
+        self.out_frame = frame
 
     def clear(self) -> int:
-        dropped = len(self._out)
-        self._out.clear()
+        dropped = 0 if self.out_frame is None else 1
+        self.out_frame = None
         return dropped
 
-    # -- the call's clock --------------------------------------------------------------------
-    async def frames(self) -> AsyncIterator[np.ndarray]:
-        """Caller frames (16 kHz) one per 20 ms; sends one packet per tick as it goes."""
-        silence = self._encode(np.zeros(SAMPLES_PER_PACKET, np.int16))
-        start = time.monotonic()
-        k = 0
-        while not self._closed:
-            k += 1
-            delay = start + k * PACKET_SECONDS - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -PACKET_SECONDS:
-                self.late_ticks += 1
-                if delay < -1.0:  # the loop stalled: re-anchor rather than burst
-                    start = time.monotonic() - k * PACKET_SECONDS
-            if self._closed:
-                return
-            payload = self.jitter.pop()
-            if payload is not None:
-                self._last_in = self._decode(payload)
-                pcm = self._last_in
-            else:
-                # Conceal: fade the last frame, then silence (no clicks, no stale speech).
-                self._last_in = (self._last_in // 2).astype(np.int16)
-                pcm = self._last_in
-            self._send(self._out.popleft() if self._out else silence)
-            yield self._up.process(pcm)
+    # -- the media clock's side ------------------------------------------------------------
+    def take_output(self) -> np.ndarray | None:
+        frame, self.out_frame = self.out_frame, None
+        return frame
 
-    def _send(self, payload: bytes) -> None:
+    def conceal(self) -> np.ndarray:
+        """No packet for this tick: fade the last frame (no clicks, no stale speech)."""
+        self.last_in = self.last_in // 2
+        return self.last_in
+
+    def send(self, payload: bytes) -> None:
+        """One packet of this tick's output (the sequence and timestamp advance even when
+        sending is off, e.g. on hold, so they stay tied to the clock)."""
         self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + SAMPLES_PER_PACKET) & 0xFFFFFFFF
         if not self.send_enabled or self._transport is None:

@@ -1,0 +1,233 @@
+"""One 20 ms clock for the media of every SIP call: RTP in -> frames -> agent -> RTP out.
+
+A clock per call costs a timer, a task switch and a VAD future per call per tick, and
+spreads the calls' work over the whole 20 ms so nothing can be done for several at once.
+Here one task wakes every 20 ms (monotonic, no drift) and moves every call one tick:
+
+1. one payload per call from its jitter buffer (a loss is concealed), G.711-decoded for
+   all calls in one table lookup and taken to 16 kHz in one `resample_many`;
+2. the agent's frame step in two halves (`CallSession.begin_frame` / `finish_frame`) with
+   one VAD request for all the windows due, run on the VAD thread while the loop goes on
+   receiving packets;
+3. each call's bot frame (or silence) down to 8 kHz in one `resample_many`, encoded in one
+   lookup, and sent as that tick's RTP packet.
+
+A call whose frame step raises is ended with an `error` (its own log line and event); the
+other calls of the tick go on. A tick that starts more than a frame late counts as late
+for every call (`voicebot_rtp_late_ticks_total`); more than 1 s behind, the clock
+re-anchors instead of bursting (`voicebot_media_ticks_skipped_total`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voicebot.agent.session import CallSession
+from voicebot.agent.vad_runner import BatchedVad
+from voicebot.audio import g711
+from voicebot.audio.frames import FRAME_SAMPLES
+from voicebot.audio.resample import resample_many
+from voicebot.telephony.rtp import PACKET_SECONDS, SAMPLES_PER_PACKET, RtpSession
+from voicebot.telephony.sdp import PCMU
+
+log = logging.getLogger("voicebot.telephony.media")
+
+_RESYNC_S = 1.0  # further behind than this, skip ticks rather than burst to catch up
+_DECODE = {True: g711.ULAW_DECODE_TABLE, False: g711.ALAW_DECODE_TABLE}
+_ENCODE = {True: g711.ULAW_ENCODE_TABLE, False: g711.ALAW_ENCODE_TABLE}
+
+
+@dataclass(eq=False)
+class MediaLeg:
+    rtp: RtpSession
+    session: CallSession
+
+    @property
+    def ulaw(self) -> bool:
+        return self.rtp.payload_type == PCMU
+
+
+class SipMediaClock:
+    """Moves every SIP call's audio one 20 ms tick at a time, all calls together."""
+
+    def __init__(
+        self,
+        vad: BatchedVad,
+        on_tick: Callable[[int, float, bool, int], None] | None = None,
+    ) -> None:
+        """`on_tick(calls, seconds, late, skipped)` hears of every tick: how many calls it
+        moved, how long it took, whether it started late and the ticks skipped before it."""
+        self.vad = vad
+        self.on_tick = on_tick
+        self._legs: dict[RtpSession, MediaLeg] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._legs)
+
+    def add(self, rtp: RtpSession, session: CallSession) -> None:
+        """Start moving a call's media (from the next tick)."""
+        self._legs[rtp] = MediaLeg(rtp, session)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="sip-media")
+
+    def remove(self, rtp: RtpSession) -> None:
+        self._legs.pop(rtp, None)
+
+    async def close(self) -> None:
+        self._legs.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        start = time.monotonic()
+        k = 0
+        try:
+            while self._legs:
+                k += 1
+                delay = start + k * PACKET_SECONDS - time.monotonic()
+                late, skipped = False, 0
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -PACKET_SECONDS:
+                    late = True
+                    if delay < -_RESYNC_S:  # the loop stalled: re-anchor rather than burst
+                        skipped = int(-delay / PACKET_SECONDS)
+                        start = time.monotonic() - k * PACKET_SECONDS
+                began = time.perf_counter()
+                try:
+                    moved = await self._tick(late)
+                except Exception:  # a bug here must not silence every call for good
+                    log.exception("SIP media tick failed")
+                    moved = 0
+                if self.on_tick is not None:
+                    self.on_tick(moved, time.perf_counter() - began, late, skipped)
+        finally:
+            self._task = None
+
+    async def _tick(self, late: bool) -> int:
+        legs = [leg for leg in self._legs.values() if not leg.session.ending]
+        if not legs:
+            return 0
+        if late:
+            for leg in legs:
+                leg.rtp.late_ticks += 1
+        frames = _caller_frames(legs)
+        windows = _begin(legs, frames)
+        await self._run_vad(legs, windows)
+        for leg, due in zip(legs, windows, strict=True):
+            if due is None or leg.session.ending:  # failed, or hung up during the VAD run
+                continue
+            try:
+                leg.session.finish_frame(due.windows, due.probabilities)
+            except Exception as exc:
+                leg.session.fail(exc)
+        _send_bot_frames(legs)
+        return len(legs)
+
+    async def _run_vad(self, legs: list[MediaLeg], due: list[_Due | None]) -> None:
+        # 20 ms frames give at most one 32 ms window per call; a longer backlog (never with
+        # 20 ms frames) takes one more round per extra window, in order per stream.
+        while True:
+            todo = [i for i, d in enumerate(due) if d is not None and not d.complete]
+            if not todo:
+                return
+            streams = [legs[i].session.vad_stream for i in todo]
+            windows = [due[i].next_window for i in todo]  # type: ignore[union-attr]
+            try:
+                probabilities = await self.vad.probabilities(streams, windows)
+            except Exception as exc:
+                for i in todo:
+                    due[i] = None
+                    legs[i].session.fail(exc)
+                return
+            for i, p in zip(todo, probabilities, strict=True):
+                due[i].probabilities.append(float(p))  # type: ignore[union-attr]
+
+
+@dataclass
+class _Due:
+    """A call's VAD windows of this tick and, as they come, their probabilities."""
+
+    windows: list[np.ndarray]
+    probabilities: list[float] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.probabilities) == len(self.windows)
+
+    @property
+    def next_window(self) -> np.ndarray:
+        return self.windows[len(self.probabilities)]
+
+
+def _caller_frames(legs: list[MediaLeg]) -> np.ndarray:
+    """This tick's caller audio of every leg at 16 kHz, one row each."""
+    pcm8 = np.empty((len(legs), SAMPLES_PER_PACKET), np.int16)
+    rows: dict[bool, tuple[list[int], list[bytes]]] = {True: ([], []), False: ([], [])}
+    for i, leg in enumerate(legs):
+        payload = leg.rtp.jitter.pop()
+        if payload is None:
+            pcm8[i] = leg.rtp.conceal()
+            continue
+        if len(payload) != SAMPLES_PER_PACKET:  # another ptime than the 20 ms we answer
+            payload = payload[:SAMPLES_PER_PACKET].ljust(SAMPLES_PER_PACKET, b"\xff")
+        index, payloads = rows[leg.ulaw]
+        index.append(i)
+        payloads.append(payload)
+    for ulaw, (index, payloads) in rows.items():
+        if index:
+            codes = np.frombuffer(b"".join(payloads), np.uint8).reshape(len(index), -1)
+            pcm8[index] = _DECODE[ulaw][codes]
+    for i, leg in enumerate(legs):
+        leg.rtp.last_in = pcm8[i]
+    return resample_many([leg.rtp.upsampler for leg in legs], pcm8)
+
+
+def _begin(legs: list[MediaLeg], frames: np.ndarray) -> list[_Due | None]:
+    due: list[_Due | None] = []
+    for leg, frame in zip(legs, frames, strict=True):
+        try:
+            due.append(_Due(leg.session.begin_frame(frame)))
+        except Exception as exc:
+            leg.session.fail(exc)
+            due.append(None)
+    return due
+
+
+def _send_bot_frames(legs: list[MediaLeg]) -> None:
+    """Each leg's bot frame of this tick (silence if none) out as one RTP packet."""
+    talking: list[int] = []
+    frames: list[np.ndarray] = []
+    for i, leg in enumerate(legs):
+        frame = leg.rtp.take_output()
+        if frame is None and leg.rtp.downsampler.skip_silence(FRAME_SAMPLES):
+            continue  # silence in, filter state silent: silence out, no arithmetic
+        talking.append(i)
+        frames.append(np.zeros(FRAME_SAMPLES, np.int16) if frame is None else frame)
+    payloads = [_SILENCE[leg.ulaw] for leg in legs]
+    if talking:
+        pcm8 = resample_many([legs[i].rtp.downsampler for i in talking], np.stack(frames))
+        for ulaw in (True, False):
+            picked = [j for j, i in enumerate(talking) if legs[i].ulaw is ulaw]
+            if picked:
+                codes = _ENCODE[ulaw][pcm8[picked].view(np.uint16)]
+                for j, row in zip(picked, codes, strict=True):
+                    payloads[talking[j]] = row.tobytes()
+    for leg, payload in zip(legs, payloads, strict=True):
+        leg.rtp.send(payload)
+
+
+_SILENCE = {
+    ulaw: table[np.zeros(SAMPLES_PER_PACKET, np.uint16)].tobytes()
+    for ulaw, table in _ENCODE.items()
+}
