@@ -80,6 +80,11 @@ class EngineSettings(BaseModel):
     tts_remote_voice: str = "alloy"
 
     threads: int = Field(2, ge=1, description="CPU threads per local model")
+    nice: int = Field(
+        10, ge=0, le=19,
+        description="local engines' threads run this much lower in priority than the media"
+        " loop (Linux nice; 0 = the same)",
+    )  # fmt: skip
     transfer_target: str = "sip:queue@localhost"
 
 

@@ -12,6 +12,7 @@ import threading
 
 from voicebot.config.settings import EngineSettings
 from voicebot.models.base import EngineError, Engines, LanguageModel, SpeechToText, TextToSpeech
+from voicebot.models.executor import set_engine_nice
 
 log = logging.getLogger("voicebot.models")
 
@@ -98,6 +99,7 @@ def build_tts(cfg: EngineSettings) -> TextToSpeech:
 
 
 def build_engines(cfg: EngineSettings) -> Engines:
+    set_engine_nice(cfg.nice)
     return Engines(stt=build_stt(cfg), llm=build_llm(cfg), tts=build_tts(cfg))
 
 

@@ -9,8 +9,10 @@ Here one task wakes every 20 ms (monotonic, no drift) and moves every call one t
 2. the agent's frame step in two halves (`CallSession.begin_frame` / `finish_frame`) with
    one VAD request for all the windows due, run on the VAD thread while the loop goes on
    receiving packets;
-3. each call's bot frame (or silence) down to 8 kHz in one `resample_many`, encoded in one
-   lookup, and sent as that tick's RTP packet.
+3. each call's bot frame (or silence) down to 8 kHz in one `resample_many` and encoded in
+   one lookup, ready to be sent first thing in the next tick: the packets leave right on
+   the tick, whatever the tick's work took (that work varies with the VAD thread's wait
+   for a core), so the bot's RTP keeps a steady 20 ms pace.
 
 A call whose frame step raises is ended with an `error` (its own log line and event); the
 other calls of the tick go on. A tick that starts more than a frame late counts as late
@@ -68,6 +70,7 @@ class SipMediaClock:
         self.on_tick = on_tick
         self._legs: dict[RtpSession, MediaLeg] = {}
         self._task: asyncio.Task[None] | None = None
+        self._outbox: list[tuple[RtpSession, bytes]] = []  # packets of the next tick
 
     def __len__(self) -> int:
         return len(self._legs)
@@ -115,6 +118,9 @@ class SipMediaClock:
             self._task = None
 
     async def _tick(self, late: bool) -> int:
+        outbox, self._outbox = self._outbox, []
+        for rtp, payload in outbox:
+            rtp.send(payload)
         legs = [leg for leg in self._legs.values() if not leg.session.ending]
         if not legs:
             return 0
@@ -131,7 +137,7 @@ class SipMediaClock:
                 leg.session.finish_frame(due.windows, due.probabilities)
             except Exception as exc:
                 leg.session.fail(exc)
-        _send_bot_frames(legs)
+        self._outbox = _encode_bot_frames(legs)
         return len(legs)
 
     async def _run_vad(self, legs: list[MediaLeg], due: list[_Due | None]) -> None:
@@ -204,8 +210,8 @@ def _begin(legs: list[MediaLeg], frames: np.ndarray) -> list[_Due | None]:
     return due
 
 
-def _send_bot_frames(legs: list[MediaLeg]) -> None:
-    """Each leg's bot frame of this tick (silence if none) out as one RTP packet."""
+def _encode_bot_frames(legs: list[MediaLeg]) -> list[tuple[RtpSession, bytes]]:
+    """Each leg's bot frame of this tick (silence if none) as its next RTP payload."""
     talking: list[int] = []
     frames: list[np.ndarray] = []
     for i, leg in enumerate(legs):
@@ -223,8 +229,7 @@ def _send_bot_frames(legs: list[MediaLeg]) -> None:
                 codes = _ENCODE[ulaw][pcm8[picked].view(np.uint16)]
                 for j, row in zip(picked, codes, strict=True):
                     payloads[talking[j]] = row.tobytes()
-    for leg, payload in zip(legs, payloads, strict=True):
-        leg.rtp.send(payload)
+    return [(leg.rtp, payload) for leg, payload in zip(legs, payloads, strict=True)]
 
 
 _SILENCE = {

@@ -179,7 +179,7 @@ class RtpSession(asyncio.DatagramProtocol):
         sending is off, e.g. on hold, so they stay tied to the clock)."""
         self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + SAMPLES_PER_PACKET) & 0xFFFFFFFF
-        if not self.send_enabled or self._transport is None:
+        if not self.send_enabled or self._transport is None or self._closed:
             return
         packet = RtpPacket(
             payload_type=self.payload_type,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -16,7 +15,7 @@ from voicebot.audio.frames import SAMPLE_RATE
 from voicebot.audio.resample import resample_whole
 from voicebot.audio.wav import WavError, read_wav_bytes, to_mono
 from voicebot.models.base import EngineError
-from voicebot.models.executor import run_blocking
+from voicebot.models.executor import model_worker, run_blocking
 
 MAX_TEXT_CHARS = 2000
 
@@ -34,7 +33,7 @@ class EspeakTextToSpeech:
         self.voice = voice
         self.speed_wpm = speed_wpm
         # Separate processes: two may run at once (one per core) without sharing anything.
-        self._worker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="espeak")
+        self._worker = model_worker("espeak", workers=2)
 
     def synthesize_sync(self, text: str) -> np.ndarray:
         text = text.strip()[:MAX_TEXT_CHARS]
