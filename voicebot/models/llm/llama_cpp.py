@@ -43,13 +43,14 @@ class LlamaCppLanguageModel:
         self.name = f"llama.cpp-{Path(path).stem}"
         self.max_tokens = max_tokens
         self.temperature = temperature
+        self._worker = model_worker("llama")
         try:
-            self._llm = Llama(
-                model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False, seed=0
-            )
+            # Loaded on its worker so threads llama.cpp starts inherit its lower priority.
+            self._llm = self._worker.submit(
+                Llama, model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False, seed=0
+            ).result()
         except (OSError, ValueError) as exc:
             raise EngineError(f"cannot load GGUF model {path}: {exc}") from exc
-        self._worker = model_worker("llama")
 
     async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
         chat = [{"role": m.role, "content": m.content} for m in messages]

@@ -59,9 +59,14 @@ class WhisperSpeechToText:
         self.name = f"whisper-{model if '/' not in model else Path(model).name}"
         self.beam_size = beam_size
         self.trim_encoder = trim_encoder
-        self._whisper = WhisperModel(
-            str(resolve_model_dir(model)), device="cpu", compute_type="int8", cpu_threads=threads
-        )
+        # One decode at a time per model (CTranslate2 would split the same threads anyway):
+        # its own worker thread queues them. The model is loaded there too, so the threads
+        # CTranslate2 starts inherit the worker's lower priority.
+        self._worker = model_worker("whisper")
+        self._whisper = self._worker.submit(
+            WhisperModel,
+            str(resolve_model_dir(model)), device="cpu", compute_type="int8", cpu_threads=threads,
+        ).result()  # fmt: skip
         self._tokenizer = Tokenizer(
             self._whisper.hf_tokenizer,
             self._whisper.model.is_multilingual,
@@ -69,9 +74,6 @@ class WhisperSpeechToText:
             language=language if self._whisper.model.is_multilingual else "en",
         )
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
-        # One decode at a time per model (CTranslate2 would split the same threads anyway):
-        # its own worker thread queues them.
-        self._worker = model_worker("whisper")
 
     def transcribe_sync(self, audio: np.ndarray) -> Transcript:
         pcm = np.asarray(audio)

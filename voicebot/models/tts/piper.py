@@ -46,12 +46,16 @@ class PiperTextToSpeech:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        self._worker = model_worker("piper")
         try:
+            # Created on its worker so the runtime's own threads inherit its lower priority.
+            session = self._worker.submit(
+                ort.InferenceSession,
+                str(model), sess_options=options, providers=["CPUExecutionProvider"],
+            ).result()  # fmt: skip
             self._voice = PiperVoice(
                 config=PiperConfig.from_dict(json.loads(Path(config).read_text("utf-8"))),
-                session=ort.InferenceSession(
-                    str(model), sess_options=options, providers=["CPUExecutionProvider"]
-                ),
+                session=session,
             )
         except (OSError, ValueError) as exc:
             raise EngineError(f"cannot load Piper voice {model}: {exc}") from exc
@@ -60,7 +64,6 @@ class PiperTextToSpeech:
         )
         self.name = f"piper-{Path(model).stem}"
         self.sample_rate = self._voice.config.sample_rate
-        self._worker = model_worker("piper")
 
     def synthesize_sync(self, text: str) -> np.ndarray:
         text = text.strip()[:MAX_TEXT_CHARS]
