@@ -63,10 +63,14 @@ class SipMediaClock:
         self,
         vad: BatchedVad,
         on_tick: Callable[[int, float, bool, int], None] | None = None,
+        *,
+        self_clocked: bool = True,
     ) -> None:
         """`on_tick(calls, seconds, late, skipped)` hears of every tick: how many calls it
-        moved, how long it took, whether it started late and the ticks skipped before it."""
+        moved, how long it took, whether it started late and the ticks skipped before it.
+        `self_clocked=False`: no timer task; whoever owns the clock calls `tick` (tests)."""
         self.vad = vad
+        self.self_clocked = self_clocked
         self.on_tick = on_tick
         self._legs: dict[RtpSession, MediaLeg] = {}
         self._task: asyncio.Task[None] | None = None
@@ -78,7 +82,7 @@ class SipMediaClock:
     def add(self, rtp: RtpSession, session: CallSession) -> None:
         """Start moving a call's media (from the next tick)."""
         self._legs[rtp] = MediaLeg(rtp, session)
-        if self._task is None:
+        if self._task is None and self.self_clocked:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="sip-media")
 
     def remove(self, rtp: RtpSession) -> None:
@@ -108,7 +112,7 @@ class SipMediaClock:
                         start = time.monotonic() - k * PACKET_SECONDS
                 began = time.perf_counter()
                 try:
-                    moved = await self._tick(late)
+                    moved = await self.tick(late)
                 except Exception:  # a bug here must not silence every call for good
                     log.exception("SIP media tick failed")
                     moved = 0
@@ -117,7 +121,8 @@ class SipMediaClock:
         finally:
             self._task = None
 
-    async def _tick(self, late: bool) -> int:
+    async def tick(self, late: bool = False) -> int:
+        """Move every call one 20 ms step now (the clock's task does this every 20 ms)."""
         outbox, self._outbox = self._outbox, []
         for rtp, payload in outbox:
             rtp.send(payload)

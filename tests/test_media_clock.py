@@ -1,0 +1,152 @@
+"""The shared SIP media clock: every call's audio moved exactly as a clock of its own would
+move it, one failing call ended alone, a hung-up call no longer stepped.
+
+Ticks are driven directly (`SipMediaClock.tick`), so nothing here depends on wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from tests.engines import ScriptedSTT
+from voicebot.agent.config import AgentConfig
+from voicebot.agent.events import Event
+from voicebot.agent.session import CallSession
+from voicebot.agent.vad_runner import BatchedVad
+from voicebot.audio import g711
+from voicebot.audio.resample import StreamingResampler
+from voicebot.models.base import Engines
+from voicebot.models.llm.scripted import ScriptedLanguageModel
+from voicebot.models.tts.espeak import EspeakTextToSpeech
+from voicebot.models.vad import SileroVad
+from voicebot.telephony.media_clock import SipMediaClock
+from voicebot.telephony.rtp import RtpSession
+from voicebot.telephony.sdp import PCMA, PCMU
+
+QUIET = AgentConfig(greeting=None, vad_event_interval_ms=0)
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+
+class _BrokenInputStage:
+    """An echo canceller that fails on the third frame (a bug in one call's stage)."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def process(self, frame: np.ndarray) -> np.ndarray:
+        self.frames += 1
+        if self.frames == 3:
+            raise RuntimeError("stage exploded")
+        return frame
+
+    def reference(self, frame: np.ndarray | None) -> None:
+        pass
+
+
+def _leg(pt: int, vad: BatchedVad, name: str, **kw) -> tuple[RtpSession, CallSession, _Recorder]:  # type: ignore[no-untyped-def]
+    rtp = RtpSession(pt, 101, ("127.0.0.1", 0), on_dtmf=lambda digit: None)
+    engines = Engines(
+        stt=ScriptedSTT(), llm=ScriptedLanguageModel.from_file(), tts=EspeakTextToSpeech()
+    )
+    session = CallSession(name, engines, rtp, config=QUIET, vad_runner=vad, **kw)
+    recorder = _Recorder()
+    session.bus.subscribe(recorder)
+    return rtp, session, recorder
+
+
+def _payloads(seed: int, n: int) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, 160, dtype=np.uint8).tobytes() for _ in range(n)]
+
+
+@pytest.fixture
+def vad(vad_model: SileroVad) -> BatchedVad:
+    runner = BatchedVad(vad_model)
+    yield runner
+    runner.close()
+
+
+def test_each_call_hears_and_sends_exactly_its_own_audio(vad: BatchedVad) -> None:
+    async def main() -> None:
+        clock = SipMediaClock(vad, self_clocked=False)
+        legs = [_leg(PCMU, vad, "mu"), _leg(PCMA, vad, "a")]
+        seen: dict[str, list[np.ndarray]] = {"mu": [], "a": []}
+        for rtp, session, _ in legs:
+            begin = session.begin_frame
+
+            def spy(frame, begin=begin, name=session.call_id):  # type: ignore[no-untyped-def]
+                seen[name].append(np.array(frame))
+                return begin(frame)
+
+            session.begin_frame = spy  # type: ignore[method-assign]
+            clock.add(rtp, session)
+        sent = {"mu": _payloads(1, 12), "a": _payloads(2, 12)}
+        for i, (rtp, _, _) in enumerate(legs):
+            for seq, payload in enumerate(sent["mu" if i == 0 else "a"]):
+                rtp.jitter.put(1000 + seq, payload)
+        # What a clock of each call's own would produce: decode, then a resampler per call.
+        bot = (np.sin(np.arange(320 * 12) / 5) * 8000).astype(np.int16).reshape(12, 320)
+        outboxes = []
+        for tick in range(12):
+            # The bot talks on the µ-law call only on ticks 3..7; silence elsewhere.
+            legs[0][0].out_frame = bot[tick] if 3 <= tick < 8 else None
+            assert await clock.tick() == 2
+            outboxes.append(dict(clock._outbox))
+        for name, pt in (("mu", PCMU), ("a", PCMA)):
+            decode = g711.ulaw_decode if pt == PCMU else g711.alaw_decode
+            up = StreamingResampler(8000, 16000)
+            expected = [up.process(decode(p)) for p in sent[name]]
+            np.testing.assert_array_equal(np.stack(seen[name]), np.stack(expected))
+        # The µ-law call's packets: the bot's frames through a resampler of its own.
+        down = StreamingResampler(16000, 8000)
+        mu_rtp, a_rtp = legs[0][0], legs[1][0]
+        for tick in range(12):
+            frame = bot[tick] if 3 <= tick < 8 else np.zeros(320, np.int16)
+            want = g711.ulaw_encode(down.process(frame)).tobytes()
+            assert outboxes[tick][mu_rtp] == want, tick
+            assert outboxes[tick][a_rtp] == g711.alaw_encode(np.zeros(160, np.int16)).tobytes()
+        await clock.close()
+
+    asyncio.run(main())
+
+
+def test_a_failing_call_ends_alone_and_a_hung_up_call_is_not_stepped(vad: BatchedVad) -> None:
+    async def main() -> None:
+        clock = SipMediaClock(vad, self_clocked=False)
+        broken_rtp, broken, broken_events = _leg(
+            PCMU, vad, "broken", echo_canceller=_BrokenInputStage()
+        )
+        fine_rtp, fine, _ = _leg(PCMU, vad, "fine")
+        leaving_rtp, leaving, _ = _leg(PCMA, vad, "leaving")
+        runs = [asyncio.create_task(s.run()) for s in (broken, fine, leaving)]
+        await asyncio.sleep(0)
+        for rtp, session in ((broken_rtp, broken), (fine_rtp, fine), (leaving_rtp, leaving)):
+            clock.add(rtp, session)
+        for _ in range(2):
+            await clock.tick()
+        leaving.end("caller_hangup")
+        for _ in range(8):
+            await clock.tick()
+        assert await asyncio.wait_for(runs[0], 5) == "error"
+        assert await asyncio.wait_for(runs[2], 5) == "caller_hangup"
+        assert not runs[1].done()
+        assert fine.t == pytest.approx(10 * 0.02)  # every tick, before and after the failure
+        assert leaving.t == pytest.approx(2 * 0.02)  # none after its hang-up
+        errors = [e for e in broken_events.events if e["type"] == "error"]
+        assert errors and "stage exploded" in errors[0]["message"]
+        assert errors[0]["call_id"] == "broken"
+        fine.end("caller_hangup")
+        assert await asyncio.wait_for(runs[1], 5) == "caller_hangup"
+        await clock.close()
+
+    asyncio.run(main())
