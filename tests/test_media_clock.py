@@ -22,7 +22,7 @@ from voicebot.models.base import Engines
 from voicebot.models.llm.scripted import ScriptedLanguageModel
 from voicebot.models.tts.espeak import EspeakTextToSpeech
 from voicebot.models.vad import SileroVad
-from voicebot.telephony.media_clock import SipMediaClock
+from voicebot.telephony.media_clock import MediaLoad, SipMediaClock
 from voicebot.telephony.rtp import RtpSession
 from voicebot.telephony.sdp import PCMA, PCMU
 
@@ -150,3 +150,26 @@ def test_a_failing_call_ends_alone_and_a_hung_up_call_is_not_stepped(vad: Batche
         await clock.close()
 
     asyncio.run(main())
+
+
+def test_media_load_judges_the_last_five_seconds_of_ticks() -> None:
+    load = MediaLoad(max_late_ratio=0.02, window_ticks=250)
+    for _ in range(40):
+        load.tick(late=True)
+    assert not load.overloaded  # 40 ticks (0.8 s) are too few to judge
+    load.idle()
+    for i in range(250):
+        load.tick(late=i % 50 == 0)  # 5 of 250 late: 2 %, not over
+    assert load.late_ratio == pytest.approx(0.02)
+    assert not load.overloaded
+    load.tick(late=True)  # the oldest (late) tick slides out, a late one comes in: still 5
+    assert not load.overloaded
+    load.tick(late=True)
+    assert load.overloaded  # 6 of 250
+    for _ in range(250):
+        load.tick(late=False)
+    assert not load.overloaded and load.late_ratio == 0.0
+    load.tick(late=True, skipped=10)  # a stall: the skipped ticks count as late too
+    assert load.late_ratio == pytest.approx(11 / 250)
+    assert load.overloaded
+    assert not MediaLoad(max_late_ratio=0.0).overloaded

@@ -115,6 +115,11 @@ class SipSettings(BaseModel):
     rtp_port_max: int = Field(20999, ge=1025, le=65535)
     answer_delay_ms: int = Field(200, ge=0, description="ringing before the bot answers")
     max_calls: int | None = Field(None, description="SIP calls at most (default: max_calls)")
+    overload_late_ratio: float = Field(
+        0.02, ge=0, le=1,
+        description="refuse new calls (503) while more than this share of the media ticks of"
+        " the last 5 s ran late (0 = never refuse on load)",
+    )  # fmt: skip
     user_agent: str = "voicebot"
     echo_cancellation: bool = Field(True, description="cancel the bot's own line echo")
     noise_suppression: Literal["off", "spectral", "webrtc"] = Field(

@@ -21,7 +21,7 @@ from voicebot.audio.echo import EchoCanceller
 from voicebot.config import Settings
 from voicebot.gateway.calls import CallHandle, CallManager, CallRefusedError
 from voicebot.telephony.dtmf import parse_dtmf_relay
-from voicebot.telephony.media_clock import SipMediaClock
+from voicebot.telephony.media_clock import MediaLoad, SipMediaClock
 from voicebot.telephony.message import (
     SipRequest,
     host_port_of,
@@ -152,10 +152,15 @@ class SipGateway:
         self.registered = False
         self._setup_tasks: set[asyncio.Task[None]] = set()
         self.media = SipMediaClock(manager.vad, on_tick=self._on_media_tick)
+        self.media_load = MediaLoad(sip.overload_late_ratio)
 
     def _on_media_tick(self, calls: int, seconds: float, late: bool, skipped: int) -> None:
         m = self.manager.metrics
         m.media_tick_seconds.observe(seconds)
+        if calls:
+            self.media_load.tick(late, skipped)
+        else:
+            self.media_load.idle()
         if skipped:
             m.media_ticks_skipped.inc(skipped)
 
@@ -260,6 +265,14 @@ class SipGateway:
             return
         if len(self.calls) >= self.max_calls:
             self._refuse(invite, addr, 486, "Busy Here (bot at capacity)", 10)
+            return
+        if self.media_load.overloaded:
+            log.warning(
+                "call %s refused: %.1f %% of media ticks late",
+                invite.call_id, 100 * self.media_load.late_ratio,
+            )  # fmt: skip
+            self.manager.metrics.rejected_total.labels("sip", "overload").inc()
+            self._refuse(invite, addr, 503, "Service Unavailable (media overloaded)", 5)
             return
         if "application/sdp" not in (invite.get("Content-Type") or "").lower() or not invite.body:
             self._refuse(invite, addr, 488, "Not Acceptable Here (need an SDP offer)")

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -120,6 +121,8 @@ class SipMediaClock:
                     self.on_tick(moved, time.perf_counter() - began, late, skipped)
         finally:
             self._task = None
+            if self.on_tick is not None:
+                self.on_tick(0, 0.0, False, 0)  # stopped: no calls left
 
     async def tick(self, late: bool = False) -> int:
         """Move every call one 20 ms step now (the clock's task does this every 20 ms)."""
@@ -241,3 +244,38 @@ _SILENCE = {
     ulaw: table[np.zeros(SAMPLES_PER_PACKET, np.uint16)].tobytes()
     for ulaw, table in _ENCODE.items()
 }
+
+
+class MediaLoad:
+    """Whether the media clock keeps time: the share of late ticks over a sliding window.
+
+    Admission by load, not only by a fixed count: what a machine carries depends on the
+    engines and what else it runs, and one call too many makes every call's audio late.
+    """
+
+    def __init__(self, max_late_ratio: float, window_ticks: int = 250) -> None:
+        self.max_late_ratio = max_late_ratio
+        self._late: deque[bool] = deque(maxlen=window_ticks)
+        self._late_count = 0
+
+    def tick(self, late: bool, skipped: int = 0) -> None:
+        for was_late in [True] * min(skipped, self._late.maxlen or 0) + [late]:
+            if len(self._late) == self._late.maxlen:
+                self._late_count -= self._late[0]
+            self._late.append(was_late)
+            self._late_count += was_late
+
+    def idle(self) -> None:
+        """No calls: the clock stopped, old ticks say nothing of the next call."""
+        self._late.clear()
+        self._late_count = 0
+
+    @property
+    def late_ratio(self) -> float:
+        return self._late_count / len(self._late) if self._late else 0.0
+
+    @property
+    def overloaded(self) -> bool:
+        # A few ticks are too few to judge: one slow tick at a call's start is not overload.
+        enough = len(self._late) >= (self._late.maxlen or 0) // 5
+        return self.max_late_ratio > 0 and enough and self.late_ratio > self.max_late_ratio
