@@ -1,8 +1,12 @@
-"""What every benchmark shares: Markdown tables, and writing its own section of
-bench/RESULTS.md without touching the others'."""
+"""What every benchmark shares: Markdown tables, writing its own section of
+bench/RESULTS.md without touching the others', and what the machine and its processes
+are doing (CPU model, package versions, /proc CPU counters)."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,3 +30,48 @@ def update_results(path: Path, sections: str | Sequence[str]) -> None:
         else:
             text = text.rstrip() + "\n\n" + block
     path.write_text(text.rstrip() + "\n")
+
+
+# -- the machine and its processes (Linux /proc) -------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" if it cannot be read)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def package_version(package: str) -> str:
+    """An installed distribution's version, "?" if it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def system_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(values[:8])
+    return total - values[3] - values[4], total
+
+
+def proc_stat_fields(pid: int, tid: int | None = None) -> list[str]:
+    """Fields of /proc/PID/stat (or of one thread's) after the command name; field 11 is
+    utime, 12 stime, 13 cutime, 14 cstime (in CLK_TCK units)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    return Path(path).read_text().rsplit(")", 1)[1].split()
+
+
+def proc_peak_rss_mb(pid: int) -> float | None:
+    """Peak resident memory of a process (VmHWM), MiB."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import importlib.metadata
 import json
 import os
 import platform
@@ -58,7 +57,7 @@ if str(REPO) not in sys.path:
 
 import noisereduce  # noqa: E402
 
-from bench.common import md_table, update_results  # noqa: E402
+from bench.common import cpu_model, md_table, package_version, update_results  # noqa: E402
 from tests.audiogen import (  # noqa: E402
     SENTENCES,
     SR,
@@ -1025,20 +1024,7 @@ def score_barge_in(
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-
-    def version(pkg: str) -> str:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return "?"
+    cpu = cpu_model()
 
     return {
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -1047,9 +1033,9 @@ def machine_info() -> dict[str, Any]:
         "loadavg_at_start": list(os.getloadavg()),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "noisereduce": version("noisereduce"),
-        "webrtc_noise_gain": version("webrtc-noise-gain"),
-        "faster_whisper": version("faster-whisper"),
+        "noisereduce": package_version("noisereduce"),
+        "webrtc_noise_gain": package_version("webrtc-noise-gain"),
+        "faster_whisper": package_version("faster-whisper"),
     }
 
 
@@ -1414,7 +1400,9 @@ def render_echo(res: dict[str, Any], cfg: Config, quick: bool) -> str:
         f"Every `process` + `reference` pair timed alone while the bot talks ({d['frames']} "
         "frames: the 'sim' line at each gain, "
         f"{cfg.cost_passes} pass(es)), process not pinned. The delay search "
-        "(`_estimate_delay`: every 500 ms while the bot talks, every 100 ms until found) is "
+        "(`_estimate_delay`: every 100 ms until found, then every 500 ms while the bot talks, "
+        "every 2 s once three searches agreed; the filter refits every block for its first "
+        "30, then every 4th) is "
         "timed on its own as well. 'default' is numpy's OpenBLAS as the gateway gets it "
         "(one thread per core); '1 thread' is the same under "
         "`threadpoolctl.threadpool_limits(1, 'blas')`.",

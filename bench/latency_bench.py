@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import datetime
 import gc
-import importlib.metadata
 import json
 import os
 import platform
@@ -53,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import md_table, update_results  # noqa: E402
+from bench.common import cpu_model, md_table, package_version, update_results  # noqa: E402
 from tests.audiogen import (  # noqa: E402
     SENTENCES,
     SR,
@@ -1066,20 +1065,7 @@ async def false_barge_in_bench(cfg: Config, log: Log) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-
-    def version(pkg: str) -> str:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return "?"
+    cpu = cpu_model()
 
     return {
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -1088,7 +1074,7 @@ def machine_info() -> dict[str, Any]:
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "packages": {
-            p: version(p)
+            p: package_version(p)
             for p in (
                 "onnxruntime",
                 "faster-whisper",

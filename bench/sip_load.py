@@ -95,7 +95,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import md_table, update_results  # noqa: E402
+from bench.common import cpu_model, md_table, package_version, system_cpu, update_results  # noqa: E402
 
 SCENARIO = Path(__file__).resolve().with_name("sip_load.xml")
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
@@ -238,13 +238,6 @@ def proc_cpu_split(pid: int) -> dict[str, float]:
         "threads": threads - loop,
         "children": (int(fields[13]) + int(fields[14])) / CLK_TCK,
     }
-
-
-def system_cpu() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    total = sum(values[:8])
-    return total - values[3] - values[4], total
 
 
 @contextlib.contextmanager
@@ -865,20 +858,11 @@ def run_sweep(
 
 
 def machine_info() -> dict[str, Any]:
-    import importlib.metadata
-
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     sipp_version = subprocess.run([SIPP, "-v"], capture_output=True, text=True).stdout
     match = re.search(r"SIPp v?([\w.\-]+)", sipp_version)
-    versions = {}
-    for pkg in ("faster-whisper", "ctranslate2", "onnxruntime", "numpy", "aiortc", "uvicorn"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[pkg] = importlib.metadata.version(pkg)
+    packages = ("faster-whisper", "ctranslate2", "onnxruntime", "numpy", "aiortc", "uvicorn")
+    versions = {pkg: package_version(pkg) for pkg in packages}
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,

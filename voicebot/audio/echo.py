@@ -47,18 +47,23 @@ class EchoCanceller:
         # Absolute sample clocks: input sample t and reference sample t were sent/received
         # in the same tick; the reference of a tick is known only after its input frame.
         # Ring buffers (a whole number of frames long, so a frame never wraps): writing a
-        # tick costs one 320-sample copy, not a copy of the whole history.
+        # tick costs one 320-sample copy, not a copy of the whole history. The reference
+        # ring is written twice over (at i and i + length), so any span of it is one
+        # contiguous view: the filter reads its data matrix in place.
         frames = -(-(self.window + self.max_delay + taps + 2 * FRAME_SAMPLES) // FRAME_SAMPLES)
-        self._ref = np.zeros(frames * FRAME_SAMPLES)
+        self._ref_len = frames * FRAME_SAMPLES
+        self._ref = np.zeros(2 * self._ref_len)
         self._ref_end = 0
         self._inp = np.zeros(self.window // FRAME_SAMPLES * FRAME_SAMPLES)
         self._inp_end = 0
         self._misses = 0  # delay searches in a row that found no echo
+        self._confirmed = 0  # searches in a row that found the delay already in use
         self._w = np.zeros(taps)
         self._r = np.zeros((taps, taps))
         self._p = np.zeros(taps)
         self.delay: int | None = None  # samples
         self._adapted = 0  # blocks the filter has learned from since the delay was set
+        self._eligible = 0  # blocks fit to learn from (bot talking, caller not)
         self._ref_energy = 0.0
         self._quiet_ticks = 1 << 30
         span = self.max_delay // FRAME_SAMPLES + 2
@@ -67,18 +72,21 @@ class EchoCanceller:
 
     def reference(self, frame: np.ndarray | None) -> None:
         """What the bot sent in this tick (None: nothing, i.e. silence)."""
-        at = self._ref_end % len(self._ref)
+        at = self._ref_end % self._ref_len
+        mirror = at + self._ref_len
         self._ref_end += FRAME_SAMPLES
         slot = self._ref_end // FRAME_SAMPLES % len(self._ref_powers)
         if frame is None:
             # The common case on a quiet bot: no arithmetic on the frame at all.
             self._ref[at : at + FRAME_SAMPLES] = 0.0
+            self._ref[mirror : mirror + FRAME_SAMPLES] = 0.0
             self._ref_energy *= 0.9
             self._quiet_ticks += 1
             self._ref_powers[slot] = 0.0
             return
         block = self._ref[at : at + FRAME_SAMPLES]
         block[:] = frame
+        self._ref[mirror : mirror + FRAME_SAMPLES] = block
         power = float(np.dot(block, block))
         self._ref_energy = 0.9 * self._ref_energy + 0.1 * power / FRAME_SAMPLES
         self._quiet_ticks = self._quiet_ticks + 1 if power == 0.0 else 0
@@ -86,11 +94,15 @@ class EchoCanceller:
         self._ref_powers[slot] = power
 
     def _ref_slice(self, start: int, end: int) -> np.ndarray:
-        """Reference samples [start, end) in absolute time (zeros outside what we have)."""
+        """Reference samples [start, end) in absolute time (zeros outside what we have);
+        a read-only view into the ring when it holds all of them."""
+        if start >= self._ref_end - self._ref_len and end <= self._ref_end:
+            at = start % self._ref_len
+            return self._ref[at : at + end - start]
         out = np.zeros(end - start)
-        lo, hi = max(start, self._ref_end - len(self._ref)), min(end, self._ref_end)
+        lo, hi = max(start, self._ref_end - self._ref_len), min(end, self._ref_end)
         if hi > lo:
-            out[lo - start : hi - start] = self._ref[np.arange(lo, hi) % len(self._ref)]
+            out[lo - start : hi - start] = self._ref[np.arange(lo, hi) % self._ref_len]
         return out
 
     def _input_window(self) -> np.ndarray:
@@ -108,8 +120,11 @@ class EchoCanceller:
             return np.asarray(frame, np.int16)  # the bot has been silent: no echo to remove
         # Search often until an echo is found; on a line with none (a softphone with its
         # own AEC) back off to every 2 s instead of searching forever.
+        # Once found, re-check the delay every 500 ms, and every 2 s after three checks
+        # agreed (a call's echo path rarely moves; the search is an FFT of 1.4 s).
         searching = 5 if self._misses < 20 else 100
-        cadence = 25 if self.delay is not None else searching
+        tracking = 25 if self._confirmed < 3 else 100
+        cadence = tracking if self.delay is not None else searching
         if (self._inp_end // FRAME_SAMPLES) % cadence == 0 and self._ref_energy > 1e4:
             self._estimate_delay()
         in_power = float(np.dot(d, d))
@@ -118,18 +133,25 @@ class EchoCanceller:
                 self.gated += 1
                 return np.clip(np.rint(d * _GATE_GAIN), -32768, 32767).astype(np.int16)
             return np.asarray(frame, np.int16)
-        # echo(t) = sum_j w[j] ref(t - c - j), c = delay - taps/2: the filter straddles the
-        # bulk delay so the hybrid's dispersion on either side of it is covered.
+        # echo(t) = sum_j w[j] ref(t - c - taps + 1 + j), c = delay - taps/2: the filter
+        # straddles the bulk delay so the hybrid's dispersion on either side is covered.
         c = self.delay - self.taps // 2
         segment = self._ref_slice(t0 - c - self.taps + 1, t0 + FRAME_SAMPLES - c)
-        matrix = np.lib.stride_tricks.sliding_window_view(segment, self.taps)[:, ::-1]
+        # Row i is segment[i : i + taps] (oldest first): a strided view, no copy.
+        step = segment.itemsize
+        matrix = np.ndarray((FRAME_SAMPLES, self.taps), np.float64, segment, 0, (step, step))
         echo = matrix @ self._w
         residual = d - echo
         recent = segment[-FRAME_SAMPLES:]
         ref_power = float(np.dot(recent, recent))
         # Echo returns at least 6 dB below what was sent: input above a quarter of the
         # reference's power is the caller talking (double talk): no adaptation on it.
-        if ref_power > FRAME_SAMPLES * 1e4 and in_power < 0.25 * ref_power:
+        learn = ref_power > FRAME_SAMPLES * 1e4 and in_power < 0.25 * ref_power
+        if learn:
+            self._eligible += 1
+        # Once converged the echo path of a call barely changes: refit on every 4th block
+        # (a quarter of the cost, the filter's main cost while the bot talks).
+        if learn and (self._adapted < 3 * _CONVERGED_BLOCKS or self._eligible % 4 == 0):
             # Exponentially weighted least squares over blocks: converges in a few blocks
             # where block NLMS needs seconds, and cannot diverge.
             self._r = self.forget * self._r + matrix.T @ matrix
@@ -171,7 +193,10 @@ class EchoCanceller:
             return
         self._misses = 0
         lag = max_d - best_m
-        if self.delay is None or abs(lag - self.delay) > self.taps // 4:
+        if self.delay is not None and abs(lag - self.delay) <= self.taps // 4:
+            self._confirmed += 1
+        else:
+            self._confirmed = 0
             self.delay = lag
             self._w = np.zeros(self.taps)
             self._r = np.zeros((self.taps, self.taps))
