@@ -50,16 +50,24 @@ def _polyphase(up: int, down: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Plan:
-    """Which buffer rows and sub-filters give a chunk's outputs. `stride` set: the outputs
-    come in runs of `up`, run q using rows first + q * stride with sub-filters `phases` in
-    order (an integer ratio, e.g. 8 <-> 16 kHz: one matrix product); else output i uses
-    row rows[i] and sub-filter phases[i]."""
+    """Which buffer rows and sub-filters give a chunk's outputs, in one of three forms:
+    - `stride` set: the outputs come in runs of `up`, run q using rows first + q * stride
+      with sub-filters `phases` in order (an integer ratio, e.g. 8 <-> 16 kHz: one matrix
+      product for the chunk);
+    - `groups` set: per sub-filter p, outputs o, o + up, ... (count c) use rows r, r + down,
+      ... (a long chunk at a fractional ratio, e.g. a whole TTS utterance 22.05 -> 16 kHz:
+      one matrix-vector product per sub-filter);
+    - else output i uses row rows[i] and sub-filter phases[i] (a gather: short chunks at a
+      ratio with many sub-filters)."""
 
     rows: np.ndarray
     phases: np.ndarray
     first: int = 0
     runs: int = 0
     stride: int = 0
+    groups: tuple[tuple[int, int, int, int], ...] = ()  # (phase, first output, count, row)
+    up: int = 1
+    down: int = 1
 
 
 @lru_cache(maxsize=256)
@@ -75,6 +83,13 @@ def _plan(up: int, down: int, k: int, n_in: int, n_new: int, keep: int) -> _Plan
     if (up == 1 or down == 1) and n_out % up == 0 and len(m) % up == 0 and len(m):
         # Within a run of `up` outputs all use the same newest input.
         return _Plan(rows, phases[:up].copy(), int(rows[0]), len(m) // up, down)
+    if len(m) >= 4 * up:
+        # Outputs of one phase recur every `up` outputs, their newest input `down` later.
+        groups = tuple(
+            (int(phases[o]), o, len(range(o, len(m), up)), int(rows[o]))
+            for o in range(min(up, len(m)))
+        )
+        return _Plan(rows, phases, groups=groups, up=up, down=down)
     return _Plan(rows, phases)
 
 
@@ -193,6 +208,15 @@ def _apply(plan: _Plan, buf: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray
             (width * item, plan.stride * item, item),
         )  # fmt: skip
         return (runs @ bank[plan.phases].T).reshape(streams, -1)
+    if plan.groups:
+        out = np.empty((streams, len(plan.rows)))
+        for phase, first, count, row in plan.groups:
+            group = np.ndarray(
+                (streams, count, k), np.float64, buf, row * item,
+                (width * item, plan.down * item, item),
+            )  # fmt: skip
+            out[:, first :: plan.up] = group @ bank[phase]
+        return out
     if not len(plan.rows):
         return np.zeros((streams, 0))
     windows = np.ndarray(
