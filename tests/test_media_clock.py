@@ -173,3 +173,117 @@ def test_media_load_judges_the_last_five_seconds_of_ticks() -> None:
     assert load.late_ratio == pytest.approx(11 / 250)
     assert load.overloaded
     assert not MediaLoad(max_late_ratio=0.0).overloaded
+
+
+class _VadWrapper:
+    """The real batched VAD, with something happening while a tick waits for it."""
+
+    def __init__(self, vad: BatchedVad, before=None, fail_stream=None) -> None:  # type: ignore[no-untyped-def]
+        self.vad = vad
+        self.before = before
+        self.fail_stream = fail_stream
+        self.requests: list[int] = []
+
+    async def probabilities(self, streams, windows):  # type: ignore[no-untyped-def]
+        self.requests.append(len(streams))
+        if self.before is not None:
+            self.before()
+        if self.fail_stream is not None and any(s is self.fail_stream for s in streams):
+            raise RuntimeError("bad window")
+        return await self.vad.probabilities(streams, windows)
+
+
+def _spy_finish(session: CallSession) -> list[int]:
+    calls: list[int] = []
+    finish = session.finish_frame
+
+    def spy(windows, probabilities):  # type: ignore[no-untyped-def]
+        calls.append(len(windows))
+        return finish(windows, probabilities)
+
+    session.finish_frame = spy  # type: ignore[method-assign]
+    return calls
+
+
+def _ticks_until_a_vad_request(clock: SipMediaClock, wrapper: _VadWrapper):  # type: ignore[no-untyped-def]
+    async def run() -> None:
+        for _ in range(5):  # a 32 ms window is due within two 20 ms frames
+            await clock.tick()
+            if wrapper.requests:
+                return
+        raise AssertionError("no VAD window in 5 ticks")
+
+    return run()
+
+
+def test_a_call_hung_up_while_the_vad_runs_is_not_finished(vad: BatchedVad) -> None:
+    async def main() -> None:
+        stay_rtp, stay, _ = _leg(PCMU, vad, "stay")
+        gone_rtp, gone, _ = _leg(PCMU, vad, "gone")
+        wrapper = _VadWrapper(vad, before=lambda: gone.end("caller_hangup"))
+        clock = SipMediaClock(wrapper, self_clocked=False)  # type: ignore[arg-type]
+        stay_finished, gone_finished = _spy_finish(stay), _spy_finish(gone)
+        clock.add(stay_rtp, stay)
+        clock.add(gone_rtp, gone)
+        await _ticks_until_a_vad_request(clock, wrapper)
+        assert gone.ending
+        # Both began the tick; only the call still up was finished after the VAD.
+        assert len(stay_finished) == len(gone_finished) + 1
+        assert stay_finished[-1] == 1  # and it got its window's probability
+        await clock.close()
+
+    asyncio.run(main())
+
+
+def test_a_bad_vad_window_ends_only_its_own_call(vad: BatchedVad) -> None:
+    async def main() -> None:
+        bad_rtp, bad, bad_events = _leg(PCMU, vad, "bad")
+        good_rtp, good, _ = _leg(PCMU, vad, "good")
+        wrapper = _VadWrapper(vad, fail_stream=bad.vad_stream)
+        clock = SipMediaClock(wrapper, self_clocked=False)  # type: ignore[arg-type]
+        good_finished = _spy_finish(good)
+        clock.add(bad_rtp, bad)
+        clock.add(good_rtp, good)
+        await _ticks_until_a_vad_request(clock, wrapper)
+        assert wrapper.requests == [2, 1, 1]  # the batch, then each window on its own
+        assert bad.ending and not good.ending
+        assert good_finished[-1] == 1
+        assert any("bad window" in e.get("message", "") for e in bad_events.events)
+        await clock.close()
+
+    asyncio.run(main())
+
+
+def test_failures_in_a_calls_own_step_or_send_end_only_that_call(vad: BatchedVad) -> None:
+    async def main() -> None:
+        clock = SipMediaClock(vad, self_clocked=False)
+        legs = {name: _leg(PCMU, vad, name) for name in ("finish", "send", "fine")}
+        for rtp, session, _ in legs.values():
+            clock.add(rtp, session)
+
+        def broken_finish(windows, probabilities):  # type: ignore[no-untyped-def]
+            raise RuntimeError("finish exploded")
+
+        def broken_send(payload: bytes) -> None:
+            raise OSError("unreachable address")
+
+        legs["finish"][1].finish_frame = broken_finish  # type: ignore[method-assign]
+        legs["send"][0].send = broken_send  # type: ignore[method-assign]
+        fine_rtp = legs["fine"][0]
+        seq_before = fine_rtp._seq
+        for _ in range(3):
+            await clock.tick()
+        assert legs["finish"][1].ending and legs["send"][1].ending
+        assert not legs["fine"][1].ending
+        assert (fine_rtp._seq - seq_before) & 0xFFFF == 2  # ticks 2 and 3 sent its packets
+        await clock.close()
+
+    asyncio.run(main())
+
+
+def test_a_bot_frame_of_the_wrong_shape_fails_in_its_own_call() -> None:
+    rtp = RtpSession(PCMU, None, ("127.0.0.1", 0), on_dtmf=lambda digit: None)
+    with pytest.raises(ValueError, match="320 int16"):
+        rtp.write(np.zeros(160, np.int16))
+    rtp.write(np.zeros(320, np.int16))
+    assert rtp.take_output() is not None and rtp.take_output() is None

@@ -161,3 +161,25 @@ def test_skipping_silence_is_exact() -> None:
     assert skipping.skip_silence(320)
     computing.process(silence)
     np.testing.assert_array_equal(skipping.process(x[320:640]), computing.process(x[320:640]))
+
+
+def test_many_streams_at_different_phases_and_long_chunks() -> None:
+    # 22.05 kHz streams whose pasts are not whole multiples of the ratio's denominator (441)
+    # take the one-by-one path; long chunks (>= 4 x 320 outputs) the per-sub-filter form.
+    signals = [_test_signal(22050, 0.6, seed=s) for s in range(3)]
+    for offsets, chunk in (([100, 441, 1000], 441), ([0, 441, 882], 1764 * 2)):
+        solo = [StreamingResampler(22050, 16000) for _ in signals]
+        batch = [StreamingResampler(22050, 16000) for _ in signals]
+        for rs in (solo, batch):
+            for r, x, o in zip(rs, signals, offsets, strict=True):
+                r.process(x[:o])
+        for tick in range(2):
+            chunks = np.stack(
+                [
+                    x[o + tick * chunk : o + (tick + 1) * chunk]
+                    for x, o in zip(signals, offsets, strict=True)
+                ]
+            )
+            together = resample_many(batch, chunks)
+            alone = np.stack([r.process(c) for r, c in zip(solo, chunks, strict=True)])
+            np.testing.assert_array_equal(together, alone)

@@ -231,6 +231,9 @@ class CallSession:
             self._report_failure(exc)
             reason = "error"
         finally:
+            # From here on the session is ending, whatever ended it (also a cancellation):
+            # a media clock stops stepping it, so nothing new starts during the shutdown.
+            self._end_reason = self._end_reason or reason
             await self._shutdown()
             self._emit("call_ended", reason=reason)
         return reason

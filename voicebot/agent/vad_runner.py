@@ -95,7 +95,15 @@ class BatchedVad:
         loop = asyncio.get_running_loop()
         streams = [stream for request in batch for stream in request.streams]
         windows = [window for request in batch for window in request.windows]
-        run = loop.run_in_executor(self._executor, self._timed_run, streams, windows)
+        try:
+            run = loop.run_in_executor(self._executor, self._timed_run, streams, windows)
+        except RuntimeError as exc:  # the executor is shut down: nobody may wait forever
+            self._running = False
+            for request in batch + self._pending:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            self._pending = []
+            return
         run.add_done_callback(lambda done: self._finish_batch(done, batch))
 
     def _timed_run(self, streams: list[VadStream], windows: list[np.ndarray]) -> np.ndarray:
@@ -107,7 +115,9 @@ class BatchedVad:
 
     def _finish_batch(self, done: asyncio.Future[np.ndarray], batch: list[_Request]) -> None:
         self.batches += 1
-        exc = done.exception()
+        exc: BaseException | None = (
+            RuntimeError("VAD run cancelled") if done.cancelled() else done.exception()
+        )
         at = 0
         for request in batch:
             n = len(request.streams)

@@ -95,7 +95,7 @@ class EchoCanceller:
 
     def _ref_slice(self, start: int, end: int) -> np.ndarray:
         """Reference samples [start, end) in absolute time (zeros outside what we have);
-        a read-only view into the ring when it holds all of them."""
+        a view into the ring when it holds all of them: read it, never write it."""
         if start >= self._ref_end - self._ref_len and end <= self._ref_end:
             at = start % self._ref_len
             return self._ref[at : at + end - start]
@@ -104,6 +104,12 @@ class EchoCanceller:
         if hi > lo:
             out[lo - start : hi - start] = self._ref[np.arange(lo, hi) % self._ref_len]
         return out
+
+    def path_changed(self) -> None:
+        """The call's media path may have changed (re-INVITE, new address): look for the
+        echo's delay often again instead of trusting the one found."""
+        self._confirmed = 0
+        self._misses = 0
 
     def _input_window(self) -> np.ndarray:
         """The last `window` input samples, oldest first."""
@@ -190,6 +196,7 @@ class EchoCanceller:
         norm = np.sqrt(float(np.dot(a, a)) * float(np.dot(aligned, aligned))) + _EPS
         if abs(best_v) / norm < self.min_correlation:
             self._misses += 1
+            self._confirmed = 0  # no echo found where one was: check often again
             return
         self._misses = 0
         lag = max_d - best_m

@@ -70,8 +70,18 @@ class _Plan:
     down: int = 1
 
 
-@lru_cache(maxsize=256)
+_CACHED_CHUNK = 4096  # plans for stream chunks are reused; a whole utterance's is not
+
+
 def _plan(up: int, down: int, k: int, n_in: int, n_new: int, keep: int) -> _Plan:
+    """The plan for a chunk; cached for the small chunks of streams (a few sizes recur),
+    computed afresh for long ones (every TTS utterance has its own length)."""
+    if n_new <= _CACHED_CHUNK:
+        return _cached_plan(up, down, k, n_in, n_new, keep)
+    return _make_plan(up, down, k, n_in, n_new, keep)
+
+
+def _make_plan(up: int, down: int, k: int, n_in: int, n_new: int, keep: int) -> _Plan:
     """The plan for `n_new` inputs after `n_in` (only n_in mod down matters) with a buffer
     of the last `keep` inputs before the chunk, then the chunk."""
     n_out = -(-n_in * up // down)
@@ -91,6 +101,9 @@ def _plan(up: int, down: int, k: int, n_in: int, n_new: int, keep: int) -> _Plan
         )
         return _Plan(rows, phases, groups=groups, up=up, down=down)
     return _Plan(rows, phases)
+
+
+_cached_plan = lru_cache(maxsize=256)(_make_plan)
 
 
 class StreamingResampler:

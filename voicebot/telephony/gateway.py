@@ -151,7 +151,9 @@ class SipGateway:
         self.registration: asyncio.Task[None] | None = None
         self.registered = False
         self._setup_tasks: set[asyncio.Task[None]] = set()
-        self.media = SipMediaClock(manager.vad, on_tick=self._on_media_tick)
+        self.media = SipMediaClock(
+            manager.vad, on_tick=self._on_media_tick, on_stop=self._on_media_stop
+        )
         self.media_load = MediaLoad(sip.overload_late_ratio)
 
     def _on_media_tick(self, calls: int, seconds: float, late: bool, skipped: int) -> None:
@@ -159,10 +161,11 @@ class SipGateway:
         m.media_tick_seconds.observe(seconds)
         if calls:
             self.media_load.tick(late, skipped)
-        else:
-            self.media_load.idle()
         if skipped:
             m.media_ticks_skipped.inc(skipped)
+
+    def _on_media_stop(self) -> None:
+        self.media_load.idle()  # no calls: old ticks say nothing of the next call
 
     def record_rtp_stats(self, rtp: RtpSession) -> None:
         m = self.manager.metrics
@@ -392,6 +395,8 @@ class SipGateway:
         call.rtp.send_enabled = not offer.on_hold and offer.port != 0
         if not offer.on_hold:
             call.rtp.remote = (offer.address, offer.port)
+        if call.handle is not None and call.handle.session.echo_canceller is not None:
+            call.handle.session.echo_canceller.path_changed()
         ok = response_to(request, 200, to_tag=call.local_tag)
         ok.add("Contact", f"<sip:voicebot@{self.address}:{self.port}>")
         ok.add("Content-Type", "application/sdp")

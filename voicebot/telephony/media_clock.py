@@ -37,12 +37,14 @@ from voicebot.agent.vad_runner import BatchedVad
 from voicebot.audio import g711
 from voicebot.audio.frames import FRAME_SAMPLES
 from voicebot.audio.resample import resample_many
+from voicebot.models.vad import VadStream
 from voicebot.telephony.rtp import PACKET_SECONDS, SAMPLES_PER_PACKET, RtpSession
 from voicebot.telephony.sdp import PCMU
 
 log = logging.getLogger("voicebot.telephony.media")
 
 _RESYNC_S = 1.0  # further behind than this, skip ticks rather than burst to catch up
+_VAD_TIMEOUT_S = 2.0  # a VAD run for every call takes a few ms: this is a stuck model
 _DECODE = {True: g711.ULAW_DECODE_TABLE, False: g711.ALAW_DECODE_TABLE}
 _ENCODE = {True: g711.ULAW_ENCODE_TABLE, False: g711.ALAW_ENCODE_TABLE}
 
@@ -65,14 +67,18 @@ class SipMediaClock:
         vad: BatchedVad,
         on_tick: Callable[[int, float, bool, int], None] | None = None,
         *,
+        on_stop: Callable[[], None] | None = None,
         self_clocked: bool = True,
     ) -> None:
-        """`on_tick(calls, seconds, late, skipped)` hears of every tick: how many calls it
-        moved, how long it took, whether it started late and the ticks skipped before it.
+        """`on_tick(calls, seconds, late, skipped)` hears of every completed tick: how many
+        calls it moved, how long it took, whether it started late and the ticks skipped
+        before it; `on_stop()` that the clock stopped (no calls left).
         `self_clocked=False`: no timer task; whoever owns the clock calls `tick` (tests)."""
         self.vad = vad
-        self.self_clocked = self_clocked
         self.on_tick = on_tick
+        self.on_stop = on_stop
+        self.self_clocked = self_clocked
+        self._failures = 0
         self._legs: dict[RtpSession, MediaLeg] = {}
         self._task: asyncio.Task[None] | None = None
         self._outbox: list[tuple[RtpSession, bytes]] = []  # packets of the next tick
@@ -106,29 +112,39 @@ class SipMediaClock:
                 late, skipped = False, 0
                 if delay > 0:
                     await asyncio.sleep(delay)
-                elif delay < -PACKET_SECONDS:
-                    late = True
+                else:
+                    # Behind: still let the loop take in packets between catch-up ticks
+                    # (a tick with no VAD window due never awaits otherwise).
+                    await asyncio.sleep(0)
+                    if delay < -PACKET_SECONDS:
+                        late = True
                     if delay < -_RESYNC_S:  # the loop stalled: re-anchor rather than burst
                         skipped = int(-delay / PACKET_SECONDS)
                         start = time.monotonic() - k * PACKET_SECONDS
                 began = time.perf_counter()
                 try:
                     moved = await self.tick(late)
-                except Exception:  # a bug here must not silence every call for good
-                    log.exception("SIP media tick failed")
-                    moved = 0
-                if self.on_tick is not None:
-                    self.on_tick(moved, time.perf_counter() - began, late, skipped)
+                    if self.on_tick is not None:
+                        self.on_tick(moved, time.perf_counter() - began, late, skipped)
+                except Exception:  # a bug here must not stop the clock of every call
+                    self._failures += 1
+                    if self._failures == 1 or self._failures % 250 == 0:
+                        log.exception("SIP media tick failed (%d so far)", self._failures)
         finally:
             self._task = None
-            if self.on_tick is not None:
-                self.on_tick(0, 0.0, False, 0)  # stopped: no calls left
+            if self.on_stop is not None:
+                self.on_stop()
 
     async def tick(self, late: bool = False) -> int:
         """Move every call one 20 ms step now (the clock's task does this every 20 ms)."""
         outbox, self._outbox = self._outbox, []
         for rtp, payload in outbox:
-            rtp.send(payload)
+            try:
+                rtp.send(payload)
+            except Exception as exc:  # e.g. an address the socket refuses: this call only
+                leg = self._legs.get(rtp)
+                if leg is not None and not leg.session.ending:
+                    leg.session.fail(exc)
         legs = [leg for leg in self._legs.values() if not leg.session.ending]
         if not legs:
             return 0
@@ -158,14 +174,41 @@ class SipMediaClock:
             streams = [legs[i].session.vad_stream for i in todo]
             windows = [due[i].next_window for i in todo]  # type: ignore[union-attr]
             try:
-                probabilities = await self.vad.probabilities(streams, windows)
-            except Exception as exc:
-                for i in todo:
+                probabilities = await asyncio.wait_for(
+                    self.vad.probabilities(streams, windows), _VAD_TIMEOUT_S
+                )
+            except TimeoutError:
+                for i in todo:  # the model is stuck, not one stream's input: all calls
                     due[i] = None
-                    legs[i].session.fail(exc)
+                    legs[i].session.fail(TimeoutError("VAD gave no answer in time"))
                 return
+            except Exception:
+                # One bad window must not end every call: retry each on its own.
+                probabilities = await self._vad_one_by_one(legs, due, todo, streams, windows)
             for i, p in zip(todo, probabilities, strict=True):
-                due[i].probabilities.append(float(p))  # type: ignore[union-attr]
+                if due[i] is not None:
+                    due[i].probabilities.append(float(p))  # type: ignore[union-attr]
+
+    async def _vad_one_by_one(
+        self,
+        legs: list[MediaLeg],
+        due: list[_Due | None],
+        todo: list[int],
+        streams: list[VadStream],
+        windows: list[np.ndarray],
+    ) -> list[float]:
+        probabilities: list[float] = []
+        for i, stream, window in zip(todo, streams, windows, strict=True):
+            try:
+                result = await asyncio.wait_for(
+                    self.vad.probabilities([stream], [window]), _VAD_TIMEOUT_S
+                )
+                probabilities.append(float(result[0]))
+            except Exception as exc:
+                due[i] = None
+                legs[i].session.fail(exc)
+                probabilities.append(0.0)
+        return probabilities
 
 
 @dataclass
@@ -194,7 +237,8 @@ def _caller_frames(legs: list[MediaLeg]) -> np.ndarray:
             pcm8[i] = leg.rtp.conceal()
             continue
         if len(payload) != SAMPLES_PER_PACKET:  # another ptime than the 20 ms we answer
-            payload = payload[:SAMPLES_PER_PACKET].ljust(SAMPLES_PER_PACKET, b"\xff")
+            pad = _SILENCE[leg.ulaw][:1]
+            payload = payload[:SAMPLES_PER_PACKET].ljust(SAMPLES_PER_PACKET, pad)
         index, payloads = rows[leg.ulaw]
         index.append(i)
         payloads.append(payload)

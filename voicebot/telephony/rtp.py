@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 from aiortc.rtp import RtpPacket
 
+from voicebot.audio.frames import FRAME_SAMPLES
 from voicebot.audio.resample import StreamingResampler
 from voicebot.telephony.dtmf import DtmfDetector
 from voicebot.telephony.sdp import PCMA, PCMU
@@ -157,6 +158,11 @@ class RtpSession(asyncio.DatagramProtocol):
     # -- AudioSink ------------------------------------------------------------------------
     def write(self, frame: np.ndarray) -> None:
         """The bot's 16 kHz frame for this tick; the media clock encodes and sends it."""
+        if frame.dtype != np.int16 or frame.shape != (FRAME_SAMPLES,):
+            # Refused here, in the call's own step, not later in the batch of all calls.
+            raise ValueError(
+                f"bot frame must be {FRAME_SAMPLES} int16, got {frame.dtype} {frame.shape}"
+            )
         self.out_frame = frame
 
     def clear(self) -> int:
