@@ -81,7 +81,7 @@ class EngineSettings(BaseModel):
 
     threads: int = Field(2, ge=1, description="CPU threads per local model")
     nice: int = Field(
-        10, ge=0, le=19,
+        19, ge=0, le=19,
         description="local engines' threads run this much lower in priority than the media"
         " loop (Linux nice; 0 = the same)",
     )  # fmt: skip

@@ -23,7 +23,7 @@ from typing import TypeVar
 T = TypeVar("T")
 log = logging.getLogger("voicebot.models")
 
-_engine_nice = 10  # set from `engines.nice` by build_engines
+_engine_nice = 19  # set from `engines.nice` by build_engines
 
 
 def set_engine_nice(nice: int) -> None:
