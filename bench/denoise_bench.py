@@ -1330,8 +1330,14 @@ def render_echo(res: dict[str, Any], cfg: Config, quick: bool) -> str:
         "## Line echo (SIP legs)",
         "",
         f"Run {m['date_utc']} by `bench/denoise_bench.py`{' --quick' if quick else ''} "
-        f"(this section {res['echo_seconds']:.0f} s; machine and load as in the noise "
-        "section). The bot's voice is the real espeak-ng TTS engine; its echo returns "
+        f"(this section {res['echo_seconds']:.0f} s; "
+        + (
+            "machine and load as in the noise section"
+            if "noise_seconds" in res
+            else f"machine: {m['nproc']} CPUs, {m['cpu_model']}, load average at start "
+            + " / ".join(f"{x:.2f}" for x in m["loadavg_at_start"])
+        )
+        + "). The bot's voice is the real espeak-ng TTS engine; its echo returns "
         f"`gain` dB down after `delay` ms over white line noise at {cfg.line_noise_dbfs:g} "
         "dBFS. 'sim' line: `simulate_call`'s `EchoPath` (the bot's frame is sent at the end of "
         "its tick, so the true lag is the path delay + 20 ms). 'g711' line: the bot's audio "
