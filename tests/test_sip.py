@@ -230,3 +230,44 @@ def test_hold_and_unhold_by_reinvite(sip_gw, workdir) -> None:
     gaps = np.diff(times)
     assert gaps.max() > 1.2, f"bot kept sending on hold (largest gap {gaps.max():.2f} s)"
     assert times[-1] > gaps.max() + 1.0  # and it resumed afterwards
+
+
+def _read_until(s: socket.socket, status: int, wait: float = 5.0) -> bytes:
+    s.settimeout(wait)
+    while True:
+        reply = s.recv(65535)
+        if reply.startswith(f"SIP/2.0 {status}".encode()):
+            return reply
+
+
+def test_over_capacity_is_busy_here_with_retry_after(tmp_path: Path) -> None:
+    sip_port = free_port()
+    env = {"VOICEBOT_SIP_PORT": str(sip_port), "VOICEBOT_SIP__MAX_CALLS": "1",
+           "VOICEBOT_ENGINES__TTS": "espeak", "VOICEBOT_ENGINES__STT_MODEL": "tiny.en",
+           "VOICEBOT_SIP__RTP_PORT_MIN": "21400",
+           "VOICEBOT_SIP__RTP_PORT_MAX": "21419"}  # fmt: skip
+    sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n" \
+          "m=audio 17300 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"  # fmt: skip
+
+    def invite(call_id: str, local_port: int) -> bytes:
+        return (
+            f"INVITE sip:bot@127.0.0.1:{sip_port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{local_port};branch=z9hG4bK{call_id}\r\n"
+            f"From: <sip:caller@127.0.0.1>;tag={call_id}\r\nTo: <sip:bot@127.0.0.1>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+            f"Contact: <sip:caller@127.0.0.1:{local_port}>\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}"
+        ).encode()
+
+    with gateway(tmp_path, **env) as gw:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:  # fmt: skip
+            first.bind(("127.0.0.1", 0))
+            second.bind(("127.0.0.1", 0))
+            first.sendto(invite("cap-1", first.getsockname()[1]), ("127.0.0.1", sip_port))
+            _read_until(first, 200)  # the one call allowed is up
+            second.sendto(invite("cap-2", second.getsockname()[1]), ("127.0.0.1", sip_port))
+            busy = _read_until(second, 486)
+            assert b"Retry-After: " in busy
+            assert b"Busy Here" in busy
+        assert gw.proc.poll() is None

@@ -141,6 +141,11 @@ class ServerSettings(BaseModel):
     ws_client_buffer_frames: int = Field(3, ge=0, description="client playout buffer assumed")
     warm_up: bool = Field(True, description="run each engine once at start-up")
     events_log: Path | None = Field(None, description="append every call event here (JSONL)")
+    max_engine_wait_s: float = Field(
+        3.0, ge=0,
+        description="refuse new calls while STT/TTS requests wait longer than this for their"
+        " model (the machine carries no more conversations; 0 = never refuse on it)",
+    )  # fmt: skip
 
 
 class Settings(BaseSettings):

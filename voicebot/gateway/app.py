@@ -88,7 +88,9 @@ def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
                 "port": state.sip.port,
                 "calls": len(state.sip.calls),
                 "registered": state.sip.registered,
+                "media_late_ratio": round(state.sip.media_load.late_ratio, 4),
             },
+            "engine_wait_s": 0.0 if manager is None else round(manager.engine_backlog.wait_s(), 3),
             "tasks": len(asyncio.all_tasks()),
         }
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)

@@ -26,6 +26,7 @@ from voicebot.audio.echo import EchoCanceller
 from voicebot.config import Settings
 from voicebot.gateway.metrics import GatewayMetrics
 from voicebot.models.base import Engines
+from voicebot.models.executor import ENGINE_BACKLOG, EngineBacklog
 from voicebot.models.vad import SileroVad
 
 log = logging.getLogger("voicebot.gateway")
@@ -55,6 +56,7 @@ class CallManager:
         self.vad_model = SileroVad.shared()
         self.vad = BatchedVad(self.vad_model, on_batch=self._on_vad_batch)
         self.calls: dict[str, CallHandle] = {}
+        self.engine_backlog: EngineBacklog = ENGINE_BACKLOG
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -83,6 +85,13 @@ class CallManager:
         if len(self.calls) >= self.settings.server.max_calls:
             self.metrics.rejected_total.labels(transport, "capacity").inc()
             raise CallRefusedError("too many calls")
+        max_wait = self.settings.server.max_engine_wait_s
+        if max_wait > 0 and (wait := self.engine_backlog.wait_s()) > max_wait:
+            # Media stays on time under load (engines run at low priority); what suffers
+            # is the time to answer a turn. Past this, another call makes every caller wait.
+            self.metrics.rejected_total.labels(transport, "engine_backlog").inc()
+            log.warning("new %s call refused: engine requests waiting %.1f s", transport, wait)
+            raise CallRefusedError("engines overloaded")
 
     def open(
         self,

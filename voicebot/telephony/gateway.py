@@ -269,6 +269,11 @@ class SipGateway:
         if len(self.calls) >= self.max_calls:
             self._refuse(invite, addr, 486, "Busy Here (bot at capacity)", 10)
             return
+        try:  # engine backlog, shutdown, the process-wide limit: not only SIP's
+            self.manager.admit("sip")
+        except CallRefusedError as exc:
+            self._refuse(invite, addr, 503, f"Service Unavailable ({exc.reason})", 10)
+            return
         if self.media_load.overloaded:
             log.warning(
                 "call %s refused: %.1f %% of media ticks late",
