@@ -4,7 +4,9 @@ gateway holds with < 1 % late bot frames.
 The server is a real `python -m voicebot serve` (`tests/gateway_server.py`): scripted LLM,
 tiny.en Whisper, espeak-ng TTS, no greeting, no `vad` events, ICE on 127.0.0.1 only
 (`VOICEBOT_WEBRTC__LOOPBACK_ONLY`). One server serves every run of a layout; between runs it
-must drain back to 0 calls and 0 peer connections. Two layouts:
+must drain back to 0 calls and 0 peer connections. Admission limits are lifted (max_calls
+1000, no refusal on engine backlog): the STT queue of one run would otherwise turn the next
+run's callers away; this measures media capacity, and STT saturation shows as replies. Two layouts:
 
 * `pinned` - server on CPU 1, callers on CPU 0 (affinity set before each is started, so every
   thread and child inherits it): the server has one core to itself, the callers' cost cannot
@@ -819,6 +821,7 @@ def server_env() -> dict[str, str]:
     return {
         "VOICEBOT_WEBRTC__LOOPBACK_ONLY": "true",
         "VOICEBOT_SERVER__MAX_CALLS": "1000",
+        "VOICEBOT_SERVER__MAX_ENGINE_WAIT_S": "0",
         "VOICEBOT_ENGINES__TTS": "espeak",
         "VOICEBOT_ENGINES__STT_MODEL": "tiny.en",
         "VOICEBOT_ENGINES__LLM": "scripted",
