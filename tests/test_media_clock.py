@@ -287,3 +287,41 @@ def test_a_bot_frame_of_the_wrong_shape_fails_in_its_own_call() -> None:
         rtp.write(np.zeros(160, np.int16))
     rtp.write(np.zeros(320, np.int16))
     assert rtp.take_output() is not None and rtp.take_output() is None
+
+
+def test_the_clock_outlives_a_failing_tick_and_stops_with_its_last_call(vad: BatchedVad) -> None:
+    async def main() -> None:
+        moved: list[int] = []
+        stops: list[int] = []
+        clock = SipMediaClock(
+            vad, on_tick=lambda n, *_: moved.append(n), on_stop=lambda: stops.append(1)
+        )
+        real_tick = clock.tick
+        failures: list[int] = []
+
+        async def flaky(late: bool = False) -> int:
+            if not failures:  # the first tick hits a bug
+                failures.append(1)
+                raise RuntimeError("tick bug")
+            return await real_tick(late)
+
+        clock.tick = flaky  # type: ignore[method-assign]
+        rtp, session, _ = _leg(PCMU, vad, "one")
+        clock.add(rtp, session)
+
+        async def until(condition) -> None:  # type: ignore[no-untyped-def]
+            async with asyncio.timeout(5):
+                while not condition():
+                    await asyncio.sleep(0.01)
+
+        await until(lambda: len(moved) >= 3)  # ticks go on after the failing one
+        assert failures == [1] and set(moved) == {1}
+        clock.remove(rtp)
+        await until(lambda: stops)  # no calls left: the clock task ends
+        assert clock._task is None
+        clock.add(rtp, session)  # and starts again with the next call
+        before = len(moved)
+        await until(lambda: len(moved) > before)
+        await clock.close()
+
+    asyncio.run(main())
