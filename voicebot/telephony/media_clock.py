@@ -45,8 +45,9 @@ log = logging.getLogger("voicebot.telephony.media")
 
 _RESYNC_S = 1.0  # further behind than this, skip ticks rather than burst to catch up
 _VAD_TIMEOUT_S = 2.0  # a VAD run for every call takes a few ms: this is a stuck model
-_DECODE = {True: g711.ULAW_DECODE_TABLE, False: g711.ALAW_DECODE_TABLE}
-_ENCODE = {True: g711.ULAW_ENCODE_TABLE, False: g711.ALAW_ENCODE_TABLE}
+# The codecs take whole 2-D blocks (one row per call) as well as single frames.
+_DECODE = {True: g711.ulaw_decode, False: g711.alaw_decode}
+_ENCODE = {True: g711.ulaw_encode, False: g711.alaw_encode}
 
 
 @dataclass(eq=False)
@@ -245,7 +246,7 @@ def _caller_frames(legs: list[MediaLeg]) -> np.ndarray:
     for ulaw, (index, payloads) in rows.items():
         if index:
             codes = np.frombuffer(b"".join(payloads), np.uint8).reshape(len(index), -1)
-            pcm8[index] = _DECODE[ulaw][codes]
+            pcm8[index] = _DECODE[ulaw](codes)
     for i, leg in enumerate(legs):
         leg.rtp.last_in = pcm8[i]
     return resample_many([leg.rtp.upsampler for leg in legs], pcm8)
@@ -278,15 +279,15 @@ def _encode_bot_frames(legs: list[MediaLeg]) -> list[tuple[RtpSession, bytes]]:
         for ulaw in (True, False):
             picked = [j for j, i in enumerate(talking) if legs[i].ulaw is ulaw]
             if picked:
-                codes = _ENCODE[ulaw][pcm8[picked].view(np.uint16)]
+                codes = _ENCODE[ulaw](pcm8[picked])
                 for j, row in zip(picked, codes, strict=True):
                     payloads[talking[j]] = row.tobytes()
     return [(leg.rtp, payload) for leg, payload in zip(legs, payloads, strict=True)]
 
 
 _SILENCE = {
-    ulaw: table[np.zeros(SAMPLES_PER_PACKET, np.uint16)].tobytes()
-    for ulaw, table in _ENCODE.items()
+    ulaw: encode(np.zeros(SAMPLES_PER_PACKET, np.int16)).tobytes()
+    for ulaw, encode in _ENCODE.items()
 }
 
 
