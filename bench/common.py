@@ -4,12 +4,15 @@ are doing (CPU model, package versions, /proc CPU counters)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
 import os
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -61,11 +64,13 @@ def system_cpu() -> tuple[int, int]:
     return total - values[3] - values[4], total
 
 
-def proc_stat_fields(pid: int, tid: int | None = None) -> list[str]:
-    """Fields of /proc/PID/stat (or of one thread's) after the command name; field 11 is
-    utime, 12 stime, 13 cutime, 14 cstime (in CLK_TCK units)."""
+def proc_cpu(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """CPU seconds of a process (all its threads), or of one of its threads: (utime + stime,
+    cutime + cstime of the process's reaped children)."""
     path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    return Path(path).read_text().rsplit(")", 1)[1].split()
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return own, (int(fields[13]) + int(fields[14])) / CLK_TCK
 
 
 def proc_peak_rss_mb(pid: int) -> float | None:
@@ -75,3 +80,43 @@ def proc_peak_rss_mb(pid: int) -> float | None:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return None
+
+
+@contextlib.contextmanager
+def affinity(cpus: set[int] | None) -> Iterator[None]:
+    """Run the block with this process (and what it starts meanwhile) on `cpus`."""
+    if not cpus:
+        yield
+        return
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
+def metric_samples(http: str) -> dict[str, list[tuple[dict[str, Any], float]]]:
+    """Every sample of the gateway's `GET /metrics`: name -> [(labels, value)]."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{http}/metrics", timeout=10, trust_env=False).text
+    samples: dict[str, list[tuple[dict[str, Any], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples
+
+
+async def record_loop_stalls(
+    stalls: list[tuple[float, float]], clock0: float, tick_s: float
+) -> None:
+    """Until cancelled: append (from, to) relative to `clock0` whenever this process's event
+    loop could not run (a `tick_s` timer woke more than `tick_s` late)."""
+    while True:
+        due = time.monotonic() + tick_s
+        await asyncio.sleep(tick_s)
+        now = time.monotonic()
+        if now - due > tick_s:
+            stalls.append((due - clock0, now - clock0))

@@ -95,7 +95,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import cpu_model, md_table, package_version, system_cpu, update_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    affinity,
+    cpu_model,
+    md_table,
+    metric_samples,
+    package_version,
+    proc_cpu,
+    system_cpu,
+    update_results,
+)
 
 SCENARIO = Path(__file__).resolve().with_name("sip_load.xml")
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
@@ -113,7 +122,6 @@ QUESTIONS = (
     (10.0, "Please cancel my subscription at the end of this month.", "I can cancel that"),
 )
 REPLY_S = 7.0  # a scripted answer lasts about 6 s
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 Log = Callable[[str], None]
 
@@ -215,43 +223,18 @@ def free_udp_ports(taken: set[int], span: int = 1) -> int:
     raise RuntimeError("no free UDP port for SIPp")
 
 
-def _stat_fields(path: str) -> list[str]:
-    return Path(path).read_text().rsplit(")", 1)[1].split()
-
-
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of the process (all threads) + cutime + cstime of reaped children."""
-    fields = _stat_fields(f"/proc/{pid}/stat")
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
+    return sum(proc_cpu(pid))
 
 
 def proc_cpu_split(pid: int) -> dict[str, float]:
     """CPU seconds of the main thread (the asyncio event loop), of the other threads (engine
     pool: Whisper; the VAD thread; ONNX Runtime / CTranslate2 workers) and of reaped children
     (espeak-ng)."""
-    fields = _stat_fields(f"/proc/{pid}/stat")
-    main = _stat_fields(f"/proc/{pid}/task/{pid}/stat")
-    threads = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    loop = (int(main[11]) + int(main[12])) / CLK_TCK
-    return {
-        "loop": loop,
-        "threads": threads - loop,
-        "children": (int(fields[13]) + int(fields[14])) / CLK_TCK,
-    }
-
-
-@contextlib.contextmanager
-def affinity(cpus: set[int] | None) -> Iterator[None]:
-    """Run the block with this process (and what it starts meanwhile) on `cpus`."""
-    if not cpus:
-        yield
-        return
-    saved = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, saved)
+    threads, children = proc_cpu(pid)
+    loop = proc_cpu(pid, pid)[0]
+    return {"loop": loop, "threads": threads - loop, "children": children}
 
 
 def pct(values: Sequence[float] | np.ndarray, q: float) -> float | None:
@@ -312,14 +295,7 @@ class Monitor:
 
 def scrape_metrics(http: str) -> dict[str, Any]:
     """The gateway's Prometheus figures (summed over labels unless split by one)."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{http}/metrics", timeout=10, trust_env=False).text
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples.setdefault(s.name, []).append((s.labels, s.value))
+    samples = metric_samples(http)
 
     def total(name: str) -> float:
         return sum(v for _, v in samples.get(name, []))

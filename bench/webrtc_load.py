@@ -86,7 +86,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -99,10 +99,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
+    affinity,
     cpu_model,
     md_table,
+    metric_samples,
     package_version,
+    proc_cpu,
     proc_peak_rss_mb,
+    record_loop_stalls,
     system_cpu,
 )
 
@@ -119,7 +123,6 @@ REPLY_PREFIX = "Your account balance"  # the scripted reply to QUESTION
 CALLER_VOICES = ("en-us", "en-gb", "en-us+m4", "en-gb-x-rp+f2")
 QUESTION_GAP_S = 9.5  # talking profile: second question this long after the first starts
 SEED = 20261125
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVER_CPUS = {1}
 CLIENT_CPUS = {0}
 SECTION = "## WebRTC load"
@@ -500,16 +503,7 @@ async def worker_run(
     import httpx
 
     stalls: list[tuple[float, float]] = []
-
-    async def monitor() -> None:
-        while True:
-            due = time.monotonic() + STALL_TICK_S
-            await asyncio.sleep(STALL_TICK_S)
-            now = time.monotonic()
-            if now - due > STALL_TICK_S:
-                stalls.append((due - clock0, now - clock0))
-
-    watcher = asyncio.create_task(monitor())
+    watcher = asyncio.create_task(record_loop_stalls(stalls, clock0, STALL_TICK_S))
     async with httpx.AsyncClient(timeout=60, trust_env=False) as http:
         calls = await asyncio.gather(*(one_call(http, base_url, s, bank, clock0) for s in specs))
     watcher.cancel()
@@ -710,18 +704,9 @@ def component_costs(bank: Bank, rounds: int = 400) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- server side
 
 
-def proc_cpu(pid: int) -> tuple[float, float]:
-    """(utime + stime of all threads, cutime + cstime of reaped children) in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    children = (int(fields[13]) + int(fields[14])) / CLK_TCK
-    return own, children
-
-
 def thread_cpu(pid: int, tid: int) -> float:
     """utime + stime of one thread (the server's main thread runs the event loop)."""
-    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return proc_cpu(pid, tid)[0]
 
 
 class Sampler:
@@ -772,16 +757,12 @@ class Sampler:
 
 
 def scrape_metrics(http: str) -> dict[str, float]:
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{http}/metrics", timeout=10, trust_env=False).text
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            wanted = s.name.startswith(("voicebot_vad_", "voicebot_end_of_turn"))
-            if (wanted and "le" not in s.labels) or s.name in COUNTERS:
-                out[s.name] = out.get(s.name, 0.0) + s.value
+    for name, samples in metric_samples(http).items():
+        wanted = name.startswith(("voicebot_vad_", "voicebot_end_of_turn"))
+        for labels, value in samples:
+            if (wanted and "le" not in labels) or name in COUNTERS:
+                out[name] = out.get(name, 0.0) + value
     return out
 
 
@@ -801,20 +782,6 @@ def wait_drained(http: str, timeout_s: float) -> tuple[dict[str, Any], float]:
         ):
             return h, time.monotonic() - t0
         time.sleep(0.25)
-
-
-@contextlib.contextmanager
-def affinity(cpus: set[int] | None) -> Iterator[None]:
-    """Run the block with this process (and what it starts meanwhile) on `cpus`."""
-    if not cpus:
-        yield
-        return
-    saved = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, saved)
 
 
 def server_env() -> dict[str, str]:

@@ -76,7 +76,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -89,10 +89,15 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
+    CLK_TCK,
+    affinity,
     cpu_model,
     md_table,
+    metric_samples,
     package_version,
+    proc_cpu,
     proc_peak_rss_mb,
+    record_loop_stalls,
     system_cpu,
     update_results,
 )
@@ -115,7 +120,6 @@ SENTENCES = (
 EXPECTED_REPLIES = ("Your account balance", "I can cancel that")  # the scripted intents
 CALLER_VOICES = ("en-us", "en-gb", "en-us+m4", "en-gb-x-rp+f2")
 SEED = 20261125
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SECTION = "## Gateway concurrency (WebSocket)"
 
 Log = Callable[[str], None]
@@ -462,17 +466,7 @@ async def _worker_calls(
     url: str, specs: list[CallSpec], bank: list[list[bytes]], clock0: float
 ) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
     stalls: list[tuple[float, float]] = []
-
-    async def monitor() -> None:
-        """Times this process's event loop could not run (a 5 ms timer woke > 5 ms late)."""
-        while True:
-            due = time.monotonic() + STALL_TICK_S
-            await asyncio.sleep(STALL_TICK_S)
-            now = time.monotonic()
-            if now - due > STALL_TICK_S:
-                stalls.append((due - clock0, now - clock0))
-
-    watcher = asyncio.create_task(monitor())
+    watcher = asyncio.create_task(record_loop_stalls(stalls, clock0, STALL_TICK_S))
     records = await asyncio.gather(*(run_call(url, s, bank, clock0) for s in specs))
     watcher.cancel()
     return [analyse_call(r, s, stalls) for r, s in zip(records, specs, strict=True)], stalls
@@ -508,20 +502,12 @@ def worker_main(
 
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of the process (all threads) + cutime + cstime of reaped children."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
+    return sum(proc_cpu(pid))
 
 
 def scrape_metrics(http: str) -> dict[str, Any]:
     """The gateway's Prometheus figures this benchmark reports."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"{http}/metrics", timeout=10, trust_env=False).text
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples.setdefault(s.name, []).append((s.labels, s.value))
+    samples = metric_samples(http)
 
     def total(name: str) -> float:
         return sum(v for _, v in samples.get(name, []))
@@ -554,20 +540,6 @@ def scrape_metrics(http: str) -> dict[str, Any]:
         "rejected_total": total("voicebot_calls_rejected_total"),
         "engine_errors": by("voicebot_engine_errors_total", "engine"),
     }
-
-
-@contextlib.contextmanager
-def affinity(cpus: set[int] | None) -> Iterator[None]:
-    """Run the block with this process (and what it starts meanwhile) on `cpus`."""
-    if not cpus:
-        yield
-        return
-    saved = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, saved)
 
 
 # --------------------------------------------------------------------------- one run
