@@ -114,21 +114,21 @@ def test_reset_restarts_the_stream() -> None:
     np.testing.assert_array_equal(r.process(x), first)
 
 
-@pytest.mark.parametrize(("in_rate", "out_rate"), [(8000, 16000), (16000, 8000), (22050, 16000)])
-def test_many_streams_at_once_equal_one_by_one(in_rate: int, out_rate: int) -> None:
-    # Streams that start at different times (as SIP calls do) share each tick's batch.
-    signals = [_test_signal(in_rate, 0.5, seed=s) for s in range(5)]
-    frame = in_rate // 50
+def _check_batch_equals_solo(
+    in_rate: int, out_rate: int, signals: list[np.ndarray], offsets: list[int], chunk: int,
+    ticks: int,
+) -> None:  # fmt: skip
+    """Streams with `offsets` samples of past each: `ticks` chunks through `resample_many`
+    give exactly what each stream's own resampler gives, always as int16."""
     solo = [StreamingResampler(in_rate, out_rate) for _ in signals]
     batch = [StreamingResampler(in_rate, out_rate) for _ in signals]
-    offsets = [frame * (1 + i % 3) for i in range(len(signals))]  # different amounts of past
     for rs in (solo, batch):
         for r, x, o in zip(rs, signals, offsets, strict=True):
             r.process(x[:o])
-    for tick in range(10):
+    for tick in range(ticks):
         chunks = np.stack(
             [
-                x[o + tick * frame : o + (tick + 1) * frame]
+                x[o + tick * chunk : o + (tick + 1) * chunk]
                 for x, o in zip(signals, offsets, strict=True)
             ]
         )
@@ -136,6 +136,15 @@ def test_many_streams_at_once_equal_one_by_one(in_rate: int, out_rate: int) -> N
         alone = np.stack([r.process(c) for r, c in zip(solo, chunks, strict=True)])
         np.testing.assert_array_equal(together, alone)
         assert together.dtype == np.int16
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), [(8000, 16000), (16000, 8000), (22050, 16000)])
+def test_many_streams_at_once_equal_one_by_one(in_rate: int, out_rate: int) -> None:
+    # Streams that start at different times (as SIP calls do) share each tick's batch.
+    signals = [_test_signal(in_rate, 0.5, seed=s) for s in range(5)]
+    frame = in_rate // 50
+    offsets = [frame * (1 + i % 3) for i in range(len(signals))]  # different amounts of past
+    _check_batch_equals_solo(in_rate, out_rate, signals, offsets, frame, ticks=10)
 
 
 def test_many_streams_refuses_mixed_rates() -> None:
@@ -168,18 +177,4 @@ def test_many_streams_at_different_phases_and_long_chunks() -> None:
     # take the one-by-one path; long chunks (>= 4 x 320 outputs) the per-sub-filter form.
     signals = [_test_signal(22050, 0.6, seed=s) for s in range(3)]
     for offsets, chunk in (([100, 441, 1000], 441), ([0, 441, 882], 1764 * 2)):
-        solo = [StreamingResampler(22050, 16000) for _ in signals]
-        batch = [StreamingResampler(22050, 16000) for _ in signals]
-        for rs in (solo, batch):
-            for r, x, o in zip(rs, signals, offsets, strict=True):
-                r.process(x[:o])
-        for tick in range(2):
-            chunks = np.stack(
-                [
-                    x[o + tick * chunk : o + (tick + 1) * chunk]
-                    for x, o in zip(signals, offsets, strict=True)
-                ]
-            )
-            together = resample_many(batch, chunks)
-            alone = np.stack([r.process(c) for r, c in zip(solo, chunks, strict=True)])
-            np.testing.assert_array_equal(together, alone)
+        _check_batch_equals_solo(22050, 16000, signals, offsets, chunk, ticks=2)
