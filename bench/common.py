@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import json
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,22 @@ def update_results(path: Path, sections: str | Sequence[str]) -> None:
         else:
             text = text.rstrip() + "\n\n" + block
     path.write_text(text.rstrip() + "\n")
+
+
+def publish(
+    sections: str | Sequence[str],
+    res: dict[str, Any] | None = None,
+    json_path: Path | None = None,
+    results_path: Path | None = None,
+    json_default: Callable[[Any], Any] | None = str,
+) -> None:
+    """The end of every benchmark: print its section(s); write all figures (`res`) as JSON
+    and the section(s) into RESULTS.md where asked."""
+    print(sections if isinstance(sections, str) else "\n".join(sections))
+    if json_path is not None and res is not None:
+        json_path.write_text(json.dumps(res, indent=2, default=json_default) + "\n")
+    if results_path is not None:
+        update_results(results_path, sections)
 
 
 # -- the machine and its processes (Linux /proc) -------------------------------------------

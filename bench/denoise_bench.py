@@ -57,7 +57,7 @@ if str(REPO) not in sys.path:
 
 import noisereduce  # noqa: E402
 
-from bench.common import cpu_model, md_table, package_version, update_results  # noqa: E402
+from bench.common import cpu_model, md_table, package_version, publish  # noqa: E402
 from tests.audiogen import (  # noqa: E402
     SENTENCES,
     SR,
@@ -1609,9 +1609,7 @@ def render_saved(path: Path, results: Path | None) -> int:
         sections.append(render_noise(res, cfg, res["quick"]))
     if "erle" in res:
         sections.append(render_echo(res, cfg, res["quick"]))
-    print("\n".join(sections))
-    if results:
-        update_results(results, sections)
+    publish(sections, results_path=results)
     return 0
 
 
@@ -1691,11 +1689,7 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(render_noise(res, cfg, args.quick))
     if not args.skip_echo:
         sections.append(render_echo(res, cfg, args.quick))
-    print("\n".join(sections))
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2, default=float) + "\n")
-    if args.results:
-        update_results(args.results, sections)
+    publish(sections, res, args.json, args.results, json_default=float)
     return 0
 
 

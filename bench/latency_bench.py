@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import datetime
 import gc
-import json
 import os
 import platform
 import sys
@@ -52,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import cpu_model, md_table, package_version, update_results  # noqa: E402
+from bench.common import cpu_model, md_table, package_version, publish  # noqa: E402
 from tests.audiogen import (  # noqa: E402
     SENTENCES,
     SR,
@@ -1478,11 +1477,7 @@ def main(argv: list[str] | None = None) -> int:
     res["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     log("done")
     section = render(res, cfg, args.quick)
-    print(section)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    if args.results:
-        update_results(args.results, section)
+    publish(section, res, args.json, args.results)
     return 0
 
 

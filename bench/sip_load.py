@@ -102,8 +102,8 @@ from bench.common import (  # noqa: E402
     metric_samples,
     package_version,
     proc_cpu,
+    publish,
     system_cpu,
-    update_results,
 )
 
 SCENARIO = Path(__file__).resolve().with_name("sip_load.xml")
@@ -1166,9 +1166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render:
         section = render(json.loads(args.render.read_text()))
-        print(section)
-        if args.results:
-            update_results(args.results, section)
+        publish(section, results_path=args.results)
         return 0
     cfg = QUICK if args.quick else FULL
     ns = cfg.ns
@@ -1235,11 +1233,7 @@ def main(argv: list[str] | None = None) -> int:
     res["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     log("done")
     section = render(res)
-    print(section)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    if args.results:
-        update_results(args.results, section)
+    publish(section, res, args.json, args.results)
     return 0
 
 

