@@ -81,6 +81,29 @@ def system_cpu() -> tuple[int, int]:
     return total - values[3] - values[4], total
 
 
+def idle_gate(
+    max_wait_s: float, log: Callable[[str], None], max_busy_pct: float, sample_s: float,
+    poll_s: float,
+) -> dict[str, float]:  # fmt: skip
+    """Wait (up to `max_wait_s`) until other processes leave the machine mostly idle: all
+    CPUs together under `max_busy_pct` busy over `sample_s`, checked every `poll_s`, while
+    nothing of the benchmark's own runs."""
+    waited = 0.0
+    while True:
+        busy0, total0 = system_cpu()
+        time.sleep(sample_s)
+        busy1, total1 = system_cpu()
+        busy = 100 * (busy1 - busy0) / max(1, total1 - total0)
+        if busy < max_busy_pct or waited >= max_wait_s:
+            if waited:
+                log(f"machine {busy:.0f} % busy after waiting {waited:.0f} s")
+            return {"busy_pct": busy, "waited_s": waited}
+        if not waited:
+            log(f"machine {busy:.0f} % busy before the run: waiting up to {max_wait_s:.0f} s")
+        time.sleep(poll_s - sample_s)
+        waited += poll_s
+
+
 def proc_cpu(pid: int, tid: int | None = None) -> tuple[float, float]:
     """CPU seconds of a process (all its threads), or of one of its threads: (utime + stime,
     cutime + cstime of the process's reaped children)."""

@@ -101,6 +101,7 @@ if str(REPO) not in sys.path:
 from bench.common import (  # noqa: E402
     affinity,
     cpu_model,
+    idle_gate,
     md_table,
     metric_samples,
     package_version,
@@ -1438,25 +1439,6 @@ def wait_for_load(limit: float, max_wait_s: float, log: Log) -> str:
         time.sleep(30)
 
 
-def idle_gate(max_wait_s: float, log: Log) -> dict[str, float]:
-    """Wait (up to `max_wait_s`) until other processes leave the machine mostly idle: under
-    IDLE_BUSY_PCT of all CPUs busy over 2 s (our server and callers idle meanwhile)."""
-    waited = 0.0
-    while True:
-        busy0, total0 = system_cpu()
-        time.sleep(2.0)
-        busy1, total1 = system_cpu()
-        busy = 100 * (busy1 - busy0) / max(1, total1 - total0)
-        if busy < IDLE_BUSY_PCT or waited >= max_wait_s:
-            if waited:
-                log(f"machine {busy:.0f} % busy after waiting {waited:.0f} s")
-            return {"busy_pct": busy, "waited_s": waited}
-        if not waited:
-            log(f"machine {busy:.0f} % busy before the run: waiting up to {max_wait_s:.0f} s")
-        time.sleep(3.0)
-        waited += 5.0
-
-
 def server_log_problems(text: str) -> list[str]:
     return [
         line
@@ -1503,7 +1485,11 @@ def run_phase(
 
             def run(n: int, profile: Profile) -> dict[str, Any]:
                 for attempt in range(2):
-                    gate = idle_gate(cfg.idle_wait_s, log) if cfg.idle_wait_s else {}
+                    gate = (
+                        idle_gate(cfg.idle_wait_s, log, IDLE_BUSY_PCT, 2.0, 5.0)
+                        if cfg.idle_wait_s
+                        else {}
+                    )
                     res = run_load(
                         n, profile, sweep.layout, gw.http, gw.proc.pid, gw.log_path, pool, cfg,
                         calls_per_worker, log,

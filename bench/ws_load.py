@@ -92,6 +92,7 @@ from bench.common import (  # noqa: E402
     CLK_TCK,
     affinity,
     cpu_model,
+    idle_gate,
     md_table,
     metric_samples,
     package_version,
@@ -807,25 +808,6 @@ def capacity(rows: Sequence[dict[str, Any]]) -> int | None:
     return best
 
 
-def idle_gate(max_wait_s: float, log: Log) -> dict[str, float]:
-    """Wait (up to `max_wait_s`) until other processes leave the machine mostly idle:
-    all CPUs together under IDLE_MAX_BUSY_PCT busy over 3 s, while nothing of ours runs."""
-    waited = 0.0
-    while True:
-        busy0, total0 = system_cpu()
-        time.sleep(3.0)
-        busy1, total1 = system_cpu()
-        busy = 100 * (busy1 - busy0) / max(1, total1 - total0)
-        if busy < IDLE_MAX_BUSY_PCT or waited >= max_wait_s:
-            if waited:
-                log(f"machine {busy:.0f} % busy after waiting {waited:.0f} s")
-            return {"busy_pct": busy, "waited_s": waited}
-        if not waited:
-            log(f"machine {busy:.0f} % busy before the run: waiting")
-        time.sleep(7.0)
-        waited += 10.0
-
-
 @dataclass
 class Budget:
     """Benchmark time so far, not counting the waits for a quiet machine."""
@@ -847,7 +829,7 @@ def run_sweep(
         """One run, after waiting for the machine to be quiet; a failed run during which
         other processes used over OTHERS_MAX_PCT of a core is run once more."""
         for attempt in range(2):
-            gate = idle_gate(cfg.idle_wait_s, log)
+            gate = idle_gate(cfg.idle_wait_s, log, IDLE_MAX_BUSY_PCT, 3.0, 10.0)
             budget.waited += gate["waited_s"]
             res = run_load(n, cfg, sweep, bank, log) | {"idle_gate": gate}
             busy = res["others_cpu_pct"] > OTHERS_MAX_PCT and cfg.retry_when_busy
