@@ -16,10 +16,12 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check voicebot tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check voicebot tests bench
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python bench/vad_bench.py

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.engines import ScriptedSTT
+from voicebot.calls.manager import CallManager, CallRefusedError
+from voicebot.calls.metrics import GatewayMetrics
 from voicebot.config import Settings
-from voicebot.gateway.calls import CallManager, CallRefusedError
-from voicebot.gateway.metrics import GatewayMetrics
 from voicebot.models import executor
 from voicebot.models.base import Engines
 from voicebot.models.executor import EngineBacklog, run_blocking

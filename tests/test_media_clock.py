@@ -14,7 +14,7 @@ import pytest
 from tests.engines import ScriptedSTT
 from voicebot.agent.config import AgentConfig
 from voicebot.agent.events import Event
-from voicebot.agent.session import CallSession
+from voicebot.agent.session import CallSession, CallSetup
 from voicebot.agent.vad_runner import BatchedVad
 from voicebot.audio import g711
 from voicebot.audio.resample import StreamingResampler
@@ -30,11 +30,13 @@ QUIET = AgentConfig(greeting=None, vad_event_interval_ms=0)
 
 
 class _Recorder:
+    """The call's events as on the wire."""
+
     def __init__(self) -> None:
-        self.events: list[Event] = []
+        self.events: list[dict[str, object]] = []
 
     def __call__(self, event: Event) -> None:
-        self.events.append(event)
+        self.events.append(event.to_dict())
 
 
 class _BrokenInputStage:
@@ -58,7 +60,7 @@ def _leg(pt: int, vad: BatchedVad, name: str, **kw) -> tuple[RtpSession, CallSes
     engines = Engines(
         stt=ScriptedSTT(), llm=ScriptedLanguageModel.from_file(), tts=EspeakTextToSpeech()
     )
-    session = CallSession(name, engines, rtp, config=QUIET, vad_runner=vad, **kw)
+    session = CallSession(CallSetup(name, engines, rtp, config=QUIET, vad_runner=vad, **kw))
     recorder = _Recorder()
     session.bus.subscribe(recorder)
     return rtp, session, recorder
@@ -128,7 +130,7 @@ def test_a_failing_call_ends_alone_and_a_hung_up_call_is_not_stepped(vad: Batche
         )
         fine_rtp, fine, _ = _leg(PCMU, vad, "fine")
         leaving_rtp, leaving, _ = _leg(PCMA, vad, "leaving")
-        runs = [asyncio.create_task(s.run()) for s in (broken, fine, leaving)]
+        runs = [asyncio.create_task(s.run_driven()) for s in (broken, fine, leaving)]
         await asyncio.sleep(0)
         for rtp, session in ((broken_rtp, broken), (fine_rtp, fine), (leaving_rtp, leaving)):
             clock.add(rtp, session)

@@ -163,7 +163,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from voicebot.config import load_settings
-    from voicebot.gateway.server import serve
+    from voicebot.server import serve
 
     overrides: dict[str, object] = {}
     if args.host:

@@ -15,9 +15,13 @@ import heapq
 import itertools
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 T = TypeVar("T")
+
+FRAME_PERIOD_S = 0.02  # the canonical 20 ms frame
+RESYNC_S = 1.0  # further behind than this, a ticker skips ticks rather than burst
 
 
 class EngineClock(Protocol):
@@ -100,3 +104,49 @@ async def with_timeout(work: Awaitable[T], seconds: float) -> T:
         return await asyncio.wait_for(work, seconds)
     except TimeoutError as exc:
         raise EngineTimeoutError(f"timed out after {seconds:g} s") from exc
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One deadline of a `FrameTicker`: `late` if it started over one period behind,
+    `skipped` ticks given up before it because the loop stalled."""
+
+    index: int
+    late: bool = False
+    skipped: int = 0
+
+
+class FrameTicker:
+    """Real-time deadlines every `period` seconds (monotonic, so no drift over a call).
+
+    The one stall rule of every 20 ms loop in the process (paced input, the WebRTC track,
+    the SIP media clock, the simulator at 1x): ticks that are behind run at once, but
+    the loop still gets a turn between them (sleep(0)) so packets keep being taken in;
+    more than `resync_s` behind, the ticker re-anchors and reports the ticks it skipped
+    instead of bursting them (a burst would only arrive late and all at once).
+    The first `wait` returns at once: the ticker is anchored to it.
+    """
+
+    def __init__(self, period: float = FRAME_PERIOD_S, resync_s: float = RESYNC_S) -> None:
+        self.period = period
+        self.resync_s = resync_s
+        self._start: float | None = None
+        self._k = 0
+
+    async def wait(self) -> Tick:
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+            return Tick(0)
+        self._k += 1
+        delay = self._start + self._k * self.period - now
+        if delay > 0:
+            await asyncio.sleep(delay)
+            return Tick(self._k)
+        await asyncio.sleep(0)
+        skipped = 0
+        if delay < -self.resync_s:
+            skipped = int(-delay / self.period)
+            self._k += skipped
+            self._start = time.monotonic() - self._k * self.period
+        return Tick(self._k, late=delay < -self.period, skipped=skipped)

@@ -1,22 +1,23 @@
 """Call events (DESIGN.md section 2) and the bus that carries them to subscribers.
 
-An event is a JSON-ready dict with `type`, `call_id` and `t` (seconds of call audio since
-the call started). Publishing is synchronous and never blocks: subscribers are callables
-that must only enqueue (transports, the web page, webhooks); one that raises is logged and
-the others still get the event.
+Every event is a frozen dataclass, one class per event type of the contract; consumers
+(metrics, call records, transports) match on the class and read its fields. `to_dict()` is
+the JSON object of the contract (`type`, `call_id`, `t` rounded to the millisecond, then the
+type's own fields, in that order) and `to_json()` its text: the only wire form there is.
+Publishing is synchronous and never blocks: subscribers are callables that must only
+enqueue; one that raises is logged and the others still get the event.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 log = logging.getLogger("voicebot.events")
-
-Event = dict[str, Any]
-Subscriber = Callable[[Event], None]
 
 
 class AgentState(StrEnum):
@@ -29,27 +30,142 @@ class AgentState(StrEnum):
     INTERRUPTED = "INTERRUPTED"
 
 
-EVENT_TYPES = frozenset(
-    {
-        "call_started",
-        "state",
-        "vad",
-        "speech_start",
-        "speech_end",
-        "transcript",
-        "bot_text",
-        "interrupted",
-        "dtmf",
-        "error",
-        "call_ended",
-    }
-)
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """What every event has: the call and when, in seconds of call audio."""
+
+    type: ClassVar[str] = ""
+    call_id: str
+    t: float
+
+    def payload(self) -> dict[str, Any]:
+        """The type's own JSON fields, in wire order."""
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "call_id": self.call_id, "t": round(self.t, 3),
+                **self.payload()}  # fmt: skip
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
 
 
-def make_event(event_type: str, call_id: str, t: float, **fields: Any) -> Event:
-    if event_type not in EVENT_TYPES:
-        raise ValueError(f"unknown event type {event_type!r}")
-    return {"type": event_type, "call_id": call_id, "t": round(t, 3), **fields}
+@dataclass(frozen=True, kw_only=True)
+class CallStarted(Event):
+    """`info`: what the transport knows of the call (SIP From/To/Call-ID), as given."""
+
+    type: ClassVar[str] = "call_started"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        return dict(self.info)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateChanged(Event):
+    type: ClassVar[str] = "state"
+    state: AgentState
+
+    def payload(self) -> dict[str, Any]:
+        return {"state": self.state.value}
+
+
+@dataclass(frozen=True, kw_only=True)
+class VadLevel(Event):
+    """Peak speech probability since the last one (rate-limited)."""
+
+    type: ClassVar[str] = "vad"
+    probability: float
+
+    def payload(self) -> dict[str, Any]:
+        return {"probability": round(self.probability, 3)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeechStarted(Event):
+    """`t`: when the segmenter confirmed speech; `onset`: where the speech began."""
+
+    type: ClassVar[str] = "speech_start"
+    onset: float
+
+    def payload(self) -> dict[str, Any]:
+        return {"onset": round(self.onset, 3)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeechEnded(Event):
+    type: ClassVar[str] = "speech_end"
+    duration: float
+
+    def payload(self) -> dict[str, Any]:
+        return {"duration": round(self.duration, 3)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranscriptReady(Event):
+    type: ClassVar[str] = "transcript"
+    text: str
+    final: bool = True
+
+    def payload(self) -> dict[str, Any]:
+        return {"text": self.text, "final": self.final}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BotText(Event):
+    """A sentence of the bot's reply starts playing."""
+
+    type: ClassVar[str] = "bot_text"
+    text: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"text": self.text}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Interrupted(Event):
+    """A barge-in: `latency_ms` from speech onset in the audio to output flushed."""
+
+    type: ClassVar[str] = "interrupted"
+    latency_ms: float
+
+    def payload(self) -> dict[str, Any]:
+        return {"latency_ms": round(self.latency_ms, 1)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DtmfPressed(Event):
+    type: ClassVar[str] = "dtmf"
+    digit: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"digit": self.digit}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorRaised(Event):
+    """`source`: what failed, e.g. "STT whisper", "LLM llama", "agent", "call control
+    transfer" (the first part of the message, and the metrics label); not on the wire
+    beyond the message itself."""
+
+    type: ClassVar[str] = "error"
+    source: str
+    message: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"message": self.message}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallEnded(Event):
+    type: ClassVar[str] = "call_ended"
+    reason: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+
+Subscriber = Callable[[Event], None]
 
 
 class EventBus:
@@ -73,9 +189,7 @@ class EventBus:
             try:
                 subscriber(event)
             except Exception:
-                log.exception(
-                    "event subscriber failed on %s (call %s)", event["type"], event.get("call_id")
-                )
+                log.exception("event subscriber failed on %s (call %s)", event.type, event.call_id)
 
 
 class EventLog:
@@ -87,8 +201,6 @@ class EventLog:
     def __call__(self, event: Event) -> None:
         self.events.append(event)
 
-    def of_type(self, event_type: str) -> list[Event]:
-        return [e for e in self.events if e["type"] == event_type]
-
-    def states(self) -> list[str]:
-        return [e["state"] for e in self.of_type("state")]
+    def as_dicts(self) -> list[dict[str, Any]]:
+        """The events as their JSON objects (what a transport sends)."""
+        return [event.to_dict() for event in self.events]

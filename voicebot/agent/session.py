@@ -15,15 +15,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from voicebot.agent.clock import EngineClock, EngineTimeoutError, LiveClock, with_timeout
 from voicebot.agent.config import AgentConfig
-from voicebot.agent.events import AgentState, Event, EventBus, make_event
+from voicebot.agent.events import (
+    AgentState,
+    BotText,
+    CallEnded,
+    CallStarted,
+    DtmfPressed,
+    ErrorRaised,
+    Event,
+    EventBus,
+    Interrupted,
+    SpeechEnded,
+    SpeechStarted,
+    StateChanged,
+    TranscriptReady,
+    VadLevel,
+)
 from voicebot.agent.playout import AudioSink, Playout, Utterance
 from voicebot.agent.reply import ReplyPipeline
 from voicebot.agent.vad_runner import InlineVad, VadRunner
@@ -107,39 +122,47 @@ def _normalise(text: str) -> str:
     return " ".join(_WORD.findall(text.lower()))
 
 
+@dataclass
+class CallSetup:
+    """Everything one call's session is built from.
+
+    The transport gives the `sink` (where bot frames go), `control` (what hang-up and
+    transfer mean on its wire, None if the call simply ends), `info` (published with
+    `call_started`) and the input stages it needs (SIP: echo canceller, noise suppressor);
+    the call manager gives the shared parts (engines, the VAD model and its batched runner,
+    the settings, the event bus with its subscribers).
+    """
+
+    call_id: str
+    engines: Engines
+    sink: AudioSink
+    bus: EventBus = field(default_factory=EventBus)
+    config: AgentConfig = field(default_factory=AgentConfig)
+    vad_params: VadParams | None = None
+    vad_model: SileroVad | None = None
+    vad_runner: VadRunner = field(default_factory=InlineVad)
+    clock: EngineClock = field(default_factory=LiveClock)
+    control: CallControl | None = None
+    info: dict[str, object] = field(default_factory=dict)
+    echo_canceller: EchoCanceller | None = None
+    denoiser: NoiseSuppressor | None = None
+
+
 class CallSession:
-    def __init__(
-        self,
-        call_id: str,
-        engines: Engines,
-        sink: AudioSink,
-        *,
-        bus: EventBus | None = None,
-        config: AgentConfig | None = None,
-        vad_params: VadParams | None = None,
-        vad_model: SileroVad | None = None,
-        vad_runner: VadRunner | None = None,
-        clock: EngineClock | None = None,
-        control: CallControl | None = None,
-        info: dict[str, object] | None = None,
-        echo_canceller: EchoCanceller | None = None,
-        denoiser: NoiseSuppressor | None = None,
-    ) -> None:
-        """`info`: what the transport knows of the call (SIP From/To/Call-ID), published
-        with `call_started`."""
-        self.call_id = call_id
-        self.info = dict(info or {})
+    def __init__(self, setup: CallSetup) -> None:
+        self.call_id = setup.call_id
+        self.info = dict(setup.info)
         # Input stages for legs without their own (SIP): echo of the bot removed, then noise.
-        self.echo_canceller = echo_canceller
-        self.denoiser = denoiser
-        self.engines = engines
-        self.sink = sink
-        self.bus = bus or EventBus()
-        self.config = config or AgentConfig()
-        self.clock = clock or LiveClock()
-        self.control = control
-        self._vad = VoiceActivityDetector(vad_model, vad_params)
-        self._vad_runner = vad_runner or InlineVad()
+        self.echo_canceller = setup.echo_canceller
+        self.denoiser = setup.denoiser
+        self.engines = setup.engines
+        self.sink = setup.sink
+        self.bus = setup.bus
+        self.config = setup.config
+        self.clock = setup.clock
+        self.control = setup.control
+        self._vad_runner = setup.vad_runner
+        self._vad = VoiceActivityDetector(setup.vad_model, setup.vad_params)
         self._state = AgentState.WAITING_FOR_SPEECH
         self._frames_in = 0
         self._playout = Playout()
@@ -181,13 +204,9 @@ class CallSession:
             and self._pending_action is None
         )
 
-    @property
-    def history(self) -> list[ChatMessage]:
-        return list(self._history)
-
     def dtmf(self, digit: str) -> None:
         """A key the caller pressed (transports decode RFC 4733 / SIP INFO)."""
-        self._emit("dtmf", digit=digit)
+        self._publish(DtmfPressed, digit=digit)
 
     def end(self, reason: str) -> None:
         """Ask the session to end after the current frame (hang-up from outside)."""
@@ -200,28 +219,36 @@ class CallSession:
         """Asked to end (by the caller's side or the bot's): no more frames are wanted."""
         return self._end_reason is not None
 
-    async def run(self, frames: AsyncIterator[np.ndarray] | None = None) -> str:
-        """Process the call until the input ends or the call is ended; returns the reason.
+    async def run(self, frames: AsyncIterator[np.ndarray]) -> str:
+        """Pull `frames` until they end or the call is ended; returns the end reason."""
 
-        With `frames` the session pulls its own input. Without, it is driven: a shared
-        clock (the SIP media clock) calls `begin_frame` / `finish_frame` for it, and this
-        returns once `end` or `fail` is called.
-        """
-        self._emit("call_started", **self.info)
-        self._emit("state", state=self._state.value)
+        async def pull() -> None:
+            async for frame in frames:
+                await self.process_frame(frame)
+                if self._end_reason is not None:
+                    break
+
+        return await self._lifetime(pull())
+
+    async def run_driven(self) -> str:
+        """Run while a shared clock (the SIP media clock) steps the session with
+        `begin_frame` / `finish_frame`; returns once `end` or `fail` is called."""
+
+        async def wait_for_end() -> None:
+            self._stopped = asyncio.get_running_loop().create_future()
+            if self._end_reason is None:
+                await self._stopped
+
+        return await self._lifetime(wait_for_end())
+
+    async def _lifetime(self, body: Coroutine[Any, Any, None]) -> str:
+        self._publish(CallStarted, info=self.info)
+        self._publish(StateChanged, state=self._state)
         if self.config.greeting:
             self._start_reply(texts=[self.config.greeting])
         reason = "caller_hangup"
         try:
-            if frames is None:
-                self._stopped = asyncio.get_running_loop().create_future()
-                if self._end_reason is None:
-                    await self._stopped
-            else:
-                async for frame in frames:
-                    await self.process_frame(frame)
-                    if self._end_reason is not None:
-                        break
+            await body
             if self._end_reason is not None:
                 reason = self._end_reason
         except asyncio.CancelledError:
@@ -235,7 +262,7 @@ class CallSession:
             # a media clock stops stepping it, so nothing new starts during the shutdown.
             self._end_reason = self._end_reason or reason
             await self._shutdown()
-            self._emit("call_ended", reason=reason)
+            self._publish(CallEnded, reason=reason)
         return reason
 
     def fail(self, exc: BaseException) -> None:
@@ -245,7 +272,7 @@ class CallSession:
 
     def _report_failure(self, exc: BaseException) -> None:
         log.error("call %s failed", self.call_id, exc_info=exc)
-        self._emit("error", message=f"agent: {type(exc).__name__}: {exc}")
+        self._publish(ErrorRaised, source="agent", message=f"agent: {type(exc).__name__}: {exc}")
 
     async def process_frame(self, frame: np.ndarray) -> None:
         """One 20 ms frame in: VAD, state machine, then one frame of bot speech out."""
@@ -303,12 +330,12 @@ class CallSession:
             return
         self._vad_peak = max(self._vad_peak, event.probability)
         if event.t - self._last_vad_event_t >= interval:
-            self._emit("vad", t=event.t, probability=round(self._vad_peak, 3))
+            self._publish(VadLevel, t=event.t, probability=self._vad_peak)
             self._last_vad_event_t = event.t
             self._vad_peak = 0.0
 
     def _on_speech_start(self, event: SpeechStart) -> None:
-        self._emit("speech_start", t=event.t, onset=round(event.onset, 3))
+        self._publish(SpeechStarted, t=event.t, onset=event.onset)
         self._ignore_segment = False
         bot_busy = self._reply is not None or self._turn_task is not None
         if bot_busy or self._state in (AgentState.SPEAKING, AgentState.THINKING):
@@ -320,7 +347,7 @@ class CallSession:
             self._set_state(AgentState.LISTENING)
 
     def _on_speech_end(self, event: SpeechEnd) -> None:
-        self._emit("speech_end", t=event.t, duration=round(event.duration, 3))
+        self._publish(SpeechEnded, t=event.t, duration=event.duration)
         if self._ignore_segment:
             self._ignore_segment = False
             return
@@ -383,7 +410,7 @@ class CallSession:
                 action=reply.action if reply.llm_done else None,
                 spoken_texts=list(self._spoken),
             )
-        self._emit("interrupted", latency_ms=round(latency_ms, 1))
+        self._publish(Interrupted, latency_ms=latency_ms)
         self._set_state(AgentState.INTERRUPTED)
         self._set_state(AgentState.LISTENING)
 
@@ -406,7 +433,7 @@ class CallSession:
             return
         self._turn_audio = None
         self._unanswered.audio = []
-        self._emit("transcript", text=transcript.text, final=True)
+        self._publish(TranscriptReady, text=transcript.text, final=True)
 
         suspended, self._suspended = self._suspended, None
         if suspended is not None:
@@ -551,7 +578,7 @@ class CallSession:
         else:
             message = f"{what}: {type(exc).__name__}"
         log.warning("call %s: %s", self.call_id, message)
-        self._emit("error", message=message)
+        self._publish(ErrorRaised, source=what, message=message)
 
     # -- output ------------------------------------------------------------------------------
     def _tick_output(self) -> None:
@@ -575,7 +602,7 @@ class CallSession:
             if not utterance.announced:
                 utterance.announced = True
                 self._spoken.append(utterance.text)
-                self._emit("bot_text", text=utterance.text)
+                self._publish(BotText, text=utterance.text)
             self.sink.write(frame)
             self._last_utterance = utterance
             return frame
@@ -630,11 +657,10 @@ class CallSession:
         if state is self._state:
             return
         self._state = state
-        self._emit("state", state=state.value)
+        self._publish(StateChanged, state=state)
 
-    def _emit(self, event_type: str, t: float | None = None, **fields: object) -> None:
-        event: Event = make_event(event_type, self.call_id, self.t if t is None else t, **fields)
-        self.bus.publish(event)
+    def _publish(self, kind: type[Event], t: float | None = None, **fields: Any) -> None:
+        self.bus.publish(kind(call_id=self.call_id, t=self.t if t is None else t, **fields))
 
     async def _shutdown(self) -> None:
         tasks: list[asyncio.Task[object]] = []

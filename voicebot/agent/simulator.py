@@ -13,13 +13,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from voicebot.agent.clock import LiveClock, VirtualClock
 from voicebot.agent.config import AgentConfig
-from voicebot.agent.events import Event, EventBus, EventLog
-from voicebot.agent.session import FRAME_SECONDS, CallSession, Engines
+from voicebot.agent.events import EventBus, EventLog
+from voicebot.agent.session import FRAME_SECONDS, CallSession, CallSetup, Engines
 from voicebot.audio.denoise import make_suppressor
 from voicebot.audio.echo import EchoCanceller
 from voicebot.audio.frames import FRAME_SAMPLES, split_frames
@@ -74,7 +75,7 @@ class RecordingSink:
 class SimulationResult:
     caller_audio: np.ndarray  # as fed, padded with the tail
     bot_audio: np.ndarray  # same length and timeline
-    events: list[Event]
+    events: list[dict[str, Any]]  # as on the wire (the JSON objects of DESIGN.md section 2)
     end_reason: str
     engine_seconds: float
     wall_seconds: float
@@ -110,10 +111,12 @@ async def simulate_call(
     bus = EventBus()
     bus.subscribe(log)
     session = CallSession(
-        call_id, engines, sink, bus=bus, config=config, vad_params=vad_params,
-        vad_model=vad_model, clock=clock,
-        echo_canceller=EchoCanceller() if echo_cancellation else None,
-        denoiser=make_suppressor(noise_suppression),
+        CallSetup(
+            call_id, engines, sink, bus=bus, config=config or AgentConfig(),
+            vad_params=vad_params, vad_model=vad_model, clock=clock,
+            echo_canceller=EchoCanceller() if echo_cancellation else None,
+            denoiser=make_suppressor(noise_suppression),
+        )
     )  # fmt: skip
     fed: list[np.ndarray] = []
     began = time.perf_counter()
@@ -147,7 +150,7 @@ async def simulate_call(
     return SimulationResult(
         caller_audio=np.concatenate(fed) if fed else np.zeros(0, np.int16),
         bot_audio=sink.audio(n),
-        events=log.events,
+        events=log.as_dicts(),
         end_reason=reason,
         engine_seconds=clock.engine_seconds if isinstance(clock, VirtualClock) else 0.0,
         wall_seconds=time.perf_counter() - began,

@@ -246,3 +246,13 @@ def _to_pcm16(x: np.ndarray) -> np.ndarray:
 def resample_whole(samples: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
     """Resample a whole int16 signal with the streaming filter (one call, same output)."""
     return StreamingResampler(in_rate, out_rate).process(samples)
+
+
+def to_canonical(rate: int) -> StreamingResampler:
+    """A transport's input resampler: `rate` -> 16 kHz (an identity copy at 16 kHz)."""
+    return StreamingResampler(rate, 16000)
+
+
+def from_canonical(rate: int) -> StreamingResampler:
+    """A transport's output resampler: 16 kHz -> `rate` (an identity copy at 16 kHz)."""
+    return StreamingResampler(16000, rate)

@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from voicebot.agent.config import AgentConfig
+from voicebot.models.config import EngineSettings
 from voicebot.models.vad.segmenter import VadParams
 
 
@@ -52,40 +53,6 @@ class VadSettings(BaseModel):
             prefix_padding_ms=self.prefix_padding_ms,
             max_speech_ms=self.max_speech_ms,
         )
-
-
-class EngineSettings(BaseModel):
-    """Which STT / LLM / TTS engines calls use, and where remote ones live."""
-
-    stt: Literal["whisper", "openai"] = "whisper"
-    stt_model: str = Field("base", description="whisper: 'base', 'tiny.en' or a CTranslate2 dir")
-    stt_url: str | None = None
-    stt_api_key: str | None = None
-    stt_remote_model: str = "whisper-1"
-
-    llm: Literal["llama", "scripted", "openai"] = "llama"
-    llm_model_path: Path | None = Field(None, description="GGUF file instead of SmolLM2-135M")
-    llm_script: Path | None = Field(None, description="YAML script for the scripted engine")
-    llm_url: str | None = None
-    llm_api_key: str | None = None
-    llm_remote_model: str = "gpt-4o-mini"
-    llm_tools: bool = Field(False, description="offer transfer/hang-up tools to a remote LLM")
-    llm_max_tokens: int = Field(96, ge=1)
-
-    tts: Literal["piper", "espeak", "openai"] = "piper"
-    tts_voice_path: Path | None = Field(None, description="Piper .onnx voice instead of joe")
-    tts_url: str | None = None
-    tts_api_key: str | None = None
-    tts_remote_model: str = "tts-1"
-    tts_remote_voice: str = "alloy"
-
-    threads: int = Field(2, ge=1, description="CPU threads per local model")
-    nice: int = Field(
-        19, ge=0, le=19,
-        description="local engines' threads run this much lower in priority than the media"
-        " loop (Linux nice; 0 = the same)",
-    )  # fmt: skip
-    transfer_target: str = "sip:queue@localhost"
 
 
 class IceServer(BaseModel):

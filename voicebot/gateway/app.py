@@ -2,13 +2,16 @@
 
 `create_app` loads the engines (off the event loop) and warms them up in the lifespan, so
 the first caller does not pay for model initialisation; `/healthz` says "starting" until
-then and calls are refused with "try again later".
+then and calls are refused with "try again later". Other transport servers (SIP) are
+`calls.service.Service`s the wiring hands in: started with the same call manager, shown in
+`/healthz` under their name, closed after the drain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -19,9 +22,10 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voicebot import __version__
+from voicebot.calls.manager import CallManager
+from voicebot.calls.metrics import GatewayMetrics
+from voicebot.calls.service import Service, ServiceFactory
 from voicebot.config import Settings
-from voicebot.gateway.calls import CallManager
-from voicebot.gateway.metrics import GatewayMetrics
 from voicebot.gateway.webrtc.signalling import OfferError, WebRtcGateway
 from voicebot.gateway.ws import CLOSE_TRY_AGAIN, bearer_ok, websocket_call
 from voicebot.models.base import Engines
@@ -37,10 +41,12 @@ class GatewayState:
         self.metrics = GatewayMetrics()
         self.manager: CallManager | None = None
         self.webrtc: WebRtcGateway | None = None
-        self.sip: Any = None  # telephony.gateway.SipGateway when SIP is on
+        self.services: list[Service] = []
 
 
-def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, engines: Engines | None = None, services: Sequence[ServiceFactory] = ()
+) -> FastAPI:
     state = GatewayState(settings)
 
     @asynccontextmanager
@@ -50,19 +56,18 @@ def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
             await warm_up(ready)
         state.manager = CallManager(settings, ready, state.metrics)
         state.webrtc = WebRtcGateway(state.manager, settings.webrtc)
-        if settings.sip_port:
-            from voicebot.telephony.gateway import SipGateway
-
-            state.sip = SipGateway(state.manager, settings)
-            await state.sip.start()
+        for factory in services:
+            service = factory(state.manager)
+            await service.start()
+            state.services.append(service)
         log.info("gateway ready on http://%s:%d", settings.host, settings.port)
         try:
             yield
         finally:
             await state.manager.drain(0 if state.manager.draining else 5.0)
             await state.webrtc.close_all()
-            if state.sip is not None:
-                await state.sip.close()
+            for service in state.services:
+                await service.close()
             state.manager.close()
 
     app = FastAPI(title="voicebot", version=__version__, lifespan=lifespan)
@@ -82,14 +87,8 @@ def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
             "active_calls": 0 if manager is None else len(manager.calls),
             "max_calls": settings.server.max_calls,
             "webrtc_peers": 0 if state.webrtc is None else len(state.webrtc.peers),
-            "sip": None
-            if state.sip is None
-            else {
-                "port": state.sip.port,
-                "calls": len(state.sip.calls),
-                "registered": state.sip.registered,
-                "media_late_ratio": round(state.sip.media_load.late_ratio, 4),
-            },
+            "sip": None,  # the SIP service's status when SIP is on
+            **{service.name: service.status() for service in state.services},
             "engine_wait_s": 0.0 if manager is None else round(manager.engine_backlog.wait_s(), 3),
             "tasks": len(asyncio.all_tasks()),
         }

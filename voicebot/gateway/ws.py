@@ -23,9 +23,11 @@ from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from voicebot.agent.events import Event
-from voicebot.audio.resample import StreamingResampler
-from voicebot.gateway.calls import CallManager, CallRefusedError
-from voicebot.gateway.pacing import PacedFrames
+from voicebot.agent.session import CallSession
+from voicebot.audio.resample import from_canonical, to_canonical
+from voicebot.calls.leg import Leg, run_leg
+from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia
+from voicebot.calls.pacing import PacedFrames
 
 log = logging.getLogger("voicebot.gateway.ws")
 
@@ -96,11 +98,10 @@ class WebSocketSink:
         self.set_rate(rate)
 
     def set_rate(self, rate: int) -> None:
-        self._resampler = StreamingResampler(16000, rate) if rate != 16000 else None
+        self._resampler = from_canonical(rate)
 
     def write(self, frame: np.ndarray) -> None:
-        out = self._resampler.process(frame) if self._resampler is not None else frame
-        self._outbox.put(out.astype("<i2").tobytes())
+        self._outbox.put(self._resampler.process(frame).astype("<i2").tobytes())
         self._sent_since_clear += 1
 
     def clear(self) -> int:
@@ -127,71 +128,84 @@ async def _refuse(ws: WebSocket, code: int, reason: str) -> None:
 
 
 async def websocket_call(ws: WebSocket, manager: CallManager) -> None:
+    """`WS /ws`: authenticate, then one call over this socket."""
     settings = manager.settings
     if settings.api_token and not bearer_ok(ws, settings.api_token):
-        manager.metrics.rejected_total.labels("ws", "unauthorized").inc()
+        manager.refused("ws", "unauthorized")
         await _refuse(ws, CLOSE_POLICY, "unauthorized: bearer token required")
         return
-    outbox = Outbox()
-    sink = WebSocketSink(outbox, 16000, settings.server.ws_client_buffer_frames)
-
-    def forward(event: Event) -> None:
-        outbox.put(json.dumps(event))
-
-    try:
-        handle = manager.open("ws", sink, [forward])
-    except CallRefusedError as exc:
-        await _refuse(ws, CLOSE_TRY_AGAIN, f"try again later: {exc.reason}")
-        return
-    await ws.accept()
-    paced = PacedFrames()
-    leg = _Leg(ws, sink, paced, settings.server.ws_idle_timeout_s)
-    writer = asyncio.create_task(outbox.run(ws))
-    reader = asyncio.create_task(leg.read())
-    call = asyncio.create_task(manager.run(handle, paced))
-    close_code, close_reason = CLOSE_NORMAL, "call ended"
-    try:
-        done, _ = await asyncio.wait({reader, call}, return_when=asyncio.FIRST_COMPLETED)
-        if reader in done:
-            paced.close()
-            close_code, close_reason = reader.result()
-            reason = await call
-        else:
-            reason = call.result()
-            reader.cancel()
-            close_reason = f"call ended: {reason}"
-        if reason == "error":
-            close_code, close_reason = CLOSE_SERVER_ERROR, "server error"
-    except Exception:
-        log.exception("call %s: WebSocket leg failed", handle.call_id)
-        close_code, close_reason = CLOSE_SERVER_ERROR, "server error"
-        paced.close()
-        handle.session.end("error")
-        with contextlib.suppress(Exception):
-            await call
-    finally:
-        reader.cancel()
-        outbox.close()
-        with contextlib.suppress(Exception):
-            await writer
-        if ws.client_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(Exception):
-                await ws.close(close_code, close_reason[:120])
+    await run_leg(manager, WebSocketLeg(ws, manager))
 
 
-class _Leg:
-    """Reads the client's messages into the paced input; returns how to close."""
+class WebSocketLeg(Leg):
+    """One call over one WebSocket: binary PCM both ways, JSON events and `clear` out."""
 
-    def __init__(self, ws: WebSocket, sink: WebSocketSink, paced: PacedFrames, idle_s: float):
+    transport = "ws"
+
+    def __init__(self, ws: WebSocket, manager: CallManager) -> None:
+        server = manager.settings.server
         self.ws = ws
-        self.sink = sink
-        self.paced = paced
-        self.idle_s = idle_s
-        self.rate = 16000
-        self._resampler: StreamingResampler | None = None
+        self.idle_s = server.ws_idle_timeout_s
+        self.outbox = Outbox()
+        self.sink = WebSocketSink(self.outbox, 16000, server.ws_client_buffer_frames)
+        frames = manager.metrics.input_frames
+        self.paced = PacedFrames(
+            underruns=frames.labels("ws", "underrun"), dropped=frames.labels("ws", "dropped")
+        )
+        self.close_code, self.close_reason = CLOSE_NORMAL, "call ended"
+        self._writer: asyncio.Task[None] | None = None
+        self._rate = 16000
+        self._resampler = to_canonical(16000)
         self._audio_seen = False
 
-    async def read(self) -> tuple[int, str]:
+    async def refuse(self, refusal: CallRefusedError) -> None:
+        await _refuse(self.ws, CLOSE_TRY_AGAIN, f"try again later: {refusal.reason}")
+
+    async def open(self, call_id: str) -> LegMedia:
+        await self.ws.accept()
+        self._writer = asyncio.create_task(self.outbox.run(self.ws))
+
+        def forward(event: Event) -> None:
+            self.outbox.put(event.to_json())
+
+        return LegMedia(self.sink, subscribers=[forward])
+
+    async def run(self, session: CallSession) -> str:
+        reader = asyncio.create_task(self._read())
+        call = asyncio.create_task(session.run(self.paced))
+        try:
+            done, _ = await asyncio.wait({reader, call}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                self.paced.close()
+                self.close_code, self.close_reason = reader.result()
+                reason = await call
+            else:
+                reason = call.result()
+                self.close_reason = f"call ended: {reason}"
+        except Exception:
+            self.paced.close()
+            session.end("error")
+            with contextlib.suppress(Exception):
+                await call
+            raise
+        finally:
+            reader.cancel()
+        return reason
+
+    async def close(self, reason: str | None) -> None:
+        if reason in (None, "error") and self._writer is not None:  # accepted, then failed
+            self.close_code, self.close_reason = CLOSE_SERVER_ERROR, "server error"
+        self.outbox.close()
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                await self._writer
+        if self.ws.client_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.ws.close(self.close_code, self.close_reason[:120])
+
+    # -- the client's messages ------------------------------------------------------------
+    async def _read(self) -> tuple[int, str]:
+        """Reads the client's messages into the paced input; returns how to close."""
         try:
             while True:
                 try:
@@ -210,16 +224,14 @@ class _Leg:
             return CLOSE_NORMAL, "client left"
 
     def _audio(self, data: bytes) -> None:
-        limit = self.rate * 2  # one second of s16le
+        limit = self._rate * 2  # one second of s16le
         if len(data) > limit:
             raise ProtocolError(CLOSE_TOO_BIG, f"audio message of {len(data)} bytes > {limit}")
         if len(data) % 2:
             raise ProtocolError(CLOSE_UNSUPPORTED, "audio must be 16-bit samples (even length)")
         self._audio_seen = True
         samples = np.frombuffer(data, "<i2").astype(np.int16)
-        if self._resampler is not None:
-            samples = self._resampler.process(samples)
-        self.paced.push(samples)
+        self.paced.push(self._resampler.process(samples))
 
     def _control(self, text: str) -> str:
         if len(text) > 4096:
@@ -237,8 +249,8 @@ class _Leg:
             rate = message.get("sample_rate", 16000)
             if rate not in ACCEPTED_RATES:
                 raise ProtocolError(CLOSE_UNSUPPORTED, f"sample_rate {rate!r} not supported")
-            self.rate = rate
-            self._resampler = StreamingResampler(rate, 16000) if rate != 16000 else None
+            self._rate = rate
+            self._resampler = to_canonical(rate)
             self.sink.set_rate(rate)
             return "start"
         raise ProtocolError(CLOSE_UNSUPPORTED, f"unknown message type {kind!r}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from voicebot.config.settings import EngineSettings
 from voicebot.models.base import EngineError, Engines, LanguageModel, SpeechToText, TextToSpeech
+from voicebot.models.config import EngineSettings
 from voicebot.models.executor import set_engine_nice
 
 log = logging.getLogger("voicebot.models")

@@ -10,13 +10,10 @@ import hashlib
 import logging
 import re
 import secrets
-from typing import TYPE_CHECKING
 
+from voicebot.config.settings import SipSettings
 from voicebot.telephony.message import SipRequest, SipResponse, uri_of
-from voicebot.telephony.ua import new_branch, new_tag
-
-if TYPE_CHECKING:
-    from voicebot.telephony.gateway import SipGateway
+from voicebot.telephony.ua import SipEndpoint, new_branch, new_tag
 
 log = logging.getLogger("voicebot.telephony.register")
 
@@ -56,65 +53,86 @@ def digest_authorization(
     return "Digest " + ", ".join(parts)
 
 
-async def register_once(gateway: SipGateway, call_id: str, cseq: int) -> tuple[int, int]:
-    """One REGISTER (answering a challenge if asked); returns (granted expiry, next cseq)."""
-    sip = gateway.settings.sip
-    registrar = sip.register_uri or ""
-    host, _, port = uri_of(registrar).removeprefix("sip:").partition(":")
-    addr = (host, int(port or 5060))
-    aor = f"sip:{sip.username}@{host}"
-    tag = new_tag()
-    authorization: str | None = None
-    for _ in range(2):
-        request = SipRequest(method="REGISTER", uri=f"sip:{host}" + (f":{port}" if port else ""))
-        request.add(
-            "Via", f"SIP/2.0/UDP {gateway.address}:{gateway.port};branch={new_branch()};rport"
-        )
-        request.add("Max-Forwards", "70")
-        request.add("From", f"<{aor}>;tag={tag}")
-        request.add("To", f"<{aor}>")
-        request.add("Call-ID", call_id)
-        request.add("CSeq", f"{cseq} REGISTER")
-        request.add("Contact", f"<sip:{sip.username}@{gateway.address}:{gateway.port}>")
-        request.add("Expires", str(sip.register_expires))
-        request.add("User-Agent", sip.user_agent)
-        if authorization:
-            request.add("Authorization", authorization)
-        cseq += 1
-        response: SipResponse = await gateway.endpoint.request(request, addr, timeout=10.0)
-        if response.status in (401, 407) and authorization is None and sip.password:
-            header = response.get("WWW-Authenticate") or response.get("Proxy-Authenticate") or ""
-            authorization = digest_authorization(
-                parse_challenge(header), "REGISTER", request.uri, sip.username or "", sip.password
+class Registration:
+    """Keeps the bot registered: REGISTER now, again at 80 % of each granted expiry, and
+    every 30 s after a failure. Needs only the SIP endpoint and where it is reachable."""
+
+    def __init__(self, endpoint: SipEndpoint, sip: SipSettings, address: str, port: int) -> None:
+        self.endpoint = endpoint
+        self.sip = sip
+        self.address = address
+        self.port = port
+        self.registered = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._keep_registered(), name="sip-register")
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _keep_registered(self) -> None:
+        call_id = f"{secrets.token_hex(8)}@{self.address}"
+        cseq = 1
+        while True:
+            try:
+                expires, cseq = await self.register_once(call_id, cseq)
+                self.registered = True
+                log.info("registered as %s for %d s", self.sip.username, expires)
+                await asyncio.sleep(max(10.0, expires * 0.8))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.registered = False
+                log.warning("registration failed: %s; retrying in 30 s", exc)
+                await asyncio.sleep(30)
+
+    async def register_once(self, call_id: str, cseq: int) -> tuple[int, int]:
+        """One REGISTER (answering a challenge if asked); returns (granted expiry, next
+        cseq)."""
+        sip = self.sip
+        registrar = sip.register_uri or ""
+        host, _, port = uri_of(registrar).removeprefix("sip:").partition(":")
+        addr = (host, int(port or 5060))
+        aor = f"sip:{sip.username}@{host}"
+        tag = new_tag()
+        authorization: str | None = None
+        for _ in range(2):
+            request = SipRequest(
+                method="REGISTER", uri=f"sip:{host}" + (f":{port}" if port else "")
             )
-            continue
-        if response.status >= 300:
-            raise RuntimeError(f"REGISTER refused: {response.status} {response.reason}")
-        expires = sip.register_expires
-        contact = response.get("Contact") or ""
-        match = re.search(r"expires=(\d+)", contact) or re.match(
-            r"(\d+)", response.get("Expires") or ""
-        )
-        if match:
-            expires = int(match.group(1))
-        return expires, cseq
-    raise RuntimeError("REGISTER: authentication failed")
-
-
-async def keep_registered(gateway: SipGateway) -> None:
-    """Register now and re-register at 80 % of each granted expiry; retry on failure."""
-    call_id = f"{secrets.token_hex(8)}@{gateway.address}"
-    cseq = 1
-    gateway.registered = False
-    while True:
-        try:
-            expires, cseq = await register_once(gateway, call_id, cseq)
-            gateway.registered = True
-            log.info("registered as %s for %d s", gateway.settings.sip.username, expires)
-            await asyncio.sleep(max(10.0, expires * 0.8))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            gateway.registered = False
-            log.warning("registration failed: %s; retrying in 30 s", exc)
-            await asyncio.sleep(30)
+            via = f"SIP/2.0/UDP {self.address}:{self.port};branch={new_branch()};rport"
+            request.add("Via", via)
+            request.add("Max-Forwards", "70")
+            request.add("From", f"<{aor}>;tag={tag}")
+            request.add("To", f"<{aor}>")
+            request.add("Call-ID", call_id)
+            request.add("CSeq", f"{cseq} REGISTER")
+            request.add("Contact", f"<sip:{sip.username}@{self.address}:{self.port}>")
+            request.add("Expires", str(sip.register_expires))
+            request.add("User-Agent", sip.user_agent)
+            if authorization:
+                request.add("Authorization", authorization)
+            cseq += 1
+            response: SipResponse = await self.endpoint.request(request, addr, timeout=10.0)
+            if response.status in (401, 407) and authorization is None and sip.password:
+                header = (
+                    response.get("WWW-Authenticate") or response.get("Proxy-Authenticate") or ""
+                )
+                authorization = digest_authorization(
+                    parse_challenge(header), "REGISTER", request.uri, sip.username or "",
+                    sip.password,
+                )  # fmt: skip
+                continue
+            if response.status >= 300:
+                raise RuntimeError(f"REGISTER refused: {response.status} {response.reason}")
+            expires = sip.register_expires
+            contact = response.get("Contact") or ""
+            match = re.search(r"expires=(\d+)", contact) or re.match(
+                r"(\d+)", response.get("Expires") or ""
+            )
+            if match:
+                expires = int(match.group(1))
+            return expires, cseq
+        raise RuntimeError("REGISTER: authentication failed")

@@ -37,7 +37,13 @@ def _seq_newer(a: int, b: int) -> bool:
 
 
 class JitterBuffer:
-    """Orders packets by sequence number; one payload out per tick."""
+    """Orders packets by sequence number; one payload out per tick.
+
+    Not aiortc's `JitterBuffer`: that one is pulled by a decoder task per track, holds at
+    least one packet more than it needs (a frame of added delay on every call) and conceals
+    nothing (a lost packet is a gap the caller's VAD then sees as a click or silence). This
+    one is popped by the shared media clock, once per tick, and a miss is concealed there.
+    """
 
     def __init__(self, depth: int = 3, capacity: int = 50) -> None:
         self.depth = depth  # packets held before playout starts (60 ms)

@@ -4,6 +4,11 @@ A SIP trunk offers `m=audio <port> RTP/AVP <pts>` with static payload types 0 (P
 8 (PCMA) and usually `telephone-event` (RFC 4733) dynamic. We answer with one codec — the
 first of the caller's list we support, as RFC 3264 section 6.1 prefers the offerer's order —
 plus telephone-event if offered, and mirror the direction (hold: sendonly -> recvonly).
+
+Our own parser rather than aiortc's `SessionDescription.parse` (which the WebRTC leg uses):
+that one checks its input with `assert` (gone under `python -O`, and an AssertionError is
+no reason to give a peer), expects WebRTC attributes (ICE, DTLS fingerprints) a SIP trunk
+never sends, and cannot tell "malformed" (400) from "nothing we can accept" (488).
 """
 
 from __future__ import annotations
@@ -23,7 +28,11 @@ _ANSWER_DIRECTION = {
 
 
 class SdpError(ValueError):
-    """An offer we cannot parse or cannot answer (the message says which)."""
+    """An offer we cannot parse: the request is malformed (SIP 400)."""
+
+
+class SdpNotAcceptableError(SdpError):
+    """A well-formed offer with nothing we can accept (SIP 488, RFC 3261 section 13.3.1.3)."""
 
 
 @dataclass
@@ -73,7 +82,7 @@ def parse_offer(sdp: str) -> AudioOffer:
             in_audio = len(parts) >= 4 and parts[0] == "audio" and audio is None
             if in_audio:
                 if parts[2] not in ("RTP/AVP", "RTP/AVPF"):
-                    raise SdpError(f"unsupported transport {parts[2]} (need RTP/AVP)")
+                    raise SdpNotAcceptableError(f"unsupported transport {parts[2]} (need RTP/AVP)")
                 try:
                     port = int(parts[1].split("/")[0])
                     pts = [int(p) for p in parts[3:]]
@@ -131,7 +140,7 @@ def choose_codec(offer: AudioOffer, supported: tuple[int, ...] = (PCMU, PCMA)) -
             return pt
         if name == "PCMA" and PCMA in supported:
             return pt
-    raise SdpError("no common codec (this gateway speaks PCMU and PCMA)")
+    raise SdpNotAcceptableError("no common codec (this gateway speaks PCMU and PCMA)")
 
 
 def build_answer(

@@ -2,7 +2,7 @@
 
 `feed_remote_track` decodes the caller's track (aiortc has already decoded Opus to s16
 48 kHz, usually stereo) to mono 16 kHz for the call's paced input. `BotAudioTrack` is the
-track aiortc sends: it hands out one 20 ms frame per 20 ms of monotonic clock, silence
+track aiortc sends: it hands out one 20 ms frame per tick of the shared `FrameTicker`, silence
 when the bot has nothing to say, with pts that advance by exactly one frame every time so
 the RTP timestamps stay continuous across silence and clears (RFC 3550 section 5.1) and
 never drift from the wall clock over a long call.
@@ -10,18 +10,17 @@ never drift from the wall clock over a long call.
 
 from __future__ import annotations
 
-import asyncio
 import fractions
 import logging
-import time
 from collections import deque
 
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from voicebot.audio.resample import StreamingResampler
-from voicebot.gateway.pacing import PacedFrames
+from voicebot.agent.clock import FrameTicker
+from voicebot.audio.resample import from_canonical, to_canonical
+from voicebot.calls.pacing import PacedFrames
 
 log = logging.getLogger("voicebot.gateway.webrtc")
 
@@ -46,16 +45,14 @@ def frame_to_mono(frame: av.AudioFrame) -> tuple[np.ndarray, int]:
 
 async def feed_remote_track(track: MediaStreamTrack, paced: PacedFrames, call_id: str) -> None:
     """Decode the caller's track into `paced` until it ends; then close `paced`."""
-    resampler: StreamingResampler | None = None
-    rate = 0
+    resampler = to_canonical(RTC_RATE)
     try:
         while True:
             frame = await track.recv()
             mono, frame_rate = frame_to_mono(frame)
-            if frame_rate != rate:
-                rate = frame_rate
-                resampler = StreamingResampler(rate, 16000) if rate != 16000 else None
-            paced.push(resampler.process(mono) if resampler is not None else mono)
+            if frame_rate != resampler.in_rate:
+                resampler = to_canonical(frame_rate)
+            paced.push(resampler.process(mono))
     except MediaStreamError:
         log.info("call %s: caller's track ended", call_id)
     except Exception:
@@ -72,12 +69,10 @@ class BotAudioTrack(MediaStreamTrack):
     def __init__(self) -> None:
         super().__init__()
         self._queue: deque[np.ndarray] = deque()
-        self._upsample = StreamingResampler(16000, RTC_RATE)
+        self._upsample = from_canonical(RTC_RATE)
         self._silence = np.zeros(RTC_FRAME, np.int16)
-        self._start: float | None = None
-        self._pts = 0
-        self.frames_sent = 0
-        self.frames_spoken = 0
+        self._ticker = FrameTicker()
+        self._pts = -RTC_FRAME
 
     # -- AudioSink ---------------------------------------------------------------------
     def write(self, frame: np.ndarray) -> None:
@@ -92,27 +87,13 @@ class BotAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            self._pts += RTC_FRAME
-            wait = self._start + self._pts / RTC_RATE - now
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif wait < -0.5:
-                # The loop stalled for half a second: skip ahead (timestamps stay continuous
-                # in RTP terms: the gap is simply silence) instead of bursting to catch up.
-                skipped = int(-wait * RTC_RATE) // RTC_FRAME * RTC_FRAME
-                self._pts += skipped
-        if self._queue:
-            samples = self._queue.popleft()
-            self.frames_spoken += 1
-        else:
-            samples = self._silence
+        tick = await self._ticker.wait()
+        # After a stall the skipped ticks are simply silence in RTP terms: timestamps stay
+        # continuous and the track does not burst to catch up.
+        self._pts += RTC_FRAME * (1 + tick.skipped)
+        samples = self._queue.popleft() if self._queue else self._silence
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RTC_RATE
         frame.pts = self._pts
         frame.time_base = TIME_BASE
-        self.frames_sent += 1
         return frame

@@ -27,9 +27,11 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from voicebot.agent.events import Event
+from voicebot.agent.session import CallSession
+from voicebot.calls.leg import Leg, LegSetupError, run_leg
+from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia
+from voicebot.calls.pacing import PacedFrames
 from voicebot.config.settings import WebRtcSettings
-from voicebot.gateway.calls import CallManager, CallRefusedError
-from voicebot.gateway.pacing import PacedFrames
 from voicebot.gateway.webrtc.media import BotAudioTrack, feed_remote_track
 
 log = logging.getLogger("voicebot.gateway.webrtc")
@@ -105,7 +107,7 @@ class EventChannel:
             channel.on("open", self._flush)
 
     def __call__(self, event: Event) -> None:
-        self._pending.append(json.dumps(event))
+        self._pending.append(event.to_json())
         if self.channel is not None and self.channel.readyState == "open":
             self._flush()
 
@@ -119,15 +121,17 @@ class EventChannel:
 
 
 class WebRtcGateway:
+    """Every WebRTC call of the process: one peer connection and one `WebRtcLeg` each."""
+
     def __init__(self, manager: CallManager, settings: WebRtcSettings) -> None:
         self.manager = manager
         self.settings = settings
         self.peers: set[RTCPeerConnection] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[str | None]] = set()
         if settings.loopback_only:
             use_loopback_only()
 
-    def _configuration(self) -> RTCConfiguration:
+    def configuration(self) -> RTCConfiguration:
         servers = [
             RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
             for s in self.settings.ice_servers
@@ -135,86 +139,106 @@ class WebRtcGateway:
         return RTCConfiguration(iceServers=servers)
 
     async def answer(self, body: bytes) -> dict[str, str]:
-        offer = parse_offer(body, self.settings.loopback_only)
-        try:
-            self.manager.admit("webrtc")
-        except CallRefusedError as exc:
-            raise OfferError(503, f"try again later: {exc.reason}", {"Retry-After": "5"}) from exc
-
-        pc = RTCPeerConnection(self._configuration())
-        self.peers.add(pc)
-        bot = BotAudioTrack()
-        events = EventChannel()
-        paced = PacedFrames()
-        started = asyncio.Event()
-        state: dict[str, Any] = {}
-
-        @pc.on("datachannel")
-        def on_datachannel(channel: RTCDataChannel) -> None:
-            if channel.label == "events":
-                events.attach(channel)
-
-        @pc.on("track")
-        def on_track(track: MediaStreamTrack) -> None:
-            if track.kind != "audio" or "feeder" in state:
-                return
-            state["feeder"] = asyncio.create_task(
-                feed_remote_track(track, paced, state["call"].call_id)
-            )
-            started.set()
-
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
-                paced.close()
-                if "call" in state:
-                    state["call"].session.end(f"webrtc_{pc.connectionState}")
-
-        try:
-            state["call"] = self.manager.open("webrtc", bot, [events])
-        except CallRefusedError as exc:
-            await self._close(pc)
-            raise OfferError(503, f"try again later: {exc.reason}", {"Retry-After": "5"}) from exc
-        pc.addTrack(bot)
-        try:
-            await pc.setRemoteDescription(offer)
-            answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)
-        except Exception as exc:
-            self.manager.discard(state["call"])
-            await self._close(pc)
-            raise OfferError(400, f"cannot answer this offer: {type(exc).__name__}: {exc}") from exc
-        task = asyncio.create_task(self._run_call(pc, state, paced, started, bot))
+        """The SDP answer to an offer; the call then runs on its own task. Raises
+        OfferError (a bad offer 400/413, refused 503) instead."""
+        leg = WebRtcLeg(self, parse_offer(body, self.settings.loopback_only))
+        task = asyncio.create_task(run_leg(self.manager, leg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+        return await leg.answer
 
-    async def _run_call(self, pc, state, paced, started, bot) -> None:  # type: ignore[no-untyped-def]
-        handle = state["call"]
-        try:
-            try:
-                await asyncio.wait_for(started.wait(), self.settings.connect_timeout_s)
-            except TimeoutError:
-                log.warning("call %s: no media within %.0f s", handle.call_id,
-                            self.settings.connect_timeout_s)  # fmt: skip
-                paced.close()
-            await self.manager.run(handle, paced)
-        finally:
-            bot.stop()
-            feeder = state.get("feeder")
-            if feeder is not None:
-                feeder.cancel()
-                with contextlib.suppress(BaseException):
-                    await feeder
-            await self._close(pc)
-
-    async def _close(self, pc: RTCPeerConnection) -> None:
+    async def close_peer(self, pc: RTCPeerConnection) -> None:
         self.peers.discard(pc)
         with contextlib.suppress(Exception):
             await pc.close()
 
     async def close_all(self) -> None:
-        await asyncio.gather(*(self._close(pc) for pc in list(self.peers)))
+        await asyncio.gather(*(self.close_peer(pc) for pc in list(self.peers)))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class WebRtcLeg(Leg):
+    """One browser call: Opus in and out through aiortc, events on the data channel."""
+
+    transport = "webrtc"
+
+    def __init__(self, gateway: WebRtcGateway, offer: RTCSessionDescription) -> None:
+        self.gateway = gateway
+        self.offer = offer
+        self.answer: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        self.bot = BotAudioTrack()
+        self.events = EventChannel()
+        frames = gateway.manager.metrics.input_frames
+        self.paced = PacedFrames(
+            underruns=frames.labels("webrtc", "underrun"),
+            dropped=frames.labels("webrtc", "dropped"),
+        )
+        self.pc: RTCPeerConnection | None = None
+        self._call_id: str = ""
+        self._media_started = asyncio.Event()
+        self._feeder: asyncio.Task[None] | None = None
+        self._session: CallSession | None = None
+
+    async def refuse(self, refusal: CallRefusedError) -> None:
+        reason = f"try again later: {refusal.reason}"
+        self.answer.set_exception(OfferError(503, reason, {"Retry-After": "5"}))
+
+    async def open(self, call_id: str) -> LegMedia:
+        self._call_id = call_id
+        self.pc = pc = RTCPeerConnection(self.gateway.configuration())
+        self.gateway.peers.add(pc)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("track", self._on_track)
+        pc.on("connectionstatechange", self._on_connection_state)
+        pc.addTrack(self.bot)
+        try:
+            await pc.setRemoteDescription(self.offer)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            reason = f"cannot answer this offer: {type(exc).__name__}: {exc}"
+            self.answer.set_exception(OfferError(400, reason))
+            raise LegSetupError(reason) from exc
+        self.answer.set_result({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+        return LegMedia(self.bot, subscribers=[self.events])
+
+    async def run(self, session: CallSession) -> str:
+        self._session = session
+        if self.pc is not None and self.pc.connectionState in ("failed", "closed"):
+            self.paced.close()
+        timeout = self.gateway.settings.connect_timeout_s
+        try:
+            await asyncio.wait_for(self._media_started.wait(), timeout)
+        except TimeoutError:
+            log.warning("call %s: no media within %.0f s", self._call_id, timeout)
+            self.paced.close()
+        return await session.run(self.paced)
+
+    async def close(self, reason: str | None) -> None:
+        if not self.answer.done():  # cancelled before answering (shutdown)
+            self.answer.set_exception(OfferError(503, "try again later: shutting down"))
+        self.bot.stop()
+        if self._feeder is not None:
+            self._feeder.cancel()
+            with contextlib.suppress(BaseException):
+                await self._feeder
+        if self.pc is not None:
+            await self.gateway.close_peer(self.pc)
+
+    # -- peer connection events -----------------------------------------------------------
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label == "events":
+            self.events.attach(channel)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind != "audio" or self._feeder is not None:
+            return
+        self._feeder = asyncio.create_task(feed_remote_track(track, self.paced, self._call_id))
+        self._media_started.set()
+
+    async def _on_connection_state(self) -> None:
+        if self.pc is not None and self.pc.connectionState in ("failed", "closed"):
+            self.paced.close()
+            if self._session is not None:
+                self._session.end(f"webrtc_{self.pc.connectionState}")

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the gateway (`GET /metrics`), fed from call events.
+"""Prometheus metrics of the gateway process (`GET /metrics`), fed from call events.
 
 Each call's event bus gets a `CallMetrics` subscriber, so transports need not know which
 figures exist: active calls, calls by transport and end reason, barge-in and end-of-turn
@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from voicebot.agent.events import Event
+from voicebot.agent.events import (
+    AgentState,
+    CallEnded,
+    CallStarted,
+    ErrorRaised,
+    Event,
+    Interrupted,
+    SpeechEnded,
+    StateChanged,
+)
 
 LATENCY_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 
@@ -65,6 +74,12 @@ class GatewayMetrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.5),
             registry=self.registry,
         )
+        self.input_frames = Counter(
+            "voicebot_input_frames_total",
+            "Caller frames paced to 20 ms (WebSocket, WebRTC): silence inserted for a stalled"
+            " peer (underrun) or dropped for one running ahead (dropped)",
+            ["transport", "kind"], registry=self.registry,
+        )  # fmt: skip
         self.media_ticks_skipped = Counter(
             "voicebot_media_ticks_skipped_total",
             "SIP media ticks never run: the clock fell over 1 s behind and re-anchored",
@@ -84,21 +99,20 @@ class CallMetrics:
         self._speech_end_t: float | None = None
 
     def __call__(self, event: Event) -> None:
-        kind = event["type"]
-        if kind == "call_started":
-            self.m.active_calls.labels(self.transport).inc()
-        elif kind == "call_ended":
-            self.m.active_calls.labels(self.transport).dec()
-            self.m.calls_total.labels(self.transport, event.get("reason", "unknown")).inc()
-        elif kind == "interrupted":
-            self.m.barge_in_latency.observe(event["latency_ms"] / 1000)
-        elif kind == "speech_end":
-            self._speech_end_t = event["t"]
-        elif kind == "state" and event["state"] == "SPEAKING" and self._speech_end_t is not None:
-            self.m.end_of_turn_latency.observe(max(0.0, event["t"] - self._speech_end_t))
-            self._speech_end_t = None
-        elif kind == "state" and event["state"] == "LISTENING":
-            self._speech_end_t = None
-        elif kind == "error":
-            engine = str(event.get("message", "")).split(":", 1)[0] or "unknown"
-            self.m.engine_errors.labels(engine).inc()
+        match event:
+            case CallStarted():
+                self.m.active_calls.labels(self.transport).inc()
+            case CallEnded(reason=reason):
+                self.m.active_calls.labels(self.transport).dec()
+                self.m.calls_total.labels(self.transport, reason).inc()
+            case Interrupted(latency_ms=latency_ms):
+                self.m.barge_in_latency.observe(latency_ms / 1000)
+            case SpeechEnded(t=t):
+                self._speech_end_t = t
+            case StateChanged(state=AgentState.SPEAKING, t=t) if self._speech_end_t is not None:
+                self.m.end_of_turn_latency.observe(max(0.0, t - self._speech_end_t))
+                self._speech_end_t = None
+            case StateChanged(state=AgentState.LISTENING):
+                self._speech_end_t = None
+            case ErrorRaised(source=source):
+                self.m.engine_errors.labels(source).inc()

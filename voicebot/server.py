@@ -1,4 +1,8 @@
-"""`voicebot serve`: uvicorn running the gateway, with a graceful drain on SIGTERM/SIGINT.
+"""`voicebot serve`: the wiring of the gateway process, and uvicorn running it with a
+graceful drain on SIGTERM/SIGINT.
+
+The HTTP app (`gateway/`) and SIP (`telephony/`) never import each other; here, above
+both, the SIP gateway is handed to the app as a service when `VOICEBOT_SIP_PORT` is set.
 
 The first signal stops new calls and lets running ones end on their own for up to
 `server.shutdown_grace_s`; then the server stops and the process exits 0. A second signal
@@ -14,8 +18,11 @@ from types import FrameType
 
 import uvicorn
 
+from voicebot.calls.manager import CallManager
+from voicebot.calls.service import Service, ServiceFactory
 from voicebot.config import Settings
 from voicebot.gateway.app import create_app
+from voicebot.telephony.gateway import SipGateway
 
 log = logging.getLogger("voicebot.gateway")
 
@@ -41,11 +48,22 @@ class DrainingServer(uvicorn.Server):
         loop = asyncio.get_event_loop()
         self._draining = loop.create_task(self._drain(manager))
 
-    async def _drain(self, manager) -> None:  # type: ignore[no-untyped-def]
+    async def _drain(self, manager: CallManager) -> None:
         try:
             await manager.drain(self.settings.server.shutdown_grace_s)
         finally:
             self.should_exit = True
+
+
+def services_of(settings: Settings) -> list[ServiceFactory]:
+    """The transport servers besides HTTP that `settings` turn on."""
+    if not settings.sip_port:
+        return []
+
+    def sip(manager: CallManager) -> Service:
+        return SipGateway(manager, settings)
+
+    return [sip]
 
 
 def serve(settings: Settings) -> int:
@@ -53,7 +71,7 @@ def serve(settings: Settings) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    app = create_app(settings)
+    app = create_app(settings, services=services_of(settings))
     config = uvicorn.Config(
         app,
         host=settings.host,

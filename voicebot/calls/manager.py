@@ -1,0 +1,185 @@
+"""The calls of one gateway process: what they share, who gets in, and the drain.
+
+`CallManager` holds what every call shares whatever its transport (engines, the Silero
+model and its batched runner, settings, metrics, the JSONL event log), admits calls up to
+`server.max_calls` and while the engines keep up, builds each admitted call's session
+(`start`) and forgets it when it ends (`finish`). Once a shutdown starts, new calls are
+refused and running ones get until the deadline to end on their own before they are ended.
+Transports never call this directly: `calls.leg.run_leg` does, in one order for all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from voicebot.agent.events import Event, EventBus, Subscriber
+from voicebot.agent.playout import AudioSink
+from voicebot.agent.session import CallControl, CallSession, CallSetup
+from voicebot.agent.vad_runner import BatchedVad
+from voicebot.audio.denoise import NoiseSuppressor
+from voicebot.audio.echo import EchoCanceller
+from voicebot.calls.metrics import GatewayMetrics
+from voicebot.config import Settings
+from voicebot.models.base import Engines
+from voicebot.models.executor import ENGINE_BACKLOG, EngineBacklog
+from voicebot.models.vad import SileroVad
+
+log = logging.getLogger("voicebot.calls")
+_ids = itertools.count(1)
+
+
+class Refusal(StrEnum):
+    """Why a call was not admitted (the `reason` label of voicebot_calls_rejected_total);
+    each transport maps it to its wire (WS close 1013, SIP 486/503, HTTP 503)."""
+
+    SHUTTING_DOWN = "shutting_down"
+    CAPACITY = "capacity"
+    ENGINE_BACKLOG = "engine_backlog"
+    MEDIA_OVERLOAD = "overload"
+
+
+class CallRefusedError(Exception):
+    def __init__(self, kind: Refusal, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+@dataclass
+class LegMedia:
+    """What a transport brings to its call's session once it is set up."""
+
+    sink: AudioSink
+    control: CallControl | None = None
+    info: dict[str, object] = field(default_factory=dict)
+    subscribers: list[Subscriber] = field(default_factory=list)
+    echo_canceller: EchoCanceller | None = None
+    denoiser: NoiseSuppressor | None = None
+
+
+@dataclass
+class CallHandle:
+    call_id: str
+    transport: str
+    session: CallSession
+    started: float = field(default_factory=time.monotonic)
+
+
+class CallManager:
+    def __init__(self, settings: Settings, engines: Engines, metrics: GatewayMetrics) -> None:
+        self.settings = settings
+        self.engines = engines
+        self.metrics = metrics
+        self.vad_model = SileroVad.shared()
+        self.vad = BatchedVad(self.vad_model, on_batch=self._on_vad_batch)
+        self.calls: dict[str, CallHandle] = {}
+        self._admitted: set[str] = set()  # ids admitted and still setting up (not in calls)
+        self.engine_backlog: EngineBacklog = ENGINE_BACKLOG
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._events_log = (
+            settings.server.events_log.open("a", encoding="utf-8", buffering=1)
+            if settings.server.events_log
+            else None
+        )
+
+    @property
+    def active(self) -> int:
+        """Calls running or admitted and still setting up: what admission counts."""
+        return len(self.calls) + len(self._admitted)
+
+    def _log_event(self, event: Event) -> None:
+        if self._events_log is not None:
+            self._events_log.write(event.to_json() + "\n")
+
+    def _on_vad_batch(self, windows: int, seconds: float) -> None:
+        self.metrics.vad_batch_size.observe(windows)
+        self.metrics.vad_window_seconds.observe(seconds / max(1, windows))
+
+    def new_call_id(self, transport: str) -> str:
+        return f"{transport}-{int(time.time())}-{next(_ids)}"
+
+    def admit(self, transport: str) -> None:
+        """Raise CallRefusedError if a new call cannot start now (nothing is reserved)."""
+        if self.draining:
+            self._refuse(transport, Refusal.SHUTTING_DOWN, "shutting down")
+        if self.active >= self.settings.server.max_calls:
+            self._refuse(transport, Refusal.CAPACITY, "too many calls")
+        max_wait = self.settings.server.max_engine_wait_s
+        if max_wait > 0 and (wait := self.engine_backlog.wait_s()) > max_wait:
+            # Media stays on time under load (engines run at low priority); what suffers
+            # is the time to answer a turn. Past this, another call makes every caller wait.
+            log.warning("new %s call refused: engine requests waiting %.1f s", transport, wait)
+            self._refuse(transport, Refusal.ENGINE_BACKLOG, "engines overloaded")
+
+    def _refuse(self, transport: str, kind: Refusal, reason: str) -> None:
+        self.refused(transport, kind)
+        raise CallRefusedError(kind, reason)
+
+    def refused(self, transport: str, kind: str) -> None:
+        """Count a call refused before it started (also by a transport's own rule)."""
+        self.metrics.rejected_total.labels(transport, kind).inc()
+
+    def reserve(self, call_id: str) -> None:
+        """Hold an admitted call's place while its transport sets up (no await between
+        `admit` and this, so two calls cannot both take the last place)."""
+        self._admitted.add(call_id)
+        self._idle.clear()
+
+    def start(self, call_id: str, transport: str, media: LegMedia) -> CallHandle:
+        """Build the session of an admitted call whose transport is set up."""
+        bus = EventBus()
+        bus.subscribe(self.metrics.for_call(transport))
+        bus.subscribe(self._log_event)
+        for subscriber in media.subscribers:
+            bus.subscribe(subscriber)
+        settings = self.settings
+        setup = CallSetup(
+            call_id, self.engines, media.sink, bus=bus, config=settings.agent,
+            vad_params=settings.vad.params(), vad_model=self.vad_model, vad_runner=self.vad,
+            control=media.control, info=media.info,
+            echo_canceller=media.echo_canceller, denoiser=media.denoiser,
+        )  # fmt: skip
+        handle = CallHandle(call_id, transport, CallSession(setup))
+        self._admitted.discard(call_id)
+        self.calls[call_id] = handle
+        log.info("call %s started (%s)", call_id, transport)
+        return handle
+
+    def finish(self, call_id: str, reason: str | None) -> None:
+        """The call is over (or never got past set-up, `reason` None): free its place."""
+        self._admitted.discard(call_id)
+        handle = self.calls.pop(call_id, None)
+        if handle is not None:
+            log.info("call %s ended: %s after %.1f s", call_id, reason,
+                     time.monotonic() - handle.started)  # fmt: skip
+        if not self.active:
+            self._idle.set()
+
+    async def drain(self, deadline_s: float) -> None:
+        """Refuse new calls; wait for running ones up to the deadline, then end them."""
+        self.draining = True
+        if not self.active:
+            return
+        log.info("draining: %d call(s) in progress, deadline %.0f s", self.active, deadline_s)
+        try:
+            await asyncio.wait_for(self._idle.wait(), deadline_s)
+        except TimeoutError:
+            log.warning("drain deadline passed: ending %d call(s)", self.active)
+            for handle in list(self.calls.values()):
+                handle.session.end("shutdown")
+            try:
+                await asyncio.wait_for(self._idle.wait(), 5.0)
+            except TimeoutError:
+                log.error("%d call(s) did not end", self.active)
+
+    def close(self) -> None:
+        self.vad.close()
+        if self._events_log is not None:
+            self._events_log.close()

@@ -1,0 +1,44 @@
+"""Engine settings (the `[engines]` section of `voicebot.config.Settings`): which STT, LLM
+and TTS engines calls use and where remote ones live. Kept beside the engines, as the
+agent's settings are beside the agent, so `models` needs nothing from the layers above."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class EngineSettings(BaseModel):
+    """Which STT / LLM / TTS engines calls use, and where remote ones live."""
+
+    stt: Literal["whisper", "openai"] = "whisper"
+    stt_model: str = Field("base", description="whisper: 'base', 'tiny.en' or a CTranslate2 dir")
+    stt_url: str | None = None
+    stt_api_key: str | None = None
+    stt_remote_model: str = "whisper-1"
+
+    llm: Literal["llama", "scripted", "openai"] = "llama"
+    llm_model_path: Path | None = Field(None, description="GGUF file instead of SmolLM2-135M")
+    llm_script: Path | None = Field(None, description="YAML script for the scripted engine")
+    llm_url: str | None = None
+    llm_api_key: str | None = None
+    llm_remote_model: str = "gpt-4o-mini"
+    llm_tools: bool = Field(False, description="offer transfer/hang-up tools to a remote LLM")
+    llm_max_tokens: int = Field(96, ge=1)
+
+    tts: Literal["piper", "espeak", "openai"] = "piper"
+    tts_voice_path: Path | None = Field(None, description="Piper .onnx voice instead of joe")
+    tts_url: str | None = None
+    tts_api_key: str | None = None
+    tts_remote_model: str = "tts-1"
+    tts_remote_voice: str = "alloy"
+
+    threads: int = Field(2, ge=1, description="CPU threads per local model")
+    nice: int = Field(
+        19, ge=0, le=19,
+        description="local engines' threads run this much lower in priority than the media"
+        " loop (Linux nice; 0 = the same)",
+    )  # fmt: skip
+    transfer_target: str = "sip:queue@localhost"

@@ -1,0 +1,332 @@
+"""One inbound SIP call: its dialog (RFC 3261 sections 12-13), its RTP session, and the
+`Leg` that runs it through the shared call lifecycle.
+
+As a leg, `SipCall` answers the INVITE (100 Trying, 180 Ringing with our tag: an early
+dialog; after `answer_delay_ms`, 200 OK with the SDP answer: confirmed), lets the shared
+media clock step its session, and tears down with a BYE if the dialog is still up when the
+call ends. As the session's `CallControl`, hang-up is a BYE and a transfer a REFER
+(RFC 3515), then a BYE once the transferee reports or a short wait passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from enum import Enum
+from typing import Protocol
+
+from voicebot.agent.session import CallSession
+from voicebot.audio.denoise import make_suppressor
+from voicebot.audio.echo import EchoCanceller
+from voicebot.calls.leg import Leg, LegSetupError
+from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia, Refusal
+from voicebot.config import Settings
+from voicebot.telephony.media_clock import MediaLoad, SipMediaClock
+from voicebot.telephony.message import SipRequest, host_port_of, response_to, tag_of, uri_of
+from voicebot.telephony.rtp import PortAllocator, RtpSession
+from voicebot.telephony.sdp import (
+    AudioOffer,
+    SdpError,
+    SdpNotAcceptableError,
+    build_answer,
+    choose_codec,
+    parse_offer,
+)
+from voicebot.telephony.ua import ALLOW_HEADER, SipEndpoint, new_branch, new_tag
+
+log = logging.getLogger("voicebot.telephony.sip")
+
+# Which refusals are "busy" (the bot is full: try another agent) rather than unavailable.
+_REFUSALS: dict[Refusal, tuple[int, str, int]] = {
+    Refusal.SHUTTING_DOWN: (503, "Service Unavailable (shutting down)", 30),
+    Refusal.CAPACITY: (486, "Busy Here (bot at capacity)", 10),
+    Refusal.ENGINE_BACKLOG: (503, "Service Unavailable (engines overloaded)", 10),
+    Refusal.MEDIA_OVERLOAD: (503, "Service Unavailable (media overloaded)", 5),
+}
+
+
+class SipCallHost(Protocol):
+    """What a call uses of the gateway that owns it (`SipGateway`; no import back)."""
+
+    manager: CallManager
+    settings: Settings
+    endpoint: SipEndpoint
+    ports: PortAllocator
+    media: SipMediaClock
+    media_load: MediaLoad
+    address: str
+    port: int
+    max_calls: int
+    calls: dict[str, SipCall]
+
+    @property
+    def contact(self) -> str: ...
+
+    def forget(self, call: SipCall) -> None: ...
+
+    def record_rtp_stats(self, rtp: RtpSession) -> None: ...
+
+
+class DialogState(Enum):
+    """Where the INVITE's dialog is (RFC 3261 section 12; section 17.2.1 before it)."""
+
+    TRYING = "trying"  # INVITE taken, no response with our tag yet: no dialog
+    EARLY = "early"  # 180 Ringing with our To tag sent (section 12.1.1)
+    CONFIRMED = "confirmed"  # 200 OK sent (section 13.3.1.4)
+    TERMINATED = "terminated"  # BYE either way, CANCEL answered 487, or a final refusal
+
+
+class SipCall(Leg):
+    transport = "sip"
+
+    def __init__(self, gateway: SipCallHost, invite: SipRequest, source: tuple[str, int]) -> None:
+        self.gateway = gateway
+        self.invite = invite
+        self.source = source
+        self.local_tag = new_tag()
+        self.state = DialogState.TRYING
+        self.local_cseq = 1
+        self.rtp: RtpSession | None = None
+        self.session: CallSession | None = None
+        self.echo_canceller: EchoCanceller | None = None
+        self.task: asyncio.Task[str | None] | None = None
+        self.notify: asyncio.Queue[str] = asyncio.Queue()
+
+    @property
+    def sip_call_id(self) -> str:
+        return self.invite.call_id
+
+    # -- Leg ----------------------------------------------------------------------------------
+    @property
+    def call_id(self) -> str:
+        return f"sip-{self.invite.call_id}"
+
+    def admit(self) -> None:
+        gateway = self.gateway
+        if len(gateway.calls) > gateway.max_calls:  # this call is already among them
+            raise CallRefusedError(Refusal.CAPACITY, "too many SIP calls")
+        if gateway.media_load.overloaded:
+            log.warning("call %s refused: %.1f %% of media ticks late",
+                        self.sip_call_id, 100 * gateway.media_load.late_ratio)  # fmt: skip
+            gateway.manager.refused("sip", Refusal.MEDIA_OVERLOAD)
+            raise CallRefusedError(Refusal.MEDIA_OVERLOAD, "media overloaded")
+
+    async def refuse(self, refusal: CallRefusedError) -> None:
+        status, reason, retry_after = _REFUSALS[refusal.kind]
+        self._final(status, reason, retry_after)
+        self.gateway.forget(self)
+
+    async def open(self, call_id: str) -> LegMedia:
+        invite, gateway = self.invite, self.gateway
+        offer, codec = self._read_offer()
+        gateway.endpoint.respond(invite, response_to(invite, 100), self.source)
+        try:
+            self.rtp = await gateway.ports.open(
+                gateway.settings.sip.bind,
+                lambda: RtpSession(
+                    codec, offer.telephone_event_pt, (offer.address, offer.port), self.dtmf
+                ),
+            )
+        except OSError as exc:
+            self._final(503, "Service Unavailable (no RTP port)", 10)
+            raise LegSetupError(str(exc)) from exc
+        if offer.on_hold:
+            self.rtp.send_enabled = False
+        ringing = response_to(invite, 180, to_tag=self.local_tag)
+        ringing.add("Contact", gateway.contact)
+        gateway.endpoint.respond(invite, ringing, self.source)
+        self.state = DialogState.EARLY
+        await asyncio.sleep(gateway.settings.sip.answer_delay_ms / 1000)
+        if self.state is DialogState.TERMINATED:  # CANCEL while ringing: 487 already sent
+            raise LegSetupError("cancelled while ringing")
+        sip = gateway.settings.sip
+        self.echo_canceller = EchoCanceller() if sip.echo_cancellation else None
+        ok = response_to(invite, 200, to_tag=self.local_tag)
+        ok.add("Contact", gateway.contact)
+        ok.add("Allow", ALLOW_HEADER)
+        ok.add("Content-Type", "application/sdp")
+        ok.add("Server", sip.user_agent)
+        ok.body = build_answer(offer, codec, gateway.address, self.rtp.port).encode()
+        gateway.endpoint.respond(invite, ok, self.source, reliable=True)
+        self.state = DialogState.CONFIRMED
+        info: dict[str, object] = {
+            "from": invite.get("From"), "to": invite.get("To"), "sip_call_id": invite.call_id,
+        }  # fmt: skip
+        return LegMedia(
+            self.rtp, control=self, info=info, echo_canceller=self.echo_canceller,
+            denoiser=make_suppressor(sip.noise_suppression),
+        )  # fmt: skip
+
+    async def run(self, session: CallSession) -> str:
+        assert self.rtp is not None  # set in open()
+        self.session = session
+        if self.state is DialogState.TERMINATED:  # BYE raced the start
+            session.end("caller_hangup")
+        self.gateway.media.add(self.rtp, session)
+        try:
+            return await session.run_driven()
+        finally:
+            self.gateway.media.remove(self.rtp)
+
+    async def close(self, reason: str | None) -> None:
+        try:
+            if self.state in (DialogState.TRYING, DialogState.EARLY):
+                self._final(500, "Server Internal Error")  # set-up broke before answering
+            elif self.state is DialogState.CONFIRMED:
+                await self._send_bye()  # the call ended on our side: the caller is still on
+        finally:
+            self.stop_media()
+            self.gateway.forget(self)
+
+    # -- CallControl --------------------------------------------------------------------------
+    async def hangup(self) -> None:
+        await self._send_bye()
+
+    async def transfer(self, target: str) -> None:
+        """Blind transfer: REFER the caller to `target`, then leave the call."""
+        refer = self._in_dialog_request("REFER")
+        refer.add("Refer-To", f"<{target}>")
+        refer.add("Referred-By", f"<{self._local_uri()}>")
+        response = await self.gateway.endpoint.request(refer, self._next_hop(refer), timeout=8.0)
+        if response.status >= 300:
+            raise RuntimeError(f"REFER refused: {response.status} {response.reason}")
+        # The transferee reports progress in NOTIFY sipfrags (RFC 3515 section 2.4.5);
+        # a final one, or a short wait, and we hang up our leg.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                while True:
+                    frag = await self.notify.get()
+                    if re.match(r"SIP/2\.0 [2-6]\d\d", frag):
+                        break
+        await self._send_bye()
+
+    # -- in-dialog requests from the caller ----------------------------------------------------
+    def dtmf(self, digit: str) -> None:
+        """A digit from RFC 4733 events or SIP INFO."""
+        if self.session is not None:
+            self.session.dtmf(digit)
+
+    def caller_hung_up(self) -> None:
+        """BYE from the caller (already answered 200)."""
+        self.state = DialogState.TERMINATED
+        if self.session is not None:
+            self.session.end("caller_hangup")
+        elif self.task is not None:
+            self.task.cancel()
+
+    def cancel(self) -> bool:
+        """CANCEL of the INVITE (section 9.2): 487 unless already answered; False if too
+        late (the call is up and must be ended with BYE)."""
+        if self.state in (DialogState.CONFIRMED, DialogState.TERMINATED):
+            return False
+        self.state = DialogState.TERMINATED
+        terminated = response_to(self.invite, 487, to_tag=self.local_tag)
+        self.gateway.endpoint.respond(self.invite, terminated, self.source, reliable=True)
+        if self.task is not None:
+            self.task.cancel()
+        self.gateway.forget(self)  # a task cancelled before it ran never tears down itself
+        return True
+
+    def reinvite(self, request: SipRequest, addr: tuple[str, int]) -> None:
+        """Hold / unhold / new media address (RFC 3264 section 8)."""
+        endpoint = self.gateway.endpoint
+        try:
+            offer = parse_offer(request.body.decode("utf-8", errors="replace"))
+            codec = choose_codec(offer)
+        except SdpError as exc:
+            endpoint.respond(request, response_to(request, 488, f"Not Acceptable Here ({exc})"),
+                             addr)  # fmt: skip
+            return
+        if self.rtp is None:  # not answered yet: no media to change
+            endpoint.respond(request, response_to(request, 491, "Request Pending"), addr)
+            return
+        self.rtp.send_enabled = not offer.on_hold and offer.port != 0
+        if not offer.on_hold:
+            self.rtp.remote = (offer.address, offer.port)
+        if self.echo_canceller is not None:
+            self.echo_canceller.path_changed()
+        ok = response_to(request, 200, to_tag=self.local_tag)
+        ok.add("Contact", self.gateway.contact)
+        ok.add("Content-Type", "application/sdp")
+        ok.body = build_answer(offer, codec, self.gateway.address, self.rtp.port).encode()
+        endpoint.respond(request, ok, addr, reliable=True)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _read_offer(self) -> tuple[AudioOffer, int]:
+        invite = self.invite
+        if "application/sdp" not in (invite.get("Content-Type") or "").lower() or not invite.body:
+            self._final(488, "Not Acceptable Here (need an SDP offer)")
+            raise LegSetupError("no SDP offer")
+        try:
+            offer = parse_offer(invite.body.decode("utf-8", errors="replace"))
+            return offer, choose_codec(offer)
+        except SdpError as exc:
+            if isinstance(exc, SdpNotAcceptableError):
+                self._final(488, f"Not Acceptable Here ({exc})")
+            else:
+                self._final(400, f"Bad Request ({exc})")
+            raise LegSetupError(f"SDP: {exc}") from exc
+
+    def _final(self, status: int, reason: str, retry_after: int | None = None) -> None:
+        """A final non-2xx response to the INVITE: the dialog never comes to be."""
+        response = response_to(self.invite, status, reason, to_tag=self.local_tag)
+        if retry_after is not None:
+            response.add("Retry-After", str(retry_after))
+        self.gateway.endpoint.respond(self.invite, response, self.source, reliable=True)
+        self.state = DialogState.TERMINATED
+
+    def _local_uri(self) -> str:
+        return uri_of(self.invite.get("To") or "") or f"sip:voicebot@{self.gateway.address}"
+
+    def _in_dialog_request(self, method: str) -> SipRequest:
+        """A request from us inside the dialog (section 12.2.1.1): From/To swapped."""
+        self.local_cseq += 1
+        invite = self.invite
+        remote_target = uri_of(invite.get("Contact") or "") or uri_of(invite.get("From") or "")
+        request = SipRequest(method=method, uri=remote_target)
+        # Section 12.1.1: as UAS our route set is the INVITE's Record-Route, in order.
+        for route in invite.get_all("Record-Route"):
+            for part in route.split(","):
+                request.add("Route", part.strip())
+        gateway = self.gateway
+        request.add(
+            "Via", f"SIP/2.0/UDP {gateway.address}:{gateway.port};branch={new_branch()};rport"
+        )
+        request.add("Max-Forwards", "70")
+        to_hdr = invite.get("To") or ""
+        request.add("From", to_hdr if tag_of(to_hdr) else f"{to_hdr};tag={self.local_tag}")
+        request.add("To", invite.get("From") or "")
+        request.add("Call-ID", self.sip_call_id)
+        request.add("CSeq", f"{self.local_cseq} {method}")
+        request.add("Contact", gateway.contact)
+        request.add("User-Agent", gateway.settings.sip.user_agent)
+        return request
+
+    def _next_hop(self, request: SipRequest) -> tuple[str, int]:
+        """Loose routing (section 16.12): the first Route if any, else where the call came
+        from (symmetric signalling also works through NAT)."""
+        routes = request.get_all("Route")
+        if routes:
+            return host_port_of(uri_of(routes[0]))
+        return self.source
+
+    async def _send_bye(self) -> None:
+        if self.state is not DialogState.CONFIRMED:
+            return
+        self.state = DialogState.TERMINATED
+        bye = self._in_dialog_request("BYE")
+        try:
+            await self.gateway.endpoint.request(bye, self._next_hop(bye), timeout=8.0)
+        except TimeoutError:
+            log.warning("call %s: no answer to our BYE", self.sip_call_id)
+
+    def stop_media(self) -> None:
+        if self.rtp is None:
+            return
+        rtp, self.rtp = self.rtp, None
+        if rtp.port in self.gateway.ports.in_use:
+            self.gateway.record_rtp_stats(rtp)
+        rtp.close()
+        self.gateway.ports.release(rtp.port)
