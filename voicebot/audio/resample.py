@@ -20,7 +20,6 @@ from functools import lru_cache
 from math import ceil, gcd
 
 import numpy as np
-from scipy.signal import firwin
 
 _KAISER_BETA = 5.0
 _HALF_LEN_PER_RATE = 10  # taps per side per unit of max(up, down), as resample_poly
@@ -29,6 +28,10 @@ _SCALE = 32768.0
 
 def design_filter(up: int, down: int) -> np.ndarray:
     """The anti-aliasing / anti-imaging FIR of `resample_poly(x, up, down)` (gain `up`)."""
+    # Imported here, not at module level: scipy.signal costs ~1.5 s to import, and a
+    # process that never resamples (`voicebot vad` on a 16 kHz file) should not pay it.
+    from scipy.signal import firwin
+
     max_rate = max(up, down)
     half_len = _HALF_LEN_PER_RATE * max_rate
     taps = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", _KAISER_BETA))
