@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from voicebot.audio.frames import FRAME_SAMPLES
+from voicebot.audio.frames import FRAME_SAMPLES, silence
 
 
 class AudioSink(Protocol):
@@ -53,10 +53,6 @@ class Playout:
     def empty(self) -> bool:
         return not self._queue
 
-    @property
-    def current(self) -> Utterance | None:
-        return self._queue[0] if self._queue else None
-
     def append(self, utterance: Utterance) -> None:
         self._queue.append(utterance)
 
@@ -70,7 +66,7 @@ class Playout:
         chunk = utt.audio[utt.position : utt.position + FRAME_SAMPLES]
         utt.position += len(chunk)
         if len(chunk) < FRAME_SAMPLES:
-            chunk = np.concatenate([chunk, np.zeros(FRAME_SAMPLES - len(chunk), np.int16)])
+            chunk = np.concatenate([chunk, silence(FRAME_SAMPLES - len(chunk))])
         if utt.remaining <= 0:
             self._queue.popleft()
         return chunk, utt
@@ -88,6 +84,3 @@ class Playout:
         rest = [u for u in self._queue if u.remaining > 0]
         self._queue.clear()
         return rest
-
-    def clear(self) -> None:
-        self._queue.clear()

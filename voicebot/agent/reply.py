@@ -55,7 +55,6 @@ class ReplyPipeline:
         self._uses_llm = False
         self.action: CallAction | None = None
         self.failed = False
-        self.text_written: list[str] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -100,7 +99,6 @@ class ReplyPipeline:
 
     def _add_sentence(self, sentence: str) -> None:
         self._sentences.append(sentence)
-        self.text_written.append(sentence)
         self._sentence_ready.set()
 
     async def _run_llm(self, llm: LanguageModel, messages: list[ChatMessage]) -> None:

@@ -9,7 +9,6 @@ result is what a live call on this machine would sound like, produced faster tha
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from voicebot.agent.clock import LiveClock, VirtualClock
+from voicebot.agent.clock import FrameTicker, LiveClock, VirtualClock
 from voicebot.agent.config import AgentConfig
-from voicebot.agent.events import EventBus, EventLog
+from voicebot.agent.events import AgentState, EventBus, EventLog
 from voicebot.agent.session import FRAME_SECONDS, CallSession, CallSetup, Engines
 from voicebot.audio.denoise import make_suppressor
 from voicebot.audio.echo import EchoCanceller
-from voicebot.audio.frames import FRAME_SAMPLES, split_frames
+from voicebot.audio.frames import FRAME_SAMPLES, silence, split_frames
 from voicebot.models.vad import SileroVad, VadParams
 
 
@@ -44,7 +43,6 @@ class RecordingSink:
     def __init__(self, echo: EchoPath | None = None, input_samples: int = 0) -> None:
         self.frames: dict[int, np.ndarray] = {}
         self.position = 0  # index of the input frame being processed
-        self.cleared = 0
         self.echo = echo
         self.echo_buffer = np.zeros(input_samples + 16000, np.float64)
 
@@ -60,7 +58,6 @@ class RecordingSink:
 
     def clear(self) -> int:
         # Frames are "played" the moment they are written here: nothing queued to drop.
-        self.cleared += 1
         return 0
 
     def audio(self, n_frames: int) -> np.ndarray:
@@ -122,19 +119,18 @@ async def simulate_call(
     began = time.perf_counter()
 
     async def feed() -> AsyncIterator[np.ndarray]:
-        silence = np.zeros(FRAME_SAMPLES, np.int16)
+        quiet = silence()
+        ticker = FrameTicker()
         total = len(frames) + tail_frames
         for k in range(total):
-            if k >= len(frames) and session.state.value == "WAITING_FOR_SPEECH" and session.idle:
+            if k >= len(frames) and session.state is AgentState.WAITING_FOR_SPEECH and session.idle:
                 break
             if isinstance(clock, VirtualClock):
                 await clock.advance_to(k * FRAME_SECONDS)
             else:
-                delay = began + k * FRAME_SECONDS - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                await ticker.wait()
             sink.position = k
-            frame = frames[k] if k < len(frames) else silence
+            frame = frames[k] if k < len(frames) else quiet
             if echo_path is not None:
                 line = sink.echo_buffer[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES]
                 noise = (

@@ -51,7 +51,6 @@ class BatchedVad:
         self._pending: list[_Request] = []
         self._running = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
-        self.batches = 0
         self.windows = 0
 
     async def probability(self, stream: VadStream, window: np.ndarray) -> float:
@@ -114,7 +113,6 @@ class BatchedVad:
         return probs
 
     def _finish_batch(self, done: asyncio.Future[np.ndarray], batch: list[_Request]) -> None:
-        self.batches += 1
         exc: BaseException | None = (
             RuntimeError("VAD run cancelled") if done.cancelled() else done.exception()
         )

@@ -63,6 +63,11 @@ class GatewayMetrics:
             "voicebot_rtp_packets_total", "RTP packets of SIP calls, by kind",
             ["kind"], registry=self.registry,
         )  # fmt: skip
+        self.sip_discarded = Counter(
+            "voicebot_sip_discarded_total",
+            "SIP datagrams refused before dispatch: malformed, or from outside the allow-list",
+            ["kind"], registry=self.registry,
+        )  # fmt: skip
         self.rtp_late_ticks = Counter(
             "voicebot_rtp_late_ticks_total",
             "20 ms media ticks that ran more than one frame late (SIP calls)",

@@ -38,7 +38,11 @@ class SipGateway:
         self.address = sip.advertise_address or (sip.bind if sip.bind != "0.0.0.0" else "127.0.0.1")
         self.port = settings.sip_port
         self.ports = PortAllocator(sip.rtp_port_min, sip.rtp_port_max)
-        self.endpoint = SipEndpoint(self._on_request, settings.sip_allow)
+        discarded = manager.metrics.sip_discarded
+        self.endpoint = SipEndpoint(
+            self._on_request, settings.sip_allow,
+            on_discarded=lambda kind: discarded.labels(kind).inc(),
+        )  # fmt: skip
         self.calls: dict[str, SipCall] = {}
         self.max_calls = sip.max_calls or settings.server.max_calls
         self.registration: Registration | None = None

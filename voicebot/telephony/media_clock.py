@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from voicebot.agent.clock import FrameTicker
 from voicebot.agent.session import CallSession
 from voicebot.agent.vad_runner import BatchedVad
 from voicebot.audio import g711
-from voicebot.audio.frames import FRAME_SAMPLES
+from voicebot.audio.frames import FRAME_SAMPLES, silence
 from voicebot.audio.resample import resample_many
 from voicebot.models.vad import VadStream
 from voicebot.telephony.rtp import PACKET_SECONDS, SAMPLES_PER_PACKET, RtpSession
@@ -43,7 +44,6 @@ from voicebot.telephony.sdp import PCMU
 
 log = logging.getLogger("voicebot.telephony.media")
 
-_RESYNC_S = 1.0  # further behind than this, skip ticks rather than burst to catch up
 _VAD_TIMEOUT_S = 2.0  # a VAD run for every call takes a few ms: this is a stuck model
 # The codecs take whole 2-D blocks (one row per call) as well as single frames.
 _DECODE = {True: g711.ulaw_decode, False: g711.alaw_decode}
@@ -104,29 +104,18 @@ class SipMediaClock:
                 await self._task
 
     async def _run(self) -> None:
-        start = time.monotonic()
-        k = 0
+        ticker = FrameTicker(PACKET_SECONDS)
+        await ticker.wait()
         try:
             while self._legs:
-                k += 1
-                delay = start + k * PACKET_SECONDS - time.monotonic()
-                late, skipped = False, 0
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                else:
-                    # Behind: still let the loop take in packets between catch-up ticks
-                    # (a tick with no VAD window due never awaits otherwise).
-                    await asyncio.sleep(0)
-                    if delay < -PACKET_SECONDS:
-                        late = True
-                    if delay < -_RESYNC_S:  # the loop stalled: re-anchor rather than burst
-                        skipped = int(-delay / PACKET_SECONDS)
-                        start = time.monotonic() - k * PACKET_SECONDS
+                # Behind, the ticker still yields to the loop between catch-up ticks, so
+                # packets keep being taken in (a tick with no VAD window never awaits).
+                step = await ticker.wait()
                 began = time.perf_counter()
                 try:
-                    moved = await self.tick(late)
+                    moved = await self.tick(step.late)
                     if self.on_tick is not None:
-                        self.on_tick(moved, time.perf_counter() - began, late, skipped)
+                        self.on_tick(moved, time.perf_counter() - began, step.late, step.skipped)
                 except Exception:  # a bug here must not stop the clock of every call
                     self._failures += 1
                     if self._failures == 1 or self._failures % 250 == 0:
@@ -272,7 +261,7 @@ def _encode_bot_frames(legs: list[MediaLeg]) -> list[tuple[RtpSession, bytes]]:
         if frame is None and leg.rtp.downsampler.skip_silence(FRAME_SAMPLES):
             continue  # silence in, filter state silent: silence out, no arithmetic
         talking.append(i)
-        frames.append(np.zeros(FRAME_SAMPLES, np.int16) if frame is None else frame)
+        frames.append(silence() if frame is None else frame)
     payloads = [_SILENCE[leg.ulaw] for leg in legs]
     if talking:
         pcm8 = resample_many([legs[i].rtp.downsampler for i in talking], np.stack(frames))

@@ -114,7 +114,6 @@ class RtpSession(asyncio.DatagramProtocol):
         self._dtmf = DtmfDetector()
         self._transport: asyncio.DatagramTransport | None = None
         self._latched = False
-        self._remote_ssrc: int | None = None
         self.jitter = JitterBuffer()
         self.out_frame: np.ndarray | None = None
         self.upsampler = StreamingResampler(8000, 16000)

@@ -42,7 +42,6 @@ class AudioOffer:
     payload_types: list[int]
     rtpmap: dict[int, str] = field(default_factory=dict)  # pt -> "name/rate"
     direction: str = "sendrecv"
-    ptime: int | None = None
 
     def codec_name(self, pt: int) -> str | None:
         if pt in self.rtpmap:
@@ -108,8 +107,6 @@ def parse_offer(sdp: str) -> AudioOffer:
                 m = re.match(r"(\d+)\s+(\S+)", arg)
                 if m:
                     audio.rtpmap[int(m.group(1))] = m.group(2)
-            elif in_audio and audio is not None and name == "ptime" and arg.strip().isdigit():
-                audio.ptime = int(arg)
     if audio is None:
         raise SdpError("no audio m-line in the offer")
     if not audio.address:

@@ -66,14 +66,21 @@ RequestHandler = Callable[[SipRequest, tuple[str, int]], None]
 class SipEndpoint(asyncio.DatagramProtocol):
     """The UDP socket: parses datagrams, matches transactions, hands requests on."""
 
-    def __init__(self, on_request: RequestHandler, allow: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        on_request: RequestHandler,
+        allow: list[str] | None = None,
+        on_discarded: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_discarded(kind)` counts datagrams refused before dispatch: "malformed"
+        (unparseable) or "forbidden" (source outside the allow-list)."""
         self.on_request = on_request
+        self.on_discarded = on_discarded
         self.allow = [ipaddress.ip_network(cidr, strict=False) for cidr in allow or []]
         self.transport: asyncio.DatagramTransport | None = None
         self._server_tx: dict[tuple[str, str, str], ServerTransaction] = {}
         self._client_tx: dict[tuple[str, str], asyncio.Future[SipResponse]] = {}
         self._invites: dict[tuple[str, int], ServerTransaction] = {}
-        self.stats = {"received": 0, "malformed": 0, "forbidden": 0}
 
     # -- socket ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -85,13 +92,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
         return self.transport.get_extra_info("sockname")[1]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.stats["received"] += 1
         if not data.strip():
             return  # RFC 5626 CRLF keep-alive
         try:
             message = parse_message(data)
         except SipParseError as exc:
-            self.stats["malformed"] += 1
+            self._discarded("malformed")
             log.info("malformed SIP from %s:%d: %s", addr[0], addr[1], exc)
             self._answer_malformed(data, addr, str(exc))
             return
@@ -109,6 +115,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         log.debug("SIP socket error: %s", exc)
 
+    def _discarded(self, kind: str) -> None:
+        if self.on_discarded is not None:
+            self.on_discarded(kind)
+
     def send(self, message: SipRequest | SipResponse, addr: tuple[str, int]) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(message.to_bytes(), addr)
@@ -122,7 +132,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
 
     def _on_request(self, request: SipRequest, addr: tuple[str, int]) -> None:
         if not self._allowed(addr):
-            self.stats["forbidden"] += 1
+            self._discarded("forbidden")
             if request.method != "ACK":
                 self.send(response_to(request, 403, "Forbidden (source not allowed)"), addr)
             return
