@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -30,6 +30,19 @@ class AgentState(StrEnum):
     INTERRUPTED = "INTERRUPTED"
 
 
+_COMMON = ("call_id", "t")
+
+
+def _rounded(digits: int) -> Any:
+    """A required float field sent rounded to `digits` decimals."""
+    return field(metadata={"digits": digits})
+
+
+def _off_wire() -> Any:
+    """A required field for consumers in the process, not sent on the wire."""
+    return field(metadata={"off_wire": True})
+
+
 @dataclass(frozen=True, kw_only=True)
 class Event:
     """What every event has: the call and when, in seconds of call audio."""
@@ -39,8 +52,17 @@ class Event:
     t: float
 
     def payload(self) -> dict[str, Any]:
-        """The type's own JSON fields, in wire order."""
-        return {}
+        """The type's own JSON fields in declaration order: floats rounded where declared
+        with `_rounded`, states as their names, fields declared `_off_wire` left out."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name in _COMMON or f.metadata.get("off_wire"):
+                continue
+            value = getattr(self, f.name)
+            if "digits" in f.metadata:
+                value = round(value, f.metadata["digits"])
+            out[f.name] = value.value if isinstance(value, AgentState) else value
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "call_id": self.call_id, "t": round(self.t, 3),
@@ -66,19 +88,13 @@ class StateChanged(Event):
     type: ClassVar[str] = "state"
     state: AgentState
 
-    def payload(self) -> dict[str, Any]:
-        return {"state": self.state.value}
-
 
 @dataclass(frozen=True, kw_only=True)
 class VadLevel(Event):
     """Peak speech probability since the last one (rate-limited)."""
 
     type: ClassVar[str] = "vad"
-    probability: float
-
-    def payload(self) -> dict[str, Any]:
-        return {"probability": round(self.probability, 3)}
+    probability: float = _rounded(3)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,19 +102,13 @@ class SpeechStarted(Event):
     """`t`: when the segmenter confirmed speech; `onset`: where the speech began."""
 
     type: ClassVar[str] = "speech_start"
-    onset: float
-
-    def payload(self) -> dict[str, Any]:
-        return {"onset": round(self.onset, 3)}
+    onset: float = _rounded(3)
 
 
 @dataclass(frozen=True, kw_only=True)
 class SpeechEnded(Event):
     type: ClassVar[str] = "speech_end"
-    duration: float
-
-    def payload(self) -> dict[str, Any]:
-        return {"duration": round(self.duration, 3)}
+    duration: float = _rounded(3)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,9 +116,6 @@ class TranscriptReady(Event):
     type: ClassVar[str] = "transcript"
     text: str
     final: bool = True
-
-    def payload(self) -> dict[str, Any]:
-        return {"text": self.text, "final": self.final}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,28 +125,19 @@ class BotText(Event):
     type: ClassVar[str] = "bot_text"
     text: str
 
-    def payload(self) -> dict[str, Any]:
-        return {"text": self.text}
-
 
 @dataclass(frozen=True, kw_only=True)
 class Interrupted(Event):
     """A barge-in: `latency_ms` from speech onset in the audio to output flushed."""
 
     type: ClassVar[str] = "interrupted"
-    latency_ms: float
-
-    def payload(self) -> dict[str, Any]:
-        return {"latency_ms": round(self.latency_ms, 1)}
+    latency_ms: float = _rounded(1)
 
 
 @dataclass(frozen=True, kw_only=True)
 class DtmfPressed(Event):
     type: ClassVar[str] = "dtmf"
     digit: str
-
-    def payload(self) -> dict[str, Any]:
-        return {"digit": self.digit}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,20 +147,14 @@ class ErrorRaised(Event):
     beyond the message itself."""
 
     type: ClassVar[str] = "error"
-    source: str
+    source: str = _off_wire()
     message: str
-
-    def payload(self) -> dict[str, Any]:
-        return {"message": self.message}
 
 
 @dataclass(frozen=True, kw_only=True)
 class CallEnded(Event):
     type: ClassVar[str] = "call_ended"
     reason: str
-
-    def payload(self) -> dict[str, Any]:
-        return {"reason": self.reason}
 
 
 Subscriber = Callable[[Event], None]
