@@ -66,10 +66,8 @@ the 21 s of audio, ~3 s teardown and analysis);
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import datetime
 import json
 import os
 import platform
@@ -84,27 +82,19 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench, tests, voicebot
 
-from bench.common import (  # noqa: E402
-    affinity,
-    cpu_model,
-    md_table,
-    metric_samples,
-    package_version,
-    proc_cpu,
-    publish,
-    system_cpu,
-)
+from bench import common
+from bench import load_driver as driver
+from bench.common import Log, fmt, md_table, pct, publish
+from bench.load_driver import HEAVY, LIGHT
 
 SCENARIO = Path(__file__).resolve().with_name("sip_load.xml")
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
@@ -122,19 +112,7 @@ QUESTIONS = (
     (10.0, "Please cancel my subscription at the end of this month.", "I can cancel that"),
 )
 REPLY_S = 7.0  # a scripted answer lasts about 6 s
-
-Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Engines:
-    label: str
-    stt_model: str
-    tts: str
-
-
-LIGHT = Engines("tiny.en + espeak-ng", "tiny.en", "espeak")
-HEAVY = Engines("base + Piper", "base", "piper")
+PACKAGES = ("faster-whisper", "ctranslate2", "onnxruntime", "numpy", "aiortc", "uvicorn")
 
 
 @dataclass(frozen=True)
@@ -142,7 +120,7 @@ class Check:
     """An extra run after the sweep: another layout or other engines at some N."""
 
     label: str
-    engines: Engines
+    engines: driver.Engines
     layout: str
     n_of_capacity: float  # N = this x capacity (rounded to 5), at least `min_n`
     min_n: int
@@ -184,17 +162,11 @@ FULL = Config(
     ),
     budget_s=11 * 60,
 )
-QUICK = Config(
-    ns=(5, 20),
-    hold_s=9.0,
-    spread_s=2.0,
-    ramp_max_s=2.0,
-    min_cps=10.0,
-    bisect_steps=0,
-    bisect_min_gap=0.2,
-    checks=(Check("echo canceller off", LIGHT, "shared", 1.0, 5, ECHO_OFF),),
-    budget_s=60,
-)
+QUICK = dataclasses.replace(
+    FULL,
+    ns=(5, 20), hold_s=9.0, spread_s=2.0, ramp_max_s=2.0, bisect_steps=0,
+    checks=(Check("echo canceller off", LIGHT, "shared", 1.0, 5, ECHO_OFF),), budget_s=60,
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- helpers
@@ -223,100 +195,48 @@ def free_udp_ports(taken: set[int], span: int = 1) -> int:
     raise RuntimeError("no free UDP port for SIPp")
 
 
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of the process (all threads) + cutime + cstime of reaped children."""
-    return sum(proc_cpu(pid))
-
-
 def proc_cpu_split(pid: int) -> dict[str, float]:
     """CPU seconds of the main thread (the asyncio event loop), of the other threads (engine
     pool: Whisper; the VAD thread; ONNX Runtime / CTranslate2 workers) and of reaped children
     (espeak-ng)."""
-    threads, children = proc_cpu(pid)
-    loop = proc_cpu(pid, pid)[0]
+    threads, children = common.proc_cpu(pid)
+    loop = common.proc_cpu(pid, pid)[0]
     return {"loop": loop, "threads": threads - loop, "children": children}
-
-
-def pct(values: Sequence[float] | np.ndarray, q: float) -> float | None:
-    arr = np.asarray(values, dtype=np.float64)
-    return float(np.percentile(arr, q)) if arr.size else None
 
 
 def ratio(num: float, den: float) -> float | None:
     return num / den if den else None
 
 
-class Monitor:
-    """Samples (wall time, server CPU s, event-loop thread CPU s, machine busy, machine
-    total) every 0.25 s."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.samples: list[tuple[float, float, float, int, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _sample(self) -> None:
-        with contextlib.suppress(OSError):
-            busy, total = system_cpu()
-            split = proc_cpu_split(self.pid)
-            cpu = split["loop"] + split["threads"] + split["children"]
-            self.samples.append((time.time(), cpu, split["loop"], busy, total))
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(0.25)
-
-    def __enter__(self) -> Monitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    def window(self, t_a: float, t_b: float) -> dict[str, float | None]:
-        """Server CPU and its event-loop thread (% of one core), machine CPU (% of all
-        cores) between t_a and t_b."""
-        inside = [s for s in self.samples if t_a <= s[0] <= t_b]
-        if len(inside) < 2:
-            return {"server_core_pct": None, "loop_core_pct": None, "machine_pct": None,
-                    "seconds": 0.0}  # fmt: skip
-        a, b = inside[0], inside[-1]
-        return {
-            "server_core_pct": 100 * (b[1] - a[1]) / (b[0] - a[0]),
-            "loop_core_pct": 100 * (b[2] - a[2]) / (b[0] - a[0]),
-            "machine_pct": 100 * (b[3] - a[3]) / max(1, b[4] - a[4]),
-            "seconds": b[0] - a[0],
-        }
+def all_up_window(sampler: driver.CpuSampler, t_a: float, t_b: float) -> dict[str, float | None]:
+    """Server CPU and its event-loop thread (% of one core), machine CPU (% of all cores)
+    between t_a and t_b."""
+    w = sampler.window(t_a, t_b)
+    if w is None:
+        return {"server_core_pct": None, "loop_core_pct": None, "machine_pct": None,
+                "seconds": 0.0}  # fmt: skip
+    return {
+        "server_core_pct": 100 * (w["own"] + w["children"]),
+        "loop_core_pct": 100 * w["main_thread"],
+        "machine_pct": 100 * w["machine"],
+        "seconds": w["seconds"],
+    }
 
 
 def scrape_metrics(http: str) -> dict[str, Any]:
     """The gateway's Prometheus figures (summed over labels unless split by one)."""
-    samples = metric_samples(http)
-
-    def total(name: str) -> float:
-        return sum(v for _, v in samples.get(name, []))
-
-    def by(name: str, label: str) -> dict[str, float]:
-        return {lab.get(label, "?"): v for lab, v in samples.get(name, [])}
-
-    def mean(name: str) -> float | None:
-        return ratio(total(f"{name}_sum"), total(f"{name}_count"))
-
+    m = common.Metrics.scrape(http)
     return {
-        "rtp_packets": by("voicebot_rtp_packets_total", "kind"),
-        "rtp_late_ticks": total("voicebot_rtp_late_ticks_total"),
-        "active_calls": total("voicebot_active_calls"),
-        "calls_total": by("voicebot_calls_total", "reason"),
-        "rejected_total": total("voicebot_calls_rejected_total"),
-        "engine_errors": by("voicebot_engine_errors_total", "engine"),
-        "vad_batch_mean": mean("voicebot_vad_batch_size"),
-        "vad_window_mean_s": mean("voicebot_vad_window_seconds"),
-        "end_of_turn_mean_s": mean("voicebot_end_of_turn_latency_seconds"),
-        "end_of_turn_count": total("voicebot_end_of_turn_latency_seconds_count"),
+        "rtp_packets": m.by("voicebot_rtp_packets_total", "kind"),
+        "rtp_late_ticks": m.total("voicebot_rtp_late_ticks_total"),
+        "active_calls": m.total("voicebot_active_calls"),
+        "calls_total": m.by("voicebot_calls_total", "reason"),
+        "rejected_total": m.total("voicebot_calls_rejected_total"),
+        "engine_errors": m.by("voicebot_engine_errors_total", "engine"),
+        "vad_batch_mean": m.mean("voicebot_vad_batch_size"),
+        "vad_window_mean_s": m.mean("voicebot_vad_window_seconds"),
+        "end_of_turn_mean_s": m.mean("voicebot_end_of_turn_latency_seconds"),
+        "end_of_turn_count": m.total("voicebot_end_of_turn_latency_seconds_count"),
     }
 
 
@@ -559,38 +479,28 @@ def sipp_stats(path: Path) -> dict[str, Any]:
 @dataclass(frozen=True)
 class RunSpec:
     label: str
-    engines: Engines
+    engines: driver.Engines
     layout: str  # "pinned" or "shared"
     n: int
     env: tuple[tuple[str, str], ...] = ()
     spread: bool = True  # False: every caller speaks right after the answer (turns in sync)
 
 
-def server_env(spec: RunSpec, sip_port: int, events: Path) -> dict[str, str]:
-    env = {
-        "VOICEBOT_SIP_PORT": str(sip_port),
-        "VOICEBOT_SIP__RTP_PORT_MIN": str(RTP_MIN),
-        "VOICEBOT_SIP__RTP_PORT_MAX": str(RTP_MAX),
-        "VOICEBOT_SIP__ANSWER_DELAY_MS": "0",
-        "VOICEBOT_SIP__MAX_CALLS": "1000",
-        "VOICEBOT_SERVER__MAX_CALLS": "1000",
-        "VOICEBOT_ENGINES__LLM": "scripted",
-        "VOICEBOT_ENGINES__STT_MODEL": spec.engines.stt_model,
-        "VOICEBOT_ENGINES__TTS": spec.engines.tts,
-        "VOICEBOT_AGENT__GREETING": "",
-        "VOICEBOT_AGENT__VAD_EVENT_INTERVAL_MS": "0",
-        "VOICEBOT_SERVER__EVENTS_LOG": str(events),
-        "VOICEBOT_LOG_LEVEL": "warning",
-    }
-    if spec.layout == "shared":
-        # With more than one CPU numpy's OpenBLAS runs a thread pool: a fork() (uvloop's,
-        # for espeak-ng, before espeak-ng moved to a worker thread) during a matmul on
-        # another thread could deadlock it (seen by bench/ws_load.py), and a threaded BLAS
-        # call on the event loop (the echo canceller's 16000-sample dot products) waits for
-        # a busy second core: stalls of tens of ms.
-        # Pinned to one CPU OpenBLAS is single-threaded anyway. The "OpenBLAS threads as
-        # shipped" check runs without this.
-        env["OPENBLAS_NUM_THREADS"] = "1"
+def gateway_env(spec: RunSpec, sip_port: int, events: Path) -> dict[str, str]:
+    # OPENBLAS_NUM_THREADS=1 when shared: a threaded BLAS call on the event loop (the echo
+    # canceller's 16000-sample dot products) waits for a busy second core, stalls of tens of
+    # ms (and see `server_env`). The "OpenBLAS threads as shipped" check runs without it.
+    env = driver.server_env(
+        spec.engines,
+        spec.layout == "shared",
+        VOICEBOT_SIP_PORT=str(sip_port),
+        VOICEBOT_SIP__RTP_PORT_MIN=str(RTP_MIN),
+        VOICEBOT_SIP__RTP_PORT_MAX=str(RTP_MAX),
+        VOICEBOT_SIP__ANSWER_DELAY_MS="0",
+        VOICEBOT_SIP__MAX_CALLS="1000",
+        VOICEBOT_SERVER__EVENTS_LOG=str(events),
+        VOICEBOT_LOG_LEVEL="warning",
+    )
     env.update(dict(spec.env))
     return {k: v for k, v in env.items() if v != ""}
 
@@ -662,8 +572,6 @@ def wait_idle(http: str, timeout_s: float) -> dict[str, Any]:
 
 
 def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict[str, Any]:
-    from tests.gateway_server import gateway
-
     work = base / f"{spec.label.replace(' ', '-')}-n{spec.n}"
     work.mkdir(parents=True, exist_ok=True)
     events = work / "events.jsonl"
@@ -692,17 +600,17 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
         "-trace_err", "-error_file", str(work / "sipp-errors.log"),
     ]  # fmt: skip
     pinned = spec.layout == "pinned"
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    load_at_start = common.loadavg()
     log(f"{spec.label}: N={spec.n} (ramp {ramp_s:.1f} s, spread {spread_s:.0f} s), "
         f"load {load_at_start[0]:.2f}")  # fmt: skip
     began = time.monotonic()
     with contextlib.ExitStack() as stack:
-        with affinity({1} if pinned else None):
-            gw = stack.enter_context(gateway(work, **server_env(spec, sip_port, events)))
+        env = gateway_env(spec, sip_port, events)
+        gw = stack.enter_context(driver.serve(work, env, {1} if pinned else None))
         pid = gw.proc.pid
         startup_s = time.monotonic() - began
         capture = stack.enter_context(tcpdump(pcap))
-        monitor = stack.enter_context(Monitor(pid))
+        monitor = stack.enter_context(driver.CpuSampler(pid, 0.25, clock=time.time))
         cpu_before = proc_cpu_split(pid)
         t0 = time.time()
         code, sipp_cpu, sipp_wall = run_sipp(cmd, work, sipp_timeout + 15)
@@ -717,7 +625,7 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
         stack.close()  # stop the monitor, tcpdump, then the server
         server_log = gw.log()
     phases = (t0, t0 + ramp_s, t0 + cfg.hold_s)
-    window = monitor.window(t0 + ramp_s + 1.0, t0 + cfg.hold_s - 0.5)
+    window = all_up_window(monitor, t0 + ramp_s + 1.0, t0 + cfg.hold_s - 0.5)
     wire = analyse_capture(pcap, phases)
     turns = analyse_events(events)
     sipp = sipp_stats(stat_csv)
@@ -763,7 +671,7 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
     log(
         f"  -> {row['verdict']}: SIPp ok {sipp.get('successful')}/{spec.n}, late server "
         f"{f_pct(row['late_rate_server'])} wire {f_pct(wire['bot']['late_rate'])}, CPU "
-        f"{f(window['server_core_pct'], 0)} % core, EOT p50 {f(turns['eot_p50_s'], 2)} s"
+        f"{fmt(window['server_core_pct'], 0)} % core, EOT p50 {fmt(turns['eot_p50_s'], 2)} s"
     )
     return row
 
@@ -789,68 +697,44 @@ def clearly_over(row: dict[str, Any]) -> bool:
     return row["verdict"] == "failed calls" or worst_late(row) >= OVER_LATE
 
 
-def capacity(rows: Sequence[dict[str, Any]]) -> int | None:
-    """Largest ok N with every smaller N tried ok too."""
-    best = None
-    for row in sorted(rows, key=lambda r: r["n"]):
-        if row["verdict"] != "ok":
-            break
-        best = row["n"]
-    return best
+def next_n(rows: list[dict[str, Any]], min_gap: float) -> int | None:
+    """Halfway (rounded to 5) between the capacity and the first N over it; None once they
+    are within max(5, `min_gap` x capacity) or halfway was tried already."""
+    ok = [r["n"] for r in rows if r["verdict"] == "ok"]
+    bad = [r["n"] for r in rows if r["verdict"] != "ok"]
+    good = driver.capacity(rows)
+    if good is None or not bad:
+        return None
+    first_bad = min(n for n in bad if n > good)
+    if first_bad - good <= max(5, min_gap * good):
+        return None
+    mid = int(round((good + first_bad) / 2 / 5) * 5)
+    return None if mid in ok or mid in bad or mid in (good, first_bad) else mid
 
 
-def run_sweep(
-    cfg: Config, engines: Engines, layout: str, ns: Sequence[int], wav: Path, base: Path,
+def sweep_runs(
+    cfg: Config, engines: driver.Engines, layout: str, ns: Sequence[int], wav: Path, base: Path,
     started: float, log: Log, env: tuple[tuple[str, str], ...] = (),
 ) -> list[dict[str, Any]]:  # fmt: skip
-    rows: list[dict[str, Any]] = []
-    label = "sweep"
-    for n in ns:
-        if time.perf_counter() - started > cfg.budget_s:
-            log(f"time budget spent: no N above {rows[-1]['n'] if rows else 0}")
-            break
-        rows.append(run_one(RunSpec(label, engines, layout, n, env), cfg, wav, base, log))
-        if clearly_over(rows[-1]) or (
-            len(rows) >= 2 and all(r["verdict"] != "ok" for r in rows[-2:])
-        ):
-            break
-    for _ in range(cfg.bisect_steps):
-        ok = [r["n"] for r in rows if r["verdict"] == "ok"]
-        bad = [r["n"] for r in rows if r["verdict"] != "ok"]
-        good = capacity(rows)
-        if good is None or not bad:
-            break
-        first_bad = min(n for n in bad if n > good)
-        if first_bad - good <= max(5, cfg.bisect_min_gap * good):
-            break
-        mid = int(round((good + first_bad) / 2 / 5) * 5)
-        if mid in ok or mid in bad or mid in (good, first_bad):
-            break
-        rows.append(run_one(RunSpec(label, engines, layout, mid, env), cfg, wav, base, log))
-    return sorted(rows, key=lambda r: r["n"])
+    """The sweep's runs by N: up `ns` until clearly over (or two Ns in a row not ok), then
+    `cfg.bisect_steps` bisections."""
+    budget = driver.Budget(started=started)
+    return driver.run_sweep(
+        lambda n: run_one(RunSpec("sweep", engines, layout, n, env), cfg, wav, base, log), ns,
+        time_left=lambda: budget.left(cfg.budget_s, "sweep", log),
+        stop=lambda rows: clearly_over(rows[-1])
+        or (len(rows) >= 2 and all(r["verdict"] != "ok" for r in rows[-2:])),
+        bisect_steps=cfg.bisect_steps, next_n=lambda rows: next_n(rows, cfg.bisect_min_gap),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- report
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = cpu_model()
-    sipp_version = subprocess.run([SIPP, "-v"], capture_output=True, text=True).stdout
-    match = re.search(r"SIPp v?([\w.\-]+)", sipp_version)
-    packages = ("faster-whisper", "ctranslate2", "onnxruntime", "numpy", "aiortc", "uvicorn")
-    versions = {pkg: package_version(pkg) for pkg in packages}
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "sipp": match.group(1) if match else sipp_version.strip()[:40],
-        "packages": versions,
-    }
-
-
-def f(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def sipp_version() -> str:
+    out = subprocess.run([SIPP, "-v"], capture_output=True, text=True).stdout
+    match = re.search(r"SIPp v?([\w.\-]+)", out)
+    return match.group(1) if match else out.strip()[:40]
 
 
 def f_pct(value: float | None, digits: int = 2) -> str:
@@ -885,7 +769,7 @@ def timing_table(rows: Sequence[dict[str, Any]], label: bool = False) -> str:
             f"{r['metrics']['rtp_late_ticks']:.0f} ({late_server})",
             f"{bot['late']} ({f_pct(bot['late_rate'])})",
             f_pct(bot["missing_rate"]),
-            f(r["media_clock_ratio"], 3),
+            fmt(r["media_clock_ratio"], 3),
             f"{bot['streams_with_late']}/{bot['streams']}",
             f"{bot['lateness_p99_ms']:.1f} / {bot['lateness_max_ms']:.0f}",
             f"{bot['jitter_mean_ms']:.2f} / {bot['jitter_max_ms']:.1f}",
@@ -910,15 +794,15 @@ def cost_table(rows: Sequence[dict[str, Any]], label: bool = False) -> str:
         t, w, split = r["turns"], r["all_up_window"], r["cpu_per_call_split_pct"]
         cells = [
             r["n"],
-            f"{f(w['server_core_pct'], 0)} / {f(w['loop_core_pct'], 0)}",
-            f"{f(r['cpu_per_call_pct'], 2)} / {f(split['loop'], 2)} / "
-            f"{f(split['threads'], 2)} / {f(split['children'], 2)}",
-            f"{f(w['machine_pct'], 0)} %",
-            f(100 * r["sipp_cpu_s"] / r["sipp_wall_s"], 0) if r["sipp_wall_s"] else "-",
+            f"{fmt(w['server_core_pct'], 0)} / {fmt(w['loop_core_pct'], 0)}",
+            f"{fmt(r['cpu_per_call_pct'], 2)} / {fmt(split['loop'], 2)} / "
+            f"{fmt(split['threads'], 2)} / {fmt(split['children'], 2)}",
+            f"{fmt(w['machine_pct'], 0)} %",
+            fmt(100 * r["sipp_cpu_s"] / r["sipp_wall_s"], 0) if r["sipp_wall_s"] else "-",
             f"{t['replied']}/{t['turns']}",
             f"{t['understood']}/{t['turns']}",
-            f"{f(t['eot_p50_s'], 2)} / {f(t['eot_p95_s'], 2)} / {f(t['eot_max_s'], 2)}",
-            f(r["metrics"]["vad_batch_mean"], 1),
+            f"{fmt(t['eot_p50_s'], 2)} / {fmt(t['eot_p95_s'], 2)} / {fmt(t['eot_max_s'], 2)}",
+            fmt(r["metrics"]["vad_batch_mean"], 1),
             f"{r['loadavg_at_start'][0]:.2f}",
         ]
         body.append((_run_cells(r) if label else []) + cells)
@@ -966,14 +850,14 @@ def compare_checks(sweep: Sequence[dict[str, Any]], checks: Sequence[dict[str, A
             return f_pct(worst_late(r))
 
         def loop(r: dict[str, Any]) -> str:
-            return f(r["cpu_per_call_split_pct"]["loop"], 2)
+            return fmt(r["cpu_per_call_split_pct"]["loop"], 2)
 
         notes.append(
             f"{c['label']} vs the sweep at N = {c['n']}: late {late(base)} -> {late(c)}; "
-            f"server CPU per call {f(base['cpu_per_call_pct'], 2)} -> "
-            f"{f(c['cpu_per_call_pct'], 2)} % of a core, of which event loop {loop(base)} -> "
-            f"{loop(c)}; end-of-turn p95 {f(base['turns']['eot_p95_s'], 2)} -> "
-            f"{f(c['turns']['eot_p95_s'], 2)} s."
+            f"server CPU per call {fmt(base['cpu_per_call_pct'], 2)} -> "
+            f"{fmt(c['cpu_per_call_pct'], 2)} % of a core, of which event loop {loop(base)} -> "
+            f"{loop(c)}; end-of-turn p95 {fmt(base['turns']['eot_p95_s'], 2)} -> "
+            f"{fmt(c['turns']['eot_p95_s'], 2)} s."
         )
     return notes
 
@@ -1112,40 +996,24 @@ def busy_others(sample_s: float = 3.0, min_share: float = 0.05) -> list[str]:
     before = {}
     for pid in procs:
         with contextlib.suppress(OSError):
-            before[pid] = proc_cpu_s(pid)
+            before[pid] = sum(common.proc_cpu(pid))
     time.sleep(sample_s)
     busy = []
     for pid, cpu in before.items():
         with contextlib.suppress(OSError):
-            if proc_cpu_s(pid) - cpu > min_share * sample_s:
+            if sum(common.proc_cpu(pid)) - cpu > min_share * sample_s:
                 busy.append(procs[pid])
     return busy
 
 
-def wait_for_quiet(threshold: float, max_wait_s: float, log: Log) -> str:
-    """Poll every 30 s until the 1-minute load average is below `threshold` and no other
-    benchmark, test run or server is busy (they wait for the same load average: without
-    the second test two of them would start together)."""
-    began = time.monotonic()
-    while True:
-        load = os.getloadavg()[0]
-        busy = busy_others() if load < threshold else []
-        waited = time.monotonic() - began
-        if load < threshold and not busy:
-            log(f"load average {load:.2f} < {threshold:g}, no other benchmark busy: starting")
-            return f"waited {waited:.0f} s for load < {threshold:g}"
-        if waited >= max_wait_s:
-            log(f"load average {load:.2f} after {waited:.0f} s: starting anyway")
-            return f"load {load:.2f} after waiting {waited:.0f} s for < {threshold:g}; ran anyway"
-        log(f"load average {load:.2f}" + (f", busy: {busy[0][:60]}" if busy else "") + ": waiting")
-        time.sleep(30)
+def machine() -> dict[str, Any]:
+    info = common.machine_info(PACKAGES, kernel=platform.release(), sipp=sipp_version())
+    info["cpu"] = info["cpu_model"]  # the key this script's sections read
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run (< 1 min)")
-    parser.add_argument("--json", type=Path, help="write all figures as JSON here")
-    parser.add_argument("--results", type=Path, help=f"write the '{SECTION[3:]}' section here")
+    parser = driver.load_parser(__doc__, SECTION)
     parser.add_argument("--ns", help="comma-separated N to run (no bisection, no checks)")
     parser.add_argument("--layout", choices=("pinned", "shared"), default="shared")
     parser.add_argument("--hold", type=float, help="seconds from answer to BYE")
@@ -1158,10 +1026,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--render", type=Path, metavar="JSON",
         help="only print (and with --results write) the section of an earlier run's --json",
-    )  # fmt: skip
-    parser.add_argument(
-        "--wait-load", type=float, metavar="L",
-        help="first wait (up to 20 min) for the 1-minute load average to drop below L",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.render:
@@ -1185,22 +1049,25 @@ def main(argv: list[str] | None = None) -> int:
     for tool in (SIPP, TCPDUMP):
         if not Path(tool).exists():
             raise SystemExit(f"{tool} not found")
-    started = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
-
+    log = common.StderrLog()
     load_wait = None
     if args.wait_load is not None:
-        load_wait = wait_for_quiet(args.wait_load, 20 * 60, log)
-        started = time.perf_counter()
+        # Not while another benchmark, test run or server is busy: they wait for the same
+        # load average, and without this test two of them would start together.
+        load, waited, quiet = common.wait_for_load(args.wait_load, 20 * 60, log, busy_others)
+        limit = f"{args.wait_load:g}"
+        load_wait = (
+            f"waited {waited:.0f} s for load < {limit}" if quiet
+            else f"load {load:.2f} after waiting {waited:.0f} s for < {limit}; ran anyway"
+        )  # fmt: skip
+        log.restart()
     res: dict[str, Any] = {
-        "started_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "started_utc": common.utc_now(),
         "quick": args.quick,
         "layout": args.layout,
         "config": asdict(cfg),
-        "machine": machine_info(),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine(),
+        "loadavg_at_start": common.loadavg(),
         "other_processes_at_start": list(other_processes().values()),
         "load_wait": load_wait,
         "definitions": {"late_s": LATE_S, "goal_late": GOAL_LATE, "rtp_ports": [RTP_MIN, RTP_MAX]},
@@ -1211,14 +1078,14 @@ def main(argv: list[str] | None = None) -> int:
         wav = base / "caller.wav"
         res["caller"] = make_caller_wav(wav, cfg.hold_s + 1.0, log)
         # Everything this process starts runs on CPU 0 unless it asks otherwise.
-        with affinity({0} if args.layout == "pinned" else None):
-            sweep = run_sweep(cfg, LIGHT, args.layout, ns, wav, base, started, log, sweep_env)
+        with common.affinity({0} if args.layout == "pinned" else None):
+            sweep = sweep_runs(cfg, LIGHT, args.layout, ns, wav, base, log.started, log, sweep_env)
             res["sweep"] = sweep
-            res["capacity"] = capacity(sweep)
+            res["capacity"] = driver.capacity(sweep)
             checks = []
             for check in cfg.checks:
                 n = max(check.min_n, 5 * round((res["capacity"] or 0) * check.n_of_capacity / 5))
-                with affinity({0, 1} if check.layout == "shared" else {0}):
+                with common.affinity({0, 1} if check.layout == "shared" else {0}):
                     spec = RunSpec(
                         check.label, check.engines, check.layout, n, check.env, check.spread
                     )
@@ -1229,12 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"work directory kept: {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
-    res["total_seconds"] = time.perf_counter() - started
-    res["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    log("done")
-    section = render(res)
-    publish(section, res, args.json, args.results)
-    return 0
+    return common.finish(res, render, args, log)
 
 
 if __name__ == "__main__":

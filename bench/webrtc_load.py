@@ -69,54 +69,36 @@ takes 6-11 minutes (time-boxed). Before a final run on a shared machine use `--w
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
-import datetime
 import fractions
 import json
 import math
-import multiprocessing as mp
 import os
-import platform
-import re
 import resource
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench, tests, voicebot
 
-from bench.common import (  # noqa: E402
-    affinity,
-    cpu_model,
-    idle_gate,
-    md_table,
-    metric_samples,
-    package_version,
-    proc_cpu,
-    proc_peak_rss_mb,
-    record_loop_stalls,
-    system_cpu,
-)
+from bench import common
+from bench import load_driver as driver
+from bench.common import Log, fmt, md_table, pct, publish
+from bench.load_driver import LIGHT
 
 RTC_RATE = 48_000
 RTC_FRAME = 960  # 20 ms at 48 kHz
 FRAME_S = 0.02
 LATE_S = 0.020  # one frame period
 SPEECH_PAYLOAD_BYTES = 10  # Opus packets of digital silence are 3 bytes; speech is hundreds
-STALL_TICK_S = 0.005
 CALLS_PER_WORKER = 8
 CLIENT_SATURATED_PCT = 90.0  # caller processes' CPU, % of their one core
 QUESTION = "What is the balance on my account?"
@@ -130,8 +112,7 @@ SECTION = "## WebRTC load"
 IDLE_BUSY_PCT = 15.0
 OTHERS_RETRY_PCT = 25.0
 COUNTERS = ("voicebot_engine_errors_total", "voicebot_calls_rejected_total")
-
-Log = Callable[[str], None]
+PACKAGES = ("aiortc", "aioice", "av", "uvloop", "uvicorn", "faster-whisper", "onnxruntime", "numpy")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -498,16 +479,19 @@ async def one_call(
     }
 
 
-async def worker_run(
-    base_url: str, specs: list[CallSpec], bank: Bank, clock0: float
-) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
+async def rtc_calls(
+    bank: Bank,
+    batch: tuple[str, list[CallSpec]],
+    clock0: float,
+    stalls: list[tuple[float, float]],
+) -> list[dict[str, Any]]:
+    """A caller process's share of a run (`CallerPool`): its calls, each late frame whose
+    deadline fell in a stall of this process's event loop counted as `late_in_stall`."""
     import httpx
 
-    stalls: list[tuple[float, float]] = []
-    watcher = asyncio.create_task(record_loop_stalls(stalls, clock0, STALL_TICK_S))
+    base_url, specs = batch
     async with httpx.AsyncClient(timeout=60, trust_env=False) as http:
         calls = await asyncio.gather(*(one_call(http, base_url, s, bank, clock0) for s in specs))
-    watcher.cancel()
     if stalls:
         starts = np.asarray([a for a, _ in stalls])
         ends = np.asarray([b for _, b in stalls])
@@ -519,79 +503,18 @@ async def worker_run(
                 i = np.searchsorted(starts, deadline, side="right") - 1
                 inside = (i >= 0) & (deadline <= ends[np.maximum(i, 0)])
                 stats["late_in_stall"] = int(inside.sum())
-    return list(calls), stalls
+    return list(calls)
 
 
-def worker_main(conn: Connection, bank: Bank, cpus: set[int] | None) -> None:
-    """A long-lived caller process: runs the calls it is sent, reports, until told to stop."""
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-    try:
-        import uvloop
-
-        runner: Callable[[Any], Any] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    import aiortc  # noqa: F401  (import cost paid before the first run)
+def caller_setup() -> None:
+    """Once per caller process: aiortc imported (before the first run), ICE on loopback
+    only, the RTP arrival hook."""
+    import aiortc  # noqa: F401
 
     from voicebot.gateway.webrtc.signalling import use_loopback_only
 
     use_loopback_only()
     install_rtp_hook()
-    conn.send("ready")
-    while True:
-        message = conn.recv()
-        if message is None:
-            break
-        base_url, specs, clock0 = message
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        wall0 = time.monotonic()
-        calls, stalls = runner(worker_run(base_url, specs, bank, clock0))
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        conn.send(
-            {"calls": calls, "stalls": stalls, "cpu_s": cpu, "wall_s": time.monotonic() - wall0}
-        )
-    conn.close()
-
-
-class WorkerPool:
-    """Caller processes, started as needed and kept for the whole benchmark."""
-
-    def __init__(self, bank: Bank, cpus: set[int] | None) -> None:
-        self.bank = bank
-        self.cpus = cpus
-        self.ctx = mp.get_context("spawn")
-        self.procs: list[Any] = []
-        self.pipes: list[Connection] = []
-
-    def ensure(self, count: int) -> None:
-        new = []
-        while len(self.procs) < count:
-            parent, child = self.ctx.Pipe()
-            proc = self.ctx.Process(
-                target=worker_main, args=(child, self.bank, self.cpus), daemon=True
-            )
-            proc.start()
-            self.procs.append(proc)
-            self.pipes.append(parent)
-            new.append(parent)
-        for pipe in new:
-            if not pipe.poll(120):
-                raise RuntimeError("a caller process did not start")
-            pipe.recv()
-
-    def pids(self, count: int) -> list[int]:
-        return [p.pid for p in self.procs[:count]]
-
-    def close(self) -> None:
-        for pipe in self.pipes:
-            with contextlib.suppress(Exception):
-                pipe.send(None)
-        for proc in self.procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
 
 
 # --------------------------------------------------------------------------- components
@@ -705,61 +628,25 @@ def component_costs(bank: Bank, rounds: int = 400) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- server side
 
 
-def thread_cpu(pid: int, tid: int) -> float:
-    """utime + stime of one thread (the server's main thread runs the event loop)."""
-    return proc_cpu(pid, tid)[0]
-
-
-class Sampler:
-    """A thread sampling the server's CPU and the machine's every `period` seconds."""
-
-    def __init__(self, pid: int, period: float = 0.5) -> None:
-        self.pid = pid
-        self.period = period
-        self.samples: list[tuple[float, float, float, int, int, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> None:
-        own, children = proc_cpu(self.pid)
-        busy, total = system_cpu()
-        main = thread_cpu(self.pid, self.pid)
-        self.samples.append((time.monotonic(), own, children, busy, total, main))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.period)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-
-    def rate(self, t0: float, t1: float) -> dict[str, float] | None:
-        """Server CPU (own, children: cores) and machine busy (cores) between t0 and t1."""
-        inside = [s for s in self.samples if t0 <= s[0] <= t1]
-        if len(inside) < 2 or inside[-1][0] - inside[0][0] < 1.0:
-            return None
-        a, b = inside[0], inside[-1]
-        dt = b[0] - a[0]
-        ncpu = os.cpu_count() or 1
-        return {
-            "seconds": dt,
-            "server": (b[1] - a[1]) / dt,
-            "children": (b[2] - a[2]) / dt,
-            "machine": ncpu * (b[3] - a[3]) / max(1, b[4] - a[4]),
-            "main_thread": (b[5] - a[5]) / dt,
-        }
+def cpu_rate(sampler: driver.CpuSampler, t0: float, t1: float) -> dict[str, float] | None:
+    """Server CPU (own, children, main thread: cores) and machine busy (cores) between t0
+    and t1 (None for under a second of samples)."""
+    w = sampler.window(t0, t1, min_s=1.0)
+    if w is None:
+        return None
+    return {
+        "seconds": w["seconds"],
+        "server": w["own"],
+        "children": w["children"],
+        "machine": (os.cpu_count() or 1) * w["machine"],
+        "main_thread": w["main_thread"],
+    }
 
 
 def scrape_metrics(http: str) -> dict[str, float]:
+    """The VAD and end-of-turn figures (summed over labels, no buckets) and `COUNTERS`."""
     out: dict[str, float] = {}
-    for name, samples in metric_samples(http).items():
+    for name, samples in common.Metrics.scrape(http).samples.items():
         wanted = name.startswith(("voicebot_vad_", "voicebot_end_of_turn"))
         for labels, value in samples:
             if (wanted and "le" not in labels) or name in COUNTERS:
@@ -785,26 +672,7 @@ def wait_drained(http: str, timeout_s: float) -> tuple[dict[str, Any], float]:
         time.sleep(0.25)
 
 
-def server_env() -> dict[str, str]:
-    return {
-        "VOICEBOT_WEBRTC__LOOPBACK_ONLY": "true",
-        "VOICEBOT_SERVER__MAX_CALLS": "1000",
-        "VOICEBOT_SERVER__MAX_ENGINE_WAIT_S": "0",
-        "VOICEBOT_ENGINES__TTS": "espeak",
-        "VOICEBOT_ENGINES__STT_MODEL": "tiny.en",
-        "VOICEBOT_ENGINES__LLM": "scripted",
-        "VOICEBOT_AGENT__VAD_EVENT_INTERVAL_MS": "0",
-        "VOICEBOT_AGENT__GREETING": "",
-        "VOICEBOT_SIP_PORT": "0",
-    }
-
-
 # --------------------------------------------------------------------------- one run
-
-
-def pct(values: Sequence[float] | np.ndarray, q: float) -> float | None:
-    arr = np.asarray(values, dtype=np.float64)
-    return float(np.percentile(arr, q)) if arr.size else None
 
 
 def ms(value: float | None) -> float | None:
@@ -875,7 +743,7 @@ def run_load(
     http: str,
     server_pid: int,
     log_path: Path,
-    pool: WorkerPool,
+    pool: driver.CallerPool,
     cfg: Config,
     calls_per_worker: int,
     log: Log,
@@ -885,26 +753,21 @@ def run_load(
     workers = max(1, math.ceil(n / calls_per_worker))
     pool.ensure(workers)
     specs = make_specs(n, profile)
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = common.loadavg()
     log_offset = log_path.stat().st_size
     metrics0 = scrape_metrics(http)
 
     # The idle server's own CPU rate, subtracted from the per-call figures.
-    idle0, t_idle0 = proc_cpu(server_pid)[0], time.monotonic()
+    idle0, t_idle0 = common.proc_cpu(server_pid)[0], time.monotonic()
     time.sleep(cfg.idle_baseline_s)
-    idle_rate = (proc_cpu(server_pid)[0] - idle0) / (time.monotonic() - t_idle0)
+    idle_rate = (common.proc_cpu(server_pid)[0] - idle0) / (time.monotonic() - t_idle0)
 
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     t_run = time.perf_counter()
     clock0 = time.monotonic() + 0.3
-    with Sampler(server_pid) as sampler:
-        for w in range(workers):
-            pool.pipes[w].send((http, specs[w::workers], clock0))
-        results = []
-        for w in range(workers):
-            if not pool.pipes[w].poll(profile.hold_s + connect_spread_s(n) + 120):
-                raise RuntimeError("a caller process did not finish")
-            results.append(pool.pipes[w].recv())
+    with driver.CpuSampler(server_pid, 0.5) as sampler:
+        batches = [(http, specs[w::workers]) for w in range(workers)]
+        results = pool.run(batches, clock0, profile.hold_s + connect_spread_s(n) + 120)
     wall = time.monotonic() - clock0
     self1 = resource.getrusage(resource.RUSAGE_SELF)
     health_after, drain_s = wait_drained(http, 30)
@@ -921,8 +784,8 @@ def run_load(
     steady_rel = (last_connect + 1.0, first_hangup - 0.2)
     track = timing_summary(calls, "track", steady_rel)
     rtp = timing_summary(calls, "rtp", steady_rel)
-    steady = sampler.rate(clock0 + last_connect + 1.0, clock0 + first_hangup - 0.2)
-    whole = sampler.rate(clock0, clock0 + wall + 1.0)
+    steady = cpu_rate(sampler, clock0 + last_connect + 1.0, clock0 + first_hangup - 0.2)
+    whole = cpu_rate(sampler, clock0, clock0 + wall + 1.0)
     window = (
         steady
         or whole
@@ -942,7 +805,6 @@ def run_load(
         - whole_w["children"]
         - (client_cpu + orchestrator_cpu) / wall,
     )
-    stalls = [(a, b) for r in results for a, b in r["stalls"]]
     sends = sum(c["sends"] for c in calls)
     speech_packets = sum(c["speech_packets"] for c in calls)
     latencies = [x for c in calls for x in c["reply_latency"]]
@@ -954,11 +816,7 @@ def run_load(
 
     vad_batches = delta("voicebot_vad_batch_size_count")
     vad_windows = delta("voicebot_vad_batch_size_sum")
-    problems = [
-        line
-        for line in log_text.splitlines()
-        if re.search(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback", line)
-    ]
+    problems = driver.log_problems(log_text)
     res: dict[str, Any] = {
         "n": n,
         "layout": layout,
@@ -968,7 +826,7 @@ def run_load(
         "workers": workers,
         "connect_spread_s": connect_spread_s(n),
         "loadavg_at_start": load_start,
-        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_at_end": common.loadavg(),
         "wall_s": wall,
         "run_s": time.perf_counter() - t_run,
         "calls_ok": n - len(failed),
@@ -1010,16 +868,12 @@ def run_load(
         * (whole_w["server"] + whole_w["children"])
         * wall
         / max(1e-9, call_seconds),
-        "server_peak_rss_mb": proc_peak_rss_mb(server_pid),
+        "server_peak_rss_mb": common.proc_peak_rss_mb(server_pid),
         "client_cpu_pct": client_pct,
         "client_cpu_pct_per_call": client_pct / n,
         # Pinned, the callers have one core: near 100 % of it their timing is not to be trusted.
         "client_saturated": layout == "pinned" and client_pct >= CLIENT_SATURATED_PCT,
-        "client_stalls": {
-            "count": len(stalls),
-            "total_s": sum(b - a for a, b in stalls),
-            "max_ms": 1000 * max((b - a for a, b in stalls), default=0.0),
-        },
+        "client_stalls": driver.stall_summary(results),
         "client_late_sends_pct": 100 * sum(c["late_sends"] for c in calls) / max(1, sends),
         "machine_cpu_pct": 100 * whole_w["machine"],
         "others_cpu_pct": others,
@@ -1038,9 +892,9 @@ def run_load(
     }
     res["verdict"] = verdict(res)
     log(
-        f"{layout} {profile.name:8} N={n:<4} late {f(track['late_pct'], 2)} % "
-        f"(RTP {f(rtp['late_pct'], 2)} %, steady {f(track['steady_late_pct'], 2)} %) of "
-        f"{track['expected']} frames, jitter p99 {f(track['jitter_ms']['p99'])} ms; server "
+        f"{layout} {profile.name:8} N={n:<4} late {fmt(track['late_pct'], 2)} % "
+        f"(RTP {fmt(rtp['late_pct'], 2)} %, steady {fmt(track['steady_late_pct'], 2)} %) of "
+        f"{track['expected']} frames, jitter p99 {fmt(track['jitter_ms']['p99'])} ms; server "
         f"{res['server_cpu_pct']:.0f} % (loop {res['server_loop_thread_cpu_pct']:.0f} %, "
         f"{per_call_server:.2f} %/call, "
         f"{res['server_window']}); clients {client_pct:.0f} %; others {others:.0f} %; "
@@ -1062,20 +916,7 @@ def verdict(res: dict[str, Any]) -> str:
     return ", ".join(reasons) or "ok"
 
 
-def capacity(rows: Sequence[dict[str, Any]]) -> int | None:
-    best = None
-    for r in sorted(rows, key=lambda r: r["n"]):
-        if r["verdict"] != "ok":
-            break
-        best = r["n"]
-    return best
-
-
 # --------------------------------------------------------------------------- report
-
-
-def f(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def cpu_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -1083,22 +924,22 @@ def cpu_table(rows: Sequence[dict[str, Any]]) -> str:
         [
             r["profile"],
             r["n"],
-            f(r["hold_s"], 0),
-            f(r["bot_talking_pct"], 0),
+            fmt(r["hold_s"], 0),
+            fmt(r["bot_talking_pct"], 0),
             f"{r['replies']}/{r['questions_said']}",
-            f(r["server_cpu_pct"], 1),
-            f(r["server_idle_cpu_pct"], 1),
-            f(r["server_loop_thread_cpu_pct"], 1),
+            fmt(r["server_cpu_pct"], 1),
+            fmt(r["server_idle_cpu_pct"], 1),
+            fmt(r["server_loop_thread_cpu_pct"], 1),
             f"**{r['server_cpu_pct_per_call']:.2f}**",
-            f(r["server_cpu_s_per_call_minute"], 2),
-            f(r["server_children_cpu_pct"], 2),
-            f(r["server_cpu_per_call_second_pct"], 2),
-            f(r["client_cpu_pct_per_call"], 2),
-            f(r["vad_batch_mean"], 1),
-            f(r["vad_us_per_window"], 0),
-            f(r["track"]["late_pct"], 2),
-            f(r["track"]["jitter_ms"]["p99"]),
-            f(r["others_cpu_pct"], 0),
+            fmt(r["server_cpu_s_per_call_minute"], 2),
+            fmt(r["server_children_cpu_pct"], 2),
+            fmt(r["server_cpu_per_call_second_pct"], 2),
+            fmt(r["client_cpu_pct_per_call"], 2),
+            fmt(r["vad_batch_mean"], 1),
+            fmt(r["vad_us_per_window"], 0),
+            fmt(r["track"]["late_pct"], 2),
+            fmt(r["track"]["jitter_ms"]["p99"]),
+            fmt(r["others_cpu_pct"], 0),
         ]
         for r in rows
     ]
@@ -1131,35 +972,35 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         t, p = r["track"], r["rtp"]
-        late = f(t["late_pct"], 2)
+        late = fmt(t["late_pct"], 2)
         body.append(
             [
                 r["n"],
                 f"{r['calls_ok']}/{r['n']}",
                 t["expected"],
                 f"**{late}**" if r["verdict"] == "ok" else late,
-                f(100 * t["late_in_client_stall"] / max(1, t["expected"]), 2)
+                fmt(100 * t["late_in_client_stall"] / max(1, t["expected"]), 2)
                 if "late_in_client_stall" in t
                 else "-",
-                f(t.get("steady_late_pct"), 2),
+                fmt(t.get("steady_late_pct"), 2),
                 t["lost"],
                 t["calls_with_late"],
-                f(t["lateness_ms"]["p99"]),
-                f(t["lateness_ms"]["max"], 0),
-                f(t["jitter_ms"]["p99"]),
-                f(p["late_pct"], 2),
-                f(p["jitter_ms"]["p99"]),
+                fmt(t["lateness_ms"]["p99"]),
+                fmt(t["lateness_ms"]["max"], 0),
+                fmt(t["jitter_ms"]["p99"]),
+                fmt(p["late_pct"], 2),
+                fmt(p["jitter_ms"]["p99"]),
                 f"{r['replies']}/{r['questions_said']}",
-                f(r["reply_latency_s"]["p50"], 2),
-                f(r["reply_latency_s"]["max"], 2),
-                f(r["server_cpu_pct"], 0),
-                f(r["server_loop_thread_cpu_pct"], 0),
-                f(r["server_cpu_pct_per_call"], 2),
-                f(r["client_cpu_pct"], 0),
+                fmt(r["reply_latency_s"]["p50"], 2),
+                fmt(r["reply_latency_s"]["max"], 2),
+                fmt(r["server_cpu_pct"], 0),
+                fmt(r["server_loop_thread_cpu_pct"], 0),
+                fmt(r["server_cpu_pct_per_call"], 2),
+                fmt(r["client_cpu_pct"], 0),
                 f"{r['client_stalls']['count']} / {r['client_stalls']['max_ms']:.0f}",
-                f(r["client_late_sends_pct"], 2),
-                f(r["others_cpu_pct"], 0),
-                f(r["vad_batch_mean"], 1),
+                fmt(r["client_late_sends_pct"], 2),
+                fmt(r["others_cpu_pct"], 0),
+                fmt(r["vad_batch_mean"], 1),
                 r["verdict"],
             ]
         )
@@ -1247,34 +1088,9 @@ def burst_note(r: dict[str, Any]) -> str | None:
         f"`{r['profile']}` N = {r['n']}: {late_pct:.1f} % late. Seconds of the run with > 5 % "
         f"late frames: {bad}; seconds with none late: {len(quiet)} of {len(by_second)}. The "
         f"callers' questions ended at {', '.join(f'{x:.1f}' for x in ends)} s; reply latency "
-        f"p50 {f(r['reply_latency_s']['p50'], 2)} s (server CPU over the steady window "
+        f"p50 {fmt(r['reply_latency_s']['p50'], 2)} s (server CPU over the steady window "
         f"{r['server_cpu_pct']:.0f} % of its core)."
     )
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = cpu_model()
-
-    return {
-        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "python": platform.python_version(),
-        "packages": {
-            p: package_version(p)
-            for p in (
-                "aiortc",
-                "aioice",
-                "av",
-                "uvloop",
-                "uvicorn",
-                "faster-whisper",
-                "onnxruntime",
-                "numpy",
-            )
-        },
-        "platform": platform.platform(),
-    }
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -1346,7 +1162,7 @@ def markdown(report: dict[str, Any]) -> str:
         md_table(
             ["direction", "step", "µs per 20 ms frame", "% of a core per call"],
             [
-                [c["side"], c["step"], f(c["us_per_frame"], 1), f(c["core_pct_per_call"], 3)]
+                [c["side"], c["step"], fmt(c["us_per_frame"], 1), fmt(c["core_pct_per_call"], 3)]
                 for c in comps
             ],
         ),
@@ -1404,47 +1220,18 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def replace_section(path: Path, text: str) -> None:
-    """Put `text` (starting with SECTION) in place of the old section, or append it."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    body = text.rstrip("\n") + "\n\n"
-    new = (
-        pattern.sub(lambda _: body, old, count=1)
-        if pattern.search(old)
-        else (old.rstrip("\n") + "\n\n" + body)
-    )
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 # --------------------------------------------------------------------------- main
 
 
-def wait_for_load(limit: float, max_wait_s: float, log: Log) -> str:
-    """Poll the 1-minute load average every 30 s until it is below `limit`."""
-    t0 = time.monotonic()
-    while True:
-        load1 = os.getloadavg()[0]
-        waited = time.monotonic() - t0
-        if load1 < limit:
-            log(f"load average {load1:.2f} < {limit} after {waited:.0f} s")
-            return f" (waited {waited:.0f} s for it to drop below {limit})" if waited > 1 else ""
-        if waited >= max_wait_s:
-            log(f"load average still {load1:.2f} after {waited:.0f} s: running anyway")
-            return (
-                f" (still {load1:.2f} after waiting {waited:.0f} s for < {limit}: other "
-                "benchmarks were running, see 'others %')"
-            )
-        log(f"load average {load1:.2f} >= {limit}: waiting ({waited:.0f} s so far)")
-        time.sleep(30)
-
-
-def server_log_problems(text: str) -> list[str]:
-    return [
-        line
-        for line in text.splitlines()
-        if re.search(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback", line)
-    ]
+def load_note_after_wait(limit: float, max_wait_s: float, log: Log) -> str:
+    """Wait for the 1-minute load average to drop below `limit`; what the section says of it."""
+    load, waited, quiet = common.wait_for_load(limit, max_wait_s, log)
+    if quiet:
+        return f" (waited {waited:.0f} s for it to drop below {limit})" if waited > 1 else ""
+    return (
+        f" (still {load:.2f} after waiting {waited:.0f} s for < {limit}: other "
+        "benchmarks were running, see 'others %')"
+    )
 
 
 def run_phase(
@@ -1457,78 +1244,61 @@ def run_phase(
     log: Log,
 ) -> dict[str, Any]:
     """Start a server and callers in `sweep.layout`, do `cpu_runs`, then the sweep."""
-    from tests.gateway_server import gateway
-
     pinned = sweep.layout == "pinned"
     server_cpus, client_cpus = (SERVER_CPUS, CLIENT_CPUS) if pinned else (None, None)
-    env = server_env()
-    if not pinned:
-        # numpy's OpenBLAS thread pool + uvloop's fork() for espeak-ng can deadlock Whisper's
-        # feature extractor when the server may use both CPUs (found by bench/ws_load.py).
-        env["OPENBLAS_NUM_THREADS"] = "1"
+    env = driver.server_env(
+        LIGHT, not pinned, VOICEBOT_WEBRTC__LOOPBACK_ONLY="true",
+        VOICEBOT_SERVER__MAX_ENGINE_WAIT_S="0", VOICEBOT_SIP_PORT="0",
+    )  # fmt: skip
     notes: list[str] = []
-    cpu_rows: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
     discarded: list[dict[str, Any]] = []
-    pool = WorkerPool(bank, client_cpus)
+    budget = driver.Budget(started=t0)
     t_phase = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        stack.callback(pool.close)
-        with affinity(server_cpus):
-            gw = stack.enter_context(gateway(Path(tmp), **env))
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        driver.serve(Path(tmp), env, server_cpus) as gw,
+        driver.CallerPool(rtc_calls, bank, client_cpus, caller_setup) as pool,
+    ):
         log(
             f"{sweep.layout}: server up in {time.perf_counter() - t_phase:.1f} s (pid "
             f"{gw.proc.pid}, CPUs {sorted(os.sched_getaffinity(gw.proc.pid))})"
         )
-        with affinity(client_cpus):
+        with common.affinity(client_cpus):
             pool.ensure(1)
 
+            def gate() -> dict[str, float]:
+                if not cfg.idle_wait_s:
+                    return {}
+                return common.idle_gate(cfg.idle_wait_s, log, IDLE_BUSY_PCT, 2.0, 5.0)
+
             def run(n: int, profile: Profile) -> dict[str, Any]:
-                for attempt in range(2):
-                    gate = (
-                        idle_gate(cfg.idle_wait_s, log, IDLE_BUSY_PCT, 2.0, 5.0)
-                        if cfg.idle_wait_s
-                        else {}
-                    )
-                    res = run_load(
+                return driver.retried(
+                    lambda: run_load(
                         n, profile, sweep.layout, gw.http, gw.proc.pid, gw.log_path, pool, cfg,
                         calls_per_worker, log,
-                    )  # fmt: skip
-                    res["idle_gate"] = gate
-                    busy = res["others_cpu_pct"] > OTHERS_RETRY_PCT
-                    if res["verdict"] == "ok" or not busy or not cfg.retry_busy or attempt:
-                        return res
-                    log(f"N={n}: others used {res['others_cpu_pct']:.0f} % of a core: once more")
-                    discarded.append(res)
-                raise AssertionError("unreachable")
+                    ),
+                    gate, lambda r: r["others_cpu_pct"] > OTHERS_RETRY_PCT and cfg.retry_busy,
+                    discarded, log,
+                )  # fmt: skip
 
             def time_left() -> bool:
-                if time.perf_counter() - t0 < sweep.until_s:
+                if budget.left(sweep.until_s, sweep.layout, log):
                     return True
                 notes.append(
                     f"{sweep.layout}: time budget ({sweep.until_s:.0f} s into the run) spent, "
                     "sweep stopped there"
                 )
-                log(f"{sweep.layout}: time budget spent, no more runs")
                 return False
 
-            for profile, n in cpu_runs:
-                cpu_rows.append(run(n, profile))
-            for n in sweep.ns:
-                if not time_left():
-                    break
-                rows.append(run(n, cfg.sweep_profile))
-                if sweep.stop_early and rows[-1]["verdict"] != "ok":
-                    break
-            for _ in range(sweep.bisect_steps):
-                good = capacity(rows) or 0
-                bad = min((r["n"] for r in rows if r["verdict"] != "ok"), default=None)
-                if bad is None or bad - good <= max(1, good // 10) or not time_left():
-                    break
-                rows.append(run((good + bad) // 2, cfg.sweep_profile))
-                rows.sort(key=lambda r: r["n"])
+            cpu_rows = [run(n, profile) for profile, n in cpu_runs]
+            rows = driver.run_sweep(
+                lambda n: run(n, cfg.sweep_profile), sweep.ns, time_left=time_left,
+                stop=lambda rows: sweep.stop_early and rows[-1]["verdict"] != "ok",
+                bisect_steps=sweep.bisect_steps,
+                next_n=lambda rows: driver.halfway(rows, time_left),
+            )  # fmt: skip
         health_end = healthz(gw.http)
-        problems = server_log_problems(gw.log())
+        problems = driver.log_problems(gw.log())
     rows.sort(key=lambda r: r["n"])
     everything = cpu_rows + rows
     tasks = [r["health_after"].get("tasks") for r in everything]
@@ -1561,7 +1331,7 @@ def run_phase(
             f"{sweep.layout}: other processes used > 20 % of a core during the runs with "
             f"N = {busy} (the machine is shared)"
         )
-    cap = capacity(rows)
+    cap = driver.capacity(rows)
     return {
         "layout": sweep.layout,
         "server_env": env,
@@ -1577,11 +1347,7 @@ def run_phase(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run, under a minute")
-    parser.add_argument("--json", type=Path, help="write every figure here")
-    parser.add_argument("--results", type=Path, help=f"replace/append '{SECTION}' in this file")
-    parser.add_argument("--wait-load", type=float, help="first wait for 1-min load below this")
+    parser = driver.load_parser(__doc__, SECTION, wait_max="--wait-max-s")
     parser.add_argument("--wait-max-s", type=float, default=25 * 60.0)
     parser.add_argument("--calls-per-worker", type=int, default=CALLS_PER_WORKER)
     parser.add_argument("--only", choices=sorted(LAYOUTS), help="run this layout's sweep only")
@@ -1590,10 +1356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.report_only:
-        text = markdown(json.loads(args.report_only.read_text()))
-        print(text)
-        if args.results:
-            replace_section(args.results, text)
+        publish(markdown(json.loads(args.report_only.read_text())), results_path=args.results)
         return 0
     cfg = QUICK if args.quick else FULL
     if args.only:
@@ -1605,18 +1368,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = dataclasses.replace(
             cfg, sweeps=tuple(dataclasses.replace(w, layout="shared") for w in cfg.sweeps[:1])
         )
-    t_log = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - t_log:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
+    log = common.StderrLog()
     load_note = ""
     if args.wait_load is not None:
-        load_note = wait_for_load(args.wait_load, args.wait_max_s, log)
+        load_note = load_note_after_wait(args.wait_load, args.wait_max_s, log)
     t0 = time.perf_counter()
-    loadavg_before = [round(x, 2) for x in os.getloadavg()]
+    loadavg_before = common.loadavg()
     bank = make_bank(log)
-    with affinity(SERVER_CPUS if cfg.sweeps[0].layout == "pinned" else None):
+    with common.affinity(SERVER_CPUS if cfg.sweeps[0].layout == "pinned" else None):
         components = component_costs(bank)
     log(
         "component timings: "
@@ -1629,11 +1388,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         phases.append(run_phase(sweep, cpu_runs, cfg, bank, args.calls_per_worker, t0, log))
     report = {
         "quick": args.quick,
-        "machine": machine_info(),
+        "machine": common.machine_info(PACKAGES),
         "config": asdict(cfg),
         "calls_per_worker": args.calls_per_worker,
         "loadavg_before": loadavg_before,
-        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_end": common.loadavg(),
         "load_note": load_note,
         "run_s": time.perf_counter() - t0,
         "components": components,
@@ -1643,13 +1402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep_lead_s": cfg.sweep_profile.lead_s,
         "notes": [note for p in phases for note in p["notes"]],
     }
-    text = markdown(report)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1, default=str))
-    if args.results:
-        replace_section(args.results, text)
     log(f"done in {report['run_s']:.0f} s")
+    publish(markdown(report), report, args.json, args.results)
     return 0
 
 

@@ -58,50 +58,31 @@ every smaller N tried passing too.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import bisect
 import contextlib
 import dataclasses
-import datetime
 import json
 import math
-import multiprocessing as mp
 import os
-import platform
-import re
-import resource
 import signal
 import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench, tests, voicebot
 
-from bench.common import (  # noqa: E402
-    CLK_TCK,
-    affinity,
-    cpu_model,
-    idle_gate,
-    md_table,
-    metric_samples,
-    package_version,
-    proc_cpu,
-    proc_peak_rss_mb,
-    publish,
-    record_loop_stalls,
-    system_cpu,
-)
+from bench import common
+from bench import load_driver as driver
+from bench.common import Log, fmt, md_table, pct, publish
+from bench.load_driver import HEAVY, LIGHT
 
 SR = 16_000
 FRAME = 320  # samples per 20 ms
@@ -110,7 +91,6 @@ SILENCE = bytes(2 * FRAME)
 LATE_S = 0.020  # one frame period
 LATE_BUFFER_S = 0.060  # the 3-frame client buffer the server assumes
 CALLS_PER_WORKER = 20
-STALL_TICK_S = 0.005  # the callers' event-loop stall monitor
 IDLE_MAX_BUSY_PCT = 15.0  # before each run: wait until the machine is this idle ...
 IDLE_MAX_WAIT_S = 90.0  # ... for at most this long
 OTHERS_MAX_PCT = 20.0  # a failed run with more CPU (% of a core) used by others is redone
@@ -122,31 +102,17 @@ EXPECTED_REPLIES = ("Your account balance", "I can cancel that")  # the scripted
 CALLER_VOICES = ("en-us", "en-gb", "en-us+m4", "en-gb-x-rp+f2")
 SEED = 20261125
 SECTION = "## Gateway concurrency (WebSocket)"
-
-Log = Callable[[str], None]
+PACKAGES = ("uvicorn", "websockets", "uvloop", "faster-whisper", "ctranslate2", "onnxruntime",
+            "piper-tts", "numpy")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- configuration
 
 
 @dataclass(frozen=True)
-class Engines:
-    label: str
-    stt_model: str
-    tts: str
-
-    def env(self) -> dict[str, str]:
-        return {"VOICEBOT_ENGINES__STT_MODEL": self.stt_model, "VOICEBOT_ENGINES__TTS": self.tts}
-
-
-LIGHT = Engines("tiny.en + espeak-ng", "tiny.en", "espeak")
-HEAVY = Engines("base + Piper", "base", "piper")
-
-
-@dataclass(frozen=True)
 class Sweep:
     name: str
-    engines: Engines
+    engines: driver.Engines
     pinned: bool  # server on CPU 1, callers on CPU 0
     ns: tuple[int, ...]  # tried in order until a run is clearly over the limit
     until_s: float  # no run of this sweep starts later than this into the benchmark
@@ -192,19 +158,13 @@ FULL = Config(
     reply_timeout_s=20.0,
     max_eot_p50_s=4.0,
 )
-QUICK = Config(
+QUICK = dataclasses.replace(
+    FULL,
     sweeps=(Sweep("pinned", LIGHT, True, (1, 4), until_s=45, bisect_steps=0, stop_early=False),),
-    turns=1,
-    min_turns_total=1,
-    max_turns=1,
-    connect_spread_s=0.5,
-    lead_s=(0.2, 0.8),
-    pause_s=(0.4, 0.6),
-    reply_timeout_s=12.0,
-    max_eot_p50_s=4.0,
-    idle_wait_s=0.0,
-    retry_when_busy=False,
-)
+    turns=1, min_turns_total=1, max_turns=1,
+    connect_spread_s=0.5, lead_s=(0.2, 0.8), pause_s=(0.4, 0.6), reply_timeout_s=12.0,
+    idle_wait_s=0.0, retry_when_busy=False,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -463,83 +423,31 @@ def analyse_call(
     }
 
 
-async def _worker_calls(
-    url: str, specs: list[CallSpec], bank: list[list[bytes]], clock0: float
-) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
-    stalls: list[tuple[float, float]] = []
-    watcher = asyncio.create_task(record_loop_stalls(stalls, clock0, STALL_TICK_S))
-    records = await asyncio.gather(*(run_call(url, s, bank, clock0) for s in specs))
-    watcher.cancel()
-    return [analyse_call(r, s, stalls) for r, s in zip(records, specs, strict=True)], stalls
-
-
-def worker_main(
-    conn: Connection,
-    url: str,
-    specs: list[CallSpec],
+async def ws_calls(
     bank: list[list[bytes]],
-    cpus: set[int] | None,
-) -> None:
-    """A caller process: handshake, run its calls, send back the analysed results."""
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-    import uvloop
-
-    conn.send("ready")
-    clock0: float = conn.recv()
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    wall0 = time.monotonic()
-    results, stalls = uvloop.run(_worker_calls(url, specs, bank, clock0))
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    conn.send(
-        {"calls": results, "cpu_s": cpu, "wall_s": time.monotonic() - wall0, "stalls": stalls}
-    )
-    conn.close()
+    batch: tuple[str, list[CallSpec]],
+    clock0: float,
+    stalls: list[tuple[float, float]],
+) -> list[dict[str, Any]]:
+    """A caller process's share of a run (`CallerPool`): its calls, analysed."""
+    url, specs = batch
+    records = await asyncio.gather(*(run_call(url, s, bank, clock0) for s in specs))
+    return [analyse_call(r, s, stalls) for r, s in zip(records, specs, strict=True)]
 
 
 # --------------------------------------------------------------------------- server side
 
 
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of the process (all threads) + cutime + cstime of reaped children."""
-    return sum(proc_cpu(pid))
-
-
 def scrape_metrics(http: str) -> dict[str, Any]:
     """The gateway's Prometheus figures this benchmark reports."""
-    samples = metric_samples(http)
-
-    def total(name: str) -> float:
-        return sum(v for _, v in samples.get(name, []))
-
-    def hist(name: str) -> dict[str, Any]:
-        count, sum_ = total(f"{name}_count"), total(f"{name}_sum")
-        buckets = sorted(
-            (float(lab["le"]), v) for lab, v in samples.get(f"{name}_bucket", []) if "le" in lab
-        )
-
-        def upper_bound(q: float) -> float | None:
-            return next((le for le, v in buckets if count and v >= q * count), None)
-
-        return {
-            "count": count,
-            "mean": sum_ / count if count else None,
-            "p50_bucket": upper_bound(0.5),
-            "p95_bucket": upper_bound(0.95),
-            "buckets": buckets,
-        }
-
-    def by(name: str, label: str) -> dict[str, float]:
-        return {lab.get(label, "?"): v for lab, v in samples.get(name, [])}
-
+    m = common.Metrics.scrape(http)
     return {
-        "vad_batch_size": hist("voicebot_vad_batch_size"),
-        "vad_window_seconds": hist("voicebot_vad_window_seconds"),
-        "end_of_turn_latency_seconds": hist("voicebot_end_of_turn_latency_seconds"),
-        "calls_total": by("voicebot_calls_total", "reason"),
-        "rejected_total": total("voicebot_calls_rejected_total"),
-        "engine_errors": by("voicebot_engine_errors_total", "engine"),
+        "vad_batch_size": m.hist("voicebot_vad_batch_size"),
+        "vad_window_seconds": m.hist("voicebot_vad_window_seconds"),
+        "end_of_turn_latency_seconds": m.hist("voicebot_end_of_turn_latency_seconds"),
+        "calls_total": m.by("voicebot_calls_total", "reason"),
+        "rejected_total": m.total("voicebot_calls_rejected_total"),
+        "engine_errors": m.by("voicebot_engine_errors_total", "engine"),
     }
 
 
@@ -582,11 +490,6 @@ def make_specs(n: int, cfg: Config) -> list[CallSpec]:
     ]
 
 
-def pct(values: Sequence[float] | np.ndarray, q: float) -> float | None:
-    arr = np.asarray(values, dtype=np.float64)
-    return float(np.percentile(arr, q)) if arr.size else None
-
-
 def dist(values: Sequence[float]) -> dict[str, float | int | None]:
     return {
         "n": len(values),
@@ -596,69 +499,31 @@ def dist(values: Sequence[float]) -> dict[str, float | int | None]:
     }
 
 
-def server_env(sweep: Sweep) -> dict[str, str]:
-    env = {
-        **sweep.engines.env(),
-        "VOICEBOT_ENGINES__LLM": "scripted",
-        "VOICEBOT_SERVER__MAX_CALLS": "1000",
-        "VOICEBOT_AGENT__GREETING": "",
-        "VOICEBOT_AGENT__VAD_EVENT_INTERVAL_MS": "0",
-    }
-    if not sweep.pinned and sweep.engines.tts == "espeak":
-        env["OPENBLAS_NUM_THREADS"] = "1"  # works around the fork deadlock (module docstring)
-    return env
-
-
 def run_load(
     n: int, cfg: Config, sweep: Sweep, bank: list[list[bytes]], log: Log
 ) -> dict[str, Any]:
     """Start a gateway, run N calls against it, and return every figure of the run."""
-    from tests.gateway_server import gateway
-
     server_cpus = {1} if sweep.pinned else None
     client_cpus = {0} if sweep.pinned else None
-    env = server_env(sweep)
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    # OPENBLAS_NUM_THREADS=1 unpinned: works around the fork deadlock (module docstring).
+    env = driver.server_env(sweep.engines, not sweep.pinned and sweep.engines.tts == "espeak")
+    load_start = common.loadavg()
     specs = make_specs(n, cfg)
     workers = max(1, math.ceil(n / CALLS_PER_WORKER))
     t_run = time.perf_counter()
-    ctx = mp.get_context("spawn")
-    procs: list[Any] = []
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        with affinity(server_cpus):
-            gw = stack.enter_context(gateway(Path(tmp), **env))
+    with tempfile.TemporaryDirectory() as tmp, driver.serve(Path(tmp), env, server_cpus) as gw:
         startup_s = time.perf_counter() - t_run
-        pipes: list[Connection] = []
-        for w in range(workers):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(
-                target=worker_main,
-                args=(child, gw.ws, specs[w::workers], bank, client_cpus),
-                daemon=True,
-            )
-            p.start()
-            procs.append(p)
-            pipes.append(parent)
-        for c in pipes:
-            if not c.poll(60):
-                raise RuntimeError("a caller process did not start")
-            c.recv()
-        cpu0, (busy0, total0) = proc_cpu_s(gw.proc.pid), system_cpu()
-        clock0 = time.monotonic() + 0.3
-        for c in pipes:
-            c.send(clock0)
-        worker_results = []
-        max_wait = len(specs[0].pauses) * (cfg.reply_timeout_s + 20) + 120
-        for c in pipes:
-            if not c.poll(max_wait):
-                raise RuntimeError("a caller process did not finish")
-            worker_results.append(c.recv())
-        wall = time.monotonic() - clock0
-        cpu1, (busy1, total1) = proc_cpu_s(gw.proc.pid), system_cpu()
-        for p in procs:
-            p.join(10)
+        with driver.CallerPool(ws_calls, bank, client_cpus) as pool:
+            pool.ensure(workers, timeout_s=60)
+            cpu0, (busy0, total0) = sum(common.proc_cpu(gw.proc.pid)), common.system_cpu()
+            clock0 = time.monotonic() + 0.3
+            max_wait = len(specs[0].pauses) * (cfg.reply_timeout_s + 20) + 120
+            batches = [(gw.ws, specs[w::workers]) for w in range(workers)]
+            worker_results = pool.run(batches, clock0, max_wait)
+            wall = time.monotonic() - clock0
+            cpu1, (busy1, total1) = sum(common.proc_cpu(gw.proc.pid)), common.system_cpu()
         metrics = scrape_metrics(gw.http)
-        peak_rss = proc_peak_rss_mb(gw.proc.pid)
+        peak_rss = common.proc_peak_rss_mb(gw.proc.pid)
         log_text = gw.log()
     calls = sorted((c for w in worker_results for c in w["calls"]), key=lambda c: c["index"])
     lateness = np.asarray([x for c in calls for x in c["lateness"]], dtype=np.float64)
@@ -666,10 +531,7 @@ def run_load(
     frames = int(lateness.size)
     server_cpu = cpu1 - cpu0
     client_cpu = sum(w["cpu_s"] for w in worker_results)
-    problems = [
-        line for line in log_text.splitlines()
-        if re.search(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback", line)
-    ]  # fmt: skip
+    problems = driver.log_problems(log_text)
     end_reasons: dict[str, int] = {}
     close_codes: dict[str, int] = {}
     for c in calls:
@@ -706,12 +568,7 @@ def run_load(
         "frames": frames,
         "late_frames": int((lateness > LATE_S).sum()),
         "late_in_client_stall": sum(c["late_in_client_stall"] for c in calls),
-        "client_stalls": {
-            "count": sum(len(w["stalls"]) for w in worker_results),
-            "total_s": sum(b - a for w in worker_results for a, b in w["stalls"]),
-            "max_ms": 1000 * max((b - a for w in worker_results for a, b in w["stalls"]),
-                                 default=0.0),
-        },
+        "client_stalls": driver.stall_summary(worker_results),
         "late_pct": share(LATE_S),
         "late_buffer_frames": int((lateness > LATE_BUFFER_S).sum()),
         "late_buffer_pct": share(LATE_BUFFER_S),
@@ -744,7 +601,7 @@ def run_load(
             / max(1, sum(c["sends"] for c in calls)),
         },
         "machine_busy_pct": 100 * (busy1 - busy0) / max(1, total1 - total0),
-        "others_cpu_pct": 100 * max(0.0, (busy1 - busy0) / CLK_TCK - server_cpu - client_cpu)
+        "others_cpu_pct": 100 * max(0.0, (busy1 - busy0) / common.CLK_TCK - server_cpu - client_cpu)
         / wall,
         "server_metrics": metrics,
         "server_log_problems": problems[:20],
@@ -758,11 +615,12 @@ def run_load(
     }  # fmt: skip
     res["verdict"] = verdict(res, cfg)
     log(
-        f"N={n:<4} {sweep.engines.label}, {sweep.layout}: late {f(res['late_pct'], 2)} % of "
-        f"{frames} frames (> 60 ms {f(res['late_buffer_pct'], 2)} %), p99 "
-        f"{f(res['lateness_ms']['p99'])} ms; end of turn p50 {f(res['eot_client_s']['p50'], 2)} "
-        f"s; server CPU {res['server_cpu_pct']:.0f} % ({res['server_cpu_pct_per_call']:.2f} "
-        f"%/call); clients {res['client_cpu_pct']:.0f} %; {res['run_s']:.0f} s: {res['verdict']}"
+        f"N={n:<4} {sweep.engines.label}, {sweep.layout}: late {fmt(res['late_pct'], 2)} % of "
+        f"{frames} frames (> 60 ms {fmt(res['late_buffer_pct'], 2)} %), p99 "
+        f"{fmt(res['lateness_ms']['p99'])} ms; end of turn p50 "
+        f"{fmt(res['eot_client_s']['p50'], 2)} s; server CPU {res['server_cpu_pct']:.0f} % "
+        f"({res['server_cpu_pct_per_call']:.2f} %/call); clients {res['client_cpu_pct']:.0f} "
+        f"%; {res['run_s']:.0f} s: {res['verdict']}"
     )
     return res
 
@@ -798,105 +656,57 @@ def clearly_over(res: dict[str, Any]) -> bool:
     )
 
 
-def capacity(rows: Sequence[dict[str, Any]]) -> int | None:
-    """The largest N that passed, every smaller N tried passing too."""
-    best = None
-    for r in sorted(rows, key=lambda r: r["n"]):
-        if r["verdict"] != "ok":
-            break
-        best = r["n"]
-    return best
-
-
-@dataclass
-class Budget:
-    """Benchmark time so far, not counting the waits for a quiet machine."""
-
-    started: float = field(default_factory=time.perf_counter)
-    waited: float = 0.0
-
-    def used(self) -> float:
-        return time.perf_counter() - self.started - self.waited
-
-
-def run_sweep(
-    sweep: Sweep, cfg: Config, ns: Sequence[int], bank: list[list[bytes]], budget: Budget, log: Log
+def sweep_runs(
+    sweep: Sweep,
+    cfg: Config,
+    ns: Sequence[int],
+    bank: list[list[bytes]],
+    budget: driver.Budget,
+    log: Log,
 ) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+    """The runs of one sweep by N, then the discarded ones (`discarded: True`)."""
     discarded: list[dict[str, Any]] = []
+
+    def gate() -> dict[str, float]:
+        waited = common.idle_gate(cfg.idle_wait_s, log, IDLE_MAX_BUSY_PCT, 3.0, 10.0)
+        budget.waited += waited["waited_s"]
+        return waited
 
     def run(n: int) -> dict[str, Any]:
         """One run, after waiting for the machine to be quiet; a failed run during which
         other processes used over OTHERS_MAX_PCT of a core is run once more."""
-        for attempt in range(2):
-            gate = idle_gate(cfg.idle_wait_s, log, IDLE_MAX_BUSY_PCT, 3.0, 10.0)
-            budget.waited += gate["waited_s"]
-            res = run_load(n, cfg, sweep, bank, log) | {"idle_gate": gate}
-            busy = res["others_cpu_pct"] > OTHERS_MAX_PCT and cfg.retry_when_busy
-            if res["verdict"] == "ok" or not busy or attempt:
-                return res
-            log(f"N={n}: other processes used {res['others_cpu_pct']:.0f} % of a core during "
-                "the run: discarded, once more")  # fmt: skip
-            discarded.append(res)
-        raise AssertionError("unreachable")
+        return driver.retried(
+            lambda: run_load(n, cfg, sweep, bank, log), gate,
+            lambda r: r["others_cpu_pct"] > OTHERS_MAX_PCT and cfg.retry_when_busy,
+            discarded, log,
+        )  # fmt: skip
 
     def time_left() -> bool:
-        if budget.used() < sweep.until_s:
-            return True
-        log(f"{sweep.name}: time budget spent, no more runs")
-        return False
+        return budget.left(sweep.until_s, sweep.name, log)
 
-    for n in ns:
-        if not time_left():
-            break
-        rows.append(run(n))
-        if sweep.stop_early and clearly_over(rows[-1]):
-            break
-    for _ in range(sweep.bisect_steps):
-        good = capacity(rows) or 0
-        bad = min((r["n"] for r in rows if r["verdict"] != "ok"), default=None)
-        if bad is None or bad - good <= max(1, good // 10) or not time_left():
-            break
-        rows.append(run((good + bad) // 2))
+    rows = driver.run_sweep(
+        run, ns, time_left=time_left, stop=lambda rows: sweep.stop_early and clearly_over(rows[-1]),
+        bisect_steps=sweep.bisect_steps, next_n=lambda rows: driver.halfway(rows, time_left),
+    )  # fmt: skip
     for r in discarded:
         r["discarded"] = True
-    return sorted(rows, key=lambda r: r["n"]) + discarded
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = cpu_model()
-
-    packages = ("uvicorn", "websockets", "uvloop", "faster-whisper", "ctranslate2", "onnxruntime",
-                "piper-tts", "numpy")  # fmt: skip
-    return {
-        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "packages": {p: package_version(p) for p in packages},
-        "platform": platform.platform(),
-    }
+    return rows + discarded
 
 
 # --------------------------------------------------------------------------- report
-
-
-def f(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def timing_table(rows: Sequence[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         lat, jit = r["lateness_ms"], r["jitter_ms"]
-        late = f(r["late_pct"], 2)
+        late = fmt(r["late_pct"], 2)
         body.append([
             r["n"], r["engines"], r["layout"], f"{r['calls_completed']}/{r['n']}",
             r["turns_per_call"], r["frames"], f"**{late}**" if r["verdict"] == "ok" else late,
-            f(r["late_buffer_pct"], 2), r["late_in_client_stall"], r["calls_with_late_frames"],
-            f(lat["p50"]), f(lat["p99"]), f(lat["max"], 0), f(jit["p99"]),
-            f(jit["over_20ms_pct"], 2), r["gap_frames"], r["verdict"],
+            fmt(r["late_buffer_pct"], 2), r["late_in_client_stall"], r["calls_with_late_frames"],
+            fmt(lat["p50"]), fmt(lat["p99"]), fmt(lat["max"], 0), fmt(jit["p99"]),
+            fmt(jit["over_20ms_pct"], 2), r["gap_frames"], r["verdict"],
         ])  # fmt: skip
     return md_table(
         ["N", "engines", "CPUs", "calls ok", "turns / call", "bot frames", "late (> 20 ms) %",
@@ -914,9 +724,9 @@ def turn_table(rows: Sequence[dict[str, Any]]) -> str:
         hist = r["server_metrics"]["end_of_turn_latency_seconds"]
         body.append([
             r["n"], r["engines"], r["layout"], r["turns_said"],
-            f"{r['expected_replies']}/{r['turns_said']}", f(c["p50"], 2), f(c["p95"], 2),
-            f(c["max"], 2), f(s["p50"], 2), f(s["p95"], 2),
-            f(hist["mean"], 2), f(hist["p95_bucket"], 2),
+            f"{r['expected_replies']}/{r['turns_said']}", fmt(c["p50"], 2), fmt(c["p95"], 2),
+            fmt(c["max"], 2), fmt(s["p50"], 2), fmt(s["p95"], 2),
+            fmt(hist["mean"], 2), fmt(hist["p95_bucket"], 2),
         ])  # fmt: skip
     return md_table(
         ["N", "engines", "CPUs", "turns", "scripted reply", "client p50 s", "p95 s", "max s",
@@ -931,14 +741,14 @@ def cost_table(rows: Sequence[dict[str, Any]]) -> str:
         m = r["server_metrics"]
         vad_us = m["vad_window_seconds"]["mean"]
         body.append([
-            r["n"], r["engines"], r["layout"], f(r["mean_call_s"]), f(r["server_cpu_pct"], 0),
-            f(r["server_cpu_pct_per_call"], 2), f(r["server_peak_rss_mb"], 0),
-            f(r["client_cpu_pct"], 0), f(r["client_cpu_pct_per_call"], 2), r["workers"],
-            f(r["client_send_lag_ms"]["p99_worst_call"]), f(r["client_send_lag_ms"]["max"], 0),
+            r["n"], r["engines"], r["layout"], fmt(r["mean_call_s"]), fmt(r["server_cpu_pct"], 0),
+            fmt(r["server_cpu_pct_per_call"], 2), fmt(r["server_peak_rss_mb"], 0),
+            fmt(r["client_cpu_pct"], 0), fmt(r["client_cpu_pct_per_call"], 2), r["workers"],
+            fmt(r["client_send_lag_ms"]["p99_worst_call"]), fmt(r["client_send_lag_ms"]["max"], 0),
             f"{r['client_stalls']['count']} / {r['client_stalls']['max_ms']:.0f}",
-            f(r["machine_busy_pct"], 0), f(r["others_cpu_pct"], 0),
-            f(m["vad_batch_size"]["mean"]),
-            f(None if vad_us is None else 1e6 * vad_us, 0),
+            fmt(r["machine_busy_pct"], 0), fmt(r["others_cpu_pct"], 0),
+            fmt(m["vad_batch_size"]["mean"]),
+            fmt(None if vad_us is None else 1e6 * vad_us, 0),
             " / ".join(f"{x:.2f}" for x in r["loadavg_at_start"]),
         ])  # fmt: skip
     return md_table(
@@ -1069,8 +879,8 @@ def espeak_vs_piper(runs: Sequence[dict[str, Any]]) -> str | None:
         return None
     a, b = max(pairs, key=lambda p: p[0]["n"])
     return (
-        f"At N = {a['n']} ({a['layout']}) {f(a['late_pct'], 2)} % of frames were late with "
-        f"{a['engines']} but {f(b['late_pct'], 2)} % with {b['engines']}, although that server "
+        f"At N = {a['n']} ({a['layout']}) {fmt(a['late_pct'], 2)} % of frames were late with "
+        f"{a['engines']} but {fmt(b['late_pct'], 2)} % with {b['engines']}, although that server "
         f"used {b['server_cpu_pct'] / max(1e-9, a['server_cpu_pct']):.1f}x the CPU: the late "
         "frames come from the espeak-ng path, not from the WebSocket transport. Diagnosed in "
         "development with an instrumented server (N = 15, pinned): every event-loop stall over "
@@ -1096,7 +906,7 @@ def notes_for(res: dict[str, Any]) -> list[str]:
         )
     for r in res.get("discarded_runs", []):
         notes.append(f"N={r['n']} ({r['engines']}, {r['layout']}): a first run was discarded "
-                     f"({f(r['late_pct'], 2)} % late; other processes used "
+                     f"({fmt(r['late_pct'], 2)} % late; other processes used "
                      f"{r['others_cpu_pct']:.0f} % of a core meanwhile)")  # fmt: skip
     for r in res["runs"]:
         label = f"N={r['n']} ({r['engines']}, {r['layout']})"
@@ -1127,34 +937,10 @@ def notes_for(res: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------- main
 
 
-def wait_for_quiet(threshold: float, max_wait_s: float, log: Log) -> None:
-    """Poll the 1-minute load average every 30 s until it is below `threshold`."""
-    deadline = time.monotonic() + max_wait_s
-    while True:
-        load = os.getloadavg()[0]
-        if load < threshold:
-            log(f"load average {load:.2f} < {threshold:g}: starting")
-            return
-        if time.monotonic() >= deadline:
-            log(f"load average still {load:.2f} after {max_wait_s:.0f} s: starting anyway")
-            return
-        log(f"load average {load:.2f} >= {threshold:g}: waiting")
-        time.sleep(30)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run (< 1 min)")
-    parser.add_argument("--json", type=Path, help="write all figures as JSON here")
-    parser.add_argument("--results", type=Path, help=f"write the '{SECTION[3:]}' section here")
+    parser = driver.load_parser(__doc__, SECTION)
     parser.add_argument("--ns", help="comma-separated N for the first sweep only (no bisection)")
     parser.add_argument("--no-pin", action="store_true", help="first sweep without pinning")
-    parser.add_argument(
-        "--wait-load",
-        type=float,
-        metavar="L",
-        help="first wait (up to 20 min) for the 1-minute load average to drop below L",
-    )
     parser.add_argument(
         "--render", type=Path, metavar="JSON", help="no runs: redo the report from a --json file"
     )
@@ -1176,44 +962,35 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if {0, 1} - os.sched_getaffinity(0):
         raise SystemExit("needs CPUs 0 and 1")
-    started = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
-
+    log = common.StderrLog()
     if args.wait_load is not None:
-        wait_for_quiet(args.wait_load, 20 * 60, log)
-        started = time.perf_counter()
+        common.wait_for_load(args.wait_load, 20 * 60, log)
+        log.restart()
     res: dict[str, Any] = {
         "config": asdict(cfg),
         "quick": args.quick,
-        "machine": machine_info(),
+        "machine": common.machine_info(PACKAGES, loadavg_at_start=common.loadavg()),
         "definitions": {"late_s": LATE_S, "late_buffer_s": LATE_BUFFER_S, "seed": SEED},
     }
     bank = caller_bank(log)
-    budget = Budget(started=started)
+    budget = driver.Budget(started=log.started)
     runs: list[dict[str, Any]] = []
     res["capacity"] = []
     for sweep in cfg.sweeps:
-        all_rows = run_sweep(sweep, cfg, sweep.ns, bank, budget, log)
+        all_rows = sweep_runs(sweep, cfg, sweep.ns, bank, budget, log)
         rows = [r for r in all_rows if not r.get("discarded")]
         runs += rows
         res.setdefault("discarded_runs", []).extend(r for r in all_rows if r.get("discarded"))
         first_over = next((r for r in rows if r["verdict"] != "ok"), None)
         res["capacity"].append({
             "sweep": sweep.name, "engines": sweep.engines.label, "layout": sweep.layout,
-            "max_n": capacity(rows), "tried": [r["n"] for r in rows],
+            "max_n": driver.capacity(rows), "tried": [r["n"] for r in rows],
             "first_over": {"n": first_over["n"], "verdict": first_over["verdict"]}
             if first_over else None,
         })  # fmt: skip
     res["runs"] = runs
-    res["total_seconds"] = time.perf_counter() - started
     res["waited_for_quiet_seconds"] = budget.waited
-    res["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    log("done")
-    section = render(res)
-    publish(section, res, args.json, args.results)
-    return 0
+    return common.finish(res, render, args, log)
 
 
 if __name__ == "__main__":
