@@ -21,7 +21,7 @@ import numpy as np
 from aiortc.rtp import RtpPacket
 
 from voicebot.audio.frames import FRAME_SAMPLES
-from voicebot.audio.resample import StreamingResampler
+from voicebot.audio.resample import from_canonical, to_canonical
 from voicebot.telephony.dtmf import DtmfDetector
 from voicebot.telephony.sdp import PCMA, PCMU
 
@@ -116,8 +116,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self._latched = False
         self.jitter = JitterBuffer()
         self.out_frame: np.ndarray | None = None
-        self.upsampler = StreamingResampler(8000, 16000)
-        self.downsampler = StreamingResampler(16000, 8000)
+        self.upsampler = to_canonical(8000)
+        self.downsampler = from_canonical(8000)
         self.last_in = np.zeros(SAMPLES_PER_PACKET, np.int16)
         self._ssrc = random.getrandbits(32)
         self._seq = random.getrandbits(16)

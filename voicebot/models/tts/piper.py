@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from voicebot.audio.frames import SAMPLE_RATE, float_to_pcm16
-from voicebot.audio.resample import StreamingResampler
+from voicebot.audio.frames import float_to_pcm16, silence
+from voicebot.audio.resample import to_canonical
 from voicebot.models.base import EngineError
 from voicebot.models.executor import model_worker, run_blocking
 from voicebot.models.weights import PIPER_JOE, PIPER_JOE_CONFIG
@@ -68,12 +68,12 @@ class PiperTextToSpeech:
     def synthesize_sync(self, text: str) -> np.ndarray:
         text = text.strip()[:MAX_TEXT_CHARS]
         if not text:
-            return np.zeros(0, np.int16)
+            return silence(0)
         chunks = [c.audio_float_array for c in self._voice.synthesize(text, self._syn)]
         if not chunks:
-            return np.zeros(0, np.int16)
+            return silence(0)
         audio = float_to_pcm16(np.concatenate(chunks))
-        return StreamingResampler(self.sample_rate, SAMPLE_RATE).process(audio)
+        return to_canonical(self.sample_rate).process(audio)
 
     async def synthesize(self, text: str) -> np.ndarray:
         return await run_blocking(self._worker, self.synthesize_sync, text)
