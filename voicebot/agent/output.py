@@ -1,0 +1,52 @@
+"""SpeechOutput: the bot's speech between its playout queue and the transport's sink.
+
+Place in the flow: the last step of every frame, the session takes the next frame from
+`playout` and `write`s it to the sink, so output is clocked by input and the session knows
+what the caller has heard. On a speech candidate it `hold`s (queued frames dropped from the
+sink and rewound, nothing lost); a confirmed barge-in `cut`s, keeping the unplayed rest.
+Both are synchronous: the sink is silenced in the event-loop turn that saw the speech.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from voicebot.agent.playout import AudioSink, Playout, Utterance
+
+
+class SpeechOutput:
+    def __init__(self, sink: AudioSink) -> None:
+        self.sink = sink
+        self.playout = Playout()
+        # The sentence the last frame written came from (None before the first): frames the
+        # sink drops on a hold or a cut were its, so it is the one rewound.
+        self._last: Utterance | None = None
+        # None while output flows; while paused on a speech candidate, since when (call
+        # seconds): set by `hold`, back to None on `release` (the candidate died) or `cut`.
+        self.held_at: float | None = None
+
+    def write(self, frame: np.ndarray, utterance: Utterance) -> None:
+        self.sink.write(frame)
+        self._last = utterance
+
+    def hold(self, t: float) -> None:
+        """Pause at `t`: what the sink still holds is dropped, and played again later."""
+        self._take_back()
+        self.held_at = t
+
+    def release(self) -> None:
+        """The candidate died as a blip: play on from where the hold paused."""
+        self.held_at = None
+
+    def cut(self, t: float) -> tuple[list[Utterance], float]:
+        """Barge-in at `t`: silence now. Returns what was never heard (the playout is left
+        empty) and when output stopped (the hold's start, if it was held)."""
+        self._take_back()
+        remainder = self.playout.take_remainder()
+        stopped_at = self.held_at if self.held_at is not None else t
+        self.held_at = None
+        return remainder, stopped_at
+
+    def _take_back(self) -> None:
+        dropped = self.sink.clear()
+        self.playout.rewind(dropped, self._last)
