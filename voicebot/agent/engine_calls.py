@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,38 +25,34 @@ log = logging.getLogger("voicebot.agent")
 Reporter = Callable[[str, str], None]  # (source, message) -> an `error` event
 
 
+@dataclass(eq=False)
 class EngineCalls:
-    def __init__(
-        self,
-        call_id: str,
-        engines: Engines,
-        config: AgentConfig,
-        clock: EngineClock,
-        report: Reporter,
-    ) -> None:
-        self._call_id = call_id
-        self._engines = engines
-        self._config = config
-        self._clock = clock
-        self._report = report
-        self.stt_inputs: list[np.ndarray] = []  # every buffer sent to STT (tests, audits)
+    call_id: str
+    engines: Engines
+    config: AgentConfig
+    clock: EngineClock
+    report: Reporter
+    # Every buffer sent to STT, in order (tests, audits).
+    stt_inputs: list[np.ndarray] = field(default_factory=list, init=False)
+
+    @property
+    def stt_name(self) -> str:
+        return self.engines.stt.name
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
         self.stt_inputs.append(audio)
-        stt = self._engines.stt
-        return await self._clock.call(
-            with_timeout(stt.transcribe(audio), self._config.stt_timeout_s)
-        )
+        stt = self.engines.stt
+        return await self.clock.call(with_timeout(stt.transcribe(audio), self.config.stt_timeout_s))
 
     def new_reply(self, playout: Playout) -> ReplyPipeline:
         """A reply not yet started, its sentences going to `playout`."""
         return ReplyPipeline(
-            tts=self._engines.tts,
-            llm=self._engines.llm,
+            tts=self.engines.tts,
+            llm=self.engines.llm,
             playout=playout,
-            clock=self._clock,
-            tts_timeout_s=self._config.tts_timeout_s,
-            llm_timeout_s=self._config.llm_timeout_s,
+            clock=self.clock,
+            tts_timeout_s=self.config.tts_timeout_s,
+            llm_timeout_s=self.config.llm_timeout_s,
             on_error=self.error,
         )
 
@@ -67,5 +64,5 @@ class EngineCalls:
             message = f"{what}: {type(exc).__name__}: {exc}"
         else:
             message = f"{what}: {type(exc).__name__}"
-        log.warning("call %s: %s", self._call_id, message)
-        self._report(what, message)
+        log.warning("call %s: %s", self.call_id, message)
+        self.report(what, message)

@@ -9,21 +9,23 @@ Both are synchronous: the sink is silenced in the event-loop turn that saw the s
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from voicebot.agent.playout import AudioSink, Playout, Utterance
 
 
+@dataclass(eq=False)
 class SpeechOutput:
-    def __init__(self, sink: AudioSink) -> None:
-        self.sink = sink
-        self.playout = Playout()
-        # The sentence the last frame written came from (None before the first): frames the
-        # sink drops on a hold or a cut were its, so it is the one rewound.
-        self._last: Utterance | None = None
-        # None while output flows; while paused on a speech candidate, since when (call
-        # seconds): set by `hold`, back to None on `release` (the candidate died) or `cut`.
-        self.held_at: float | None = None
+    sink: AudioSink
+    playout: Playout = field(default_factory=Playout, init=False)
+    # The sentence the last frame written came from (None before the first): frames the
+    # sink drops on a hold or a cut were its, so it is the one rewound.
+    _last: Utterance | None = field(default=None, init=False)
+    # None while output flows; while paused on a speech candidate, since when (call
+    # seconds): set by `hold`, back to None on `release` (the candidate died) or `cut`.
+    held_at: float | None = field(default=None, init=False)
 
     def write(self, frame: np.ndarray, utterance: Utterance) -> None:
         self.sink.write(frame)

@@ -10,18 +10,20 @@ Barge-in is handled synchronously inside the VAD event handler: the reply tasks 
 cancelled and the sink cleared in the same event-loop turn that sees `speech_start`.
 Only speech segments ever reach STT. The session knows nothing of wire formats.
 
-The session holds the states, turns, replies and the call's lifetime; each other job has
-its own module: `input_stages` (echo, noise, VAD windows and levels), `conversation`
-(history, unanswered words, the false-interruption test), `speculation` (the reply begun
-at a pause), `engine_calls` (STT, replies, engine errors), `output` (playout to the sink,
-hold and cut) and `call_actions` (hang-up and transfer).
+The session keeps the states and what moves them (VAD events, barge-in, the output tick)
+and wires the parts that do each other job: `input_stages` (echo, noise, VAD windows and
+levels), `turns` (speech_end to the answer), `conversation` (history, unanswered words,
+the false-interruption test), `speculation` (the reply begun at a pause), `replies` (the
+reply in progress), `engine_calls` (STT, reply pipelines, engine errors), `output` (playout
+to the sink, hold and cut), `call_actions` (hang-up, transfer) and `lifetime` (run modes,
+end reason, shutdown).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,19 +47,20 @@ from voicebot.agent.events import (
     SpeechEnded,
     SpeechStarted,
     StateChanged,
-    TranscriptReady,
     VadLevel,
 )
 from voicebot.agent.input_stages import InputStages, VadLevels, check_frame
+from voicebot.agent.lifetime import Lifetime
 from voicebot.agent.output import SpeechOutput
 from voicebot.agent.playout import AudioSink
-from voicebot.agent.reply import ReplyPipeline
-from voicebot.agent.speculation import Speculation, Speculator
+from voicebot.agent.replies import Replies
+from voicebot.agent.speculation import Speculator
+from voicebot.agent.turns import Turns
 from voicebot.agent.vad_runner import InlineVad, VadRunner
 from voicebot.audio.denoise import NoiseSuppressor
 from voicebot.audio.echo import EchoCanceller
 from voicebot.audio.frames import FRAME_SAMPLES, SAMPLE_RATE
-from voicebot.models.base import CallAction, ChatMessage, Engines
+from voicebot.models.base import Engines
 from voicebot.models.vad import (
     SileroVad,
     SpeechEnd,
@@ -122,25 +125,19 @@ class CallSession:
         self._speculator = Speculator(self.config, vad.segmenter, self._conversation, self._engine)
         self._output = SpeechOutput(self.sink)
         self._actions = CallActions(self.control, self.end, self._engine.error)
+        self._replies = Replies(self._engine, self._conversation, self._output.playout)
+        self._turns = Turns(
+            self.config, self._conversation, self._engine, self._replies,
+            publish=self._publish, set_state=self._set_state,
+        )  # fmt: skip
+        self._lifetime = Lifetime(
+            start=self._start, fail=self._report_failure, shutdown=self._shutdown,
+            ended=lambda reason: self._publish(CallEnded, reason=reason),
+        )  # fmt: skip
         self._state = AgentState.WAITING_FOR_SPEECH
         self._frames_in = 0
-        # The reply being produced or played into the live playout: set when one starts (or
-        # a speculative one is adopted); None again on barge-in and once fully played.
-        self._reply: ReplyPipeline | None = None
-        # The turn being answered, from speech_end until its transcript is handled; None
-        # otherwise and after a barge-in. (After a false-interruption resume it keeps the
-        # finished task until the next turn or barge-in.)
-        self._turn_task: asyncio.Task[None] | None = None
-        # That turn's audio while STT has not answered (a barge-in then keeps it as
-        # unanswered audio); None once the transcript is in, or with no turn in progress.
-        self._turn_audio: np.ndarray | None = None
         # True from a speech_start the bot talked on through (barge_in off) to its speech_end.
         self._ignore_segment = False
-        # None while the call runs; once it is ending, the first reason given. Never reset.
-        self._end_reason: str | None = None
-        # Driven mode only: what `run_driven` waits on, made when it starts and resolved by
-        # `end()`; None under `run()` and before `run_driven` has started.
-        self._stopped: asyncio.Future[None] | None = None
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -156,8 +153,8 @@ class CallSession:
     def idle(self) -> bool:
         """Nothing to say and nothing being worked on."""
         return (
-            self._reply is None
-            and self._turn_task is None
+            self._replies.current is None
+            and self._turns.task is None
             and self._output.playout.empty
             and self._actions.pending is None
         )
@@ -188,14 +185,12 @@ class CallSession:
 
     def end(self, reason: str) -> None:
         """Ask the session to end after the current frame (hang-up from outside)."""
-        self._end_reason = self._end_reason or reason
-        if self._stopped is not None and not self._stopped.done():
-            self._stopped.set_result(None)
+        self._lifetime.end(reason)
 
     @property
     def ending(self) -> bool:
         """Asked to end (by the caller's side or the bot's): no more frames are wanted."""
-        return self._end_reason is not None
+        return self._lifetime.ending
 
     async def run(self, frames: AsyncIterator[np.ndarray]) -> str:
         """Pull `frames` until they end or the call is ended; returns the end reason."""
@@ -203,21 +198,15 @@ class CallSession:
         async def pull() -> None:
             async for frame in frames:
                 await self.process_frame(frame)
-                if self._end_reason is not None:
+                if self.ending:
                     break
 
-        return await self._lifetime(pull())
+        return await self._lifetime.run(pull())
 
     async def run_driven(self) -> str:
         """Run while a shared clock (the SIP media clock) steps the session with
         `begin_frame` / `finish_frame`; returns once `end` or `fail` is called."""
-
-        async def wait_for_end() -> None:
-            self._stopped = asyncio.get_running_loop().create_future()
-            if self._end_reason is None:
-                await self._stopped
-
-        return await self._lifetime(wait_for_end())
+        return await self._lifetime.run(self._lifetime.until_ended())
 
     def fail(self, exc: BaseException) -> None:
         """A driven session's frame step raised: report it and end the call (only this one)."""
@@ -251,36 +240,16 @@ class CallSession:
         self._input.sent(self._tick_output())
 
     # -- lifetime --------------------------------------------------------------------------
-    async def _lifetime(self, body: Coroutine[Any, Any, None]) -> str:
+    def _start(self) -> None:
         self._publish(CallStarted, info=self.info)
         self._publish(StateChanged, state=self._state)
         if self.config.greeting:
-            self._start_reply(texts=[self.config.greeting])
-        reason = "caller_hangup"
-        try:
-            await body
-            if self._end_reason is not None:
-                reason = self._end_reason
-        except asyncio.CancelledError:
-            reason = self._end_reason or "cancelled"
-            raise
-        except Exception as exc:
-            self._report_failure(exc)
-            reason = "error"
-        finally:
-            # From here on the session is ending, whatever ended it (also a cancellation):
-            # a media clock stops stepping it, so nothing new starts during the shutdown.
-            self._end_reason = self._end_reason or reason
-            await self._shutdown()
-            self._publish(CallEnded, reason=reason)
-        return reason
+            self._replies.start(texts=[self.config.greeting])
 
     async def _shutdown(self) -> None:
-        if self._reply is not None:
-            self._reply.cancel()
-            await self._reply.wait()
+        await self._replies.stop()
         speculation_task = await self._speculator.stop()
-        tasks = [task for task in (self._turn_task, speculation_task) if task is not None]
+        tasks = [task for task in (self._turns.task, speculation_task) if task is not None]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -300,7 +269,7 @@ class CallSession:
     def _on_speech_start(self, event: SpeechStart) -> None:
         self._publish(SpeechStarted, t=event.t, onset=event.onset)
         self._ignore_segment = False
-        bot_busy = self._reply is not None or self._turn_task is not None
+        bot_busy = self._replies.current is not None or self._turns.task is not None
         if bot_busy or self._state in (AgentState.SPEAKING, AgentState.THINKING):
             if self.config.barge_in:
                 self._barge_in(event)
@@ -317,10 +286,7 @@ class CallSession:
         if self._state is not AgentState.LISTENING:
             return
         self._set_state(AgentState.THINKING)
-        reuse = self._speculator.take(event.end)
-        audio = self._conversation.turn_audio(event.audio)
-        self._turn_audio = audio
-        self._turn_task = asyncio.create_task(self._handle_turn(audio, reuse))
+        self._turns.start(event.audio, self._speculator.take(event.end))
 
     def _hold_on_candidate(self) -> None:
         """Stop talking the moment the VAD sees possible speech, before it is confirmed.
@@ -342,15 +308,8 @@ class CallSession:
     def _barge_in(self, event: SpeechStart) -> None:
         # Everything here is synchronous: no await between seeing speech and silencing output.
         was_speaking = self._state is AgentState.SPEAKING
-        reply, self._reply = self._reply, None
-        if reply is not None:
-            reply.cancel()
-        if self._turn_task is not None:
-            self._turn_task.cancel()
-            self._turn_task = None
-            if self._turn_audio is not None:  # cut before STT finished: keep what was said
-                self._conversation.unanswered.audio = [self._turn_audio]
-        self._turn_audio = None
+        reply = self._replies.cancel()
+        self._turns.cancel()
         remainder, stopped_at = self._output.cut(self.t)
         if was_speaking and reply is not None:
             # Complete sentences already written are kept even if the LLM was still going:
@@ -365,83 +324,9 @@ class CallSession:
         self._set_state(AgentState.INTERRUPTED)
         self._set_state(AgentState.LISTENING)
 
-    # -- turns -----------------------------------------------------------------------------
-    async def _handle_turn(self, audio: np.ndarray, speculation: Speculation | None) -> None:
-        conversation = self._conversation
-        try:
-            if speculation is not None:
-                transcript = await asyncio.shield(speculation.task)
-            else:
-                transcript = await self._engine.transcribe(audio)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._engine.error(f"STT {self.engines.stt.name}", exc)
-            self._turn_task = None
-            self._turn_audio = None
-            conversation.forget_turn()
-            self._start_reply(texts=[self.config.fallback_text])
-            return
-        self._turn_audio = None
-        conversation.unanswered.audio = []
-        self._publish(TranscriptReady, text=transcript.text, final=True)
-
-        suspended, conversation.suspended = conversation.suspended, None
-        if suspended is not None:
-            if self.config.false_interruption_resume and conversation.is_false_interruption(
-                transcript
-            ):
-                self._resume(suspended)
-                return
-            conversation.commit_assistant(suspended.spoken_texts, interrupted=True)
-
-        user_text = conversation.user_text(transcript)
-        if not user_text:
-            self._turn_task = None
-            self._set_state(AgentState.WAITING_FOR_SPEECH)
-            return
-        # Kept until the reply starts playing: more speech before then extends this turn.
-        conversation.unanswered.texts = [user_text]
-        self._turn_task = None
-        if speculation is not None and speculation.answers(user_text):
-            # The speculative reply is the real one: its held audio goes live.
-            conversation.spoken = []
-            self._reply = speculation.hand_over(self._output.playout)
-            return
-        if speculation is not None:
-            speculation.cancel()
-        self._start_reply(messages=conversation.messages(user_text))
-
-    def _resume(self, suspended: SuspendedReply) -> None:
-        """The barge-in was no turn: go on with the cut-off reply where the caller left it."""
-        self._conversation.spoken = suspended.spoken_texts
-        for utterance in suspended.utterances:
-            self._output.playout.append(utterance)
-        self._set_state(AgentState.THINKING)
-        self._start_reply(texts=suspended.unspoken_texts, action=suspended.action, keep_spoken=True)
-
-    def _start_reply(
-        self,
-        *,
-        texts: list[str] | None = None,
-        messages: list[ChatMessage] | None = None,
-        action: CallAction | None = None,
-        keep_spoken: bool = False,
-    ) -> None:
-        if not keep_spoken:
-            self._conversation.spoken = []
-        reply = self._engine.new_reply(self._output.playout)
-        reply.action = action
-        self._reply = reply
-        if messages is not None:
-            reply.start_llm(messages)
-        else:
-            reply.start_texts(texts or [])
-
     # -- output ------------------------------------------------------------------------------
     def _tick_output(self) -> np.ndarray | None:
         """Send this tick's frame of bot speech, if any; returns it."""
-        reply = self._reply
         if self._output.held_at is not None:
             return None  # paused on possible speech; see _hold_on_candidate
         nxt = self._output.playout.next_frame()
@@ -458,13 +343,13 @@ class CallSession:
                 self._publish(BotText, text=utterance.text)
             self._output.write(frame, utterance)
             return frame
-        if reply is None or not reply.done:
+        reply = self._replies.finished()
+        if reply is None:
             return None
         # The reply is fully played (or produced nothing).
-        self._reply = None
         spoken = self._conversation.spoken
         if reply.failed and not spoken and reply.uses_llm:
-            self._start_reply(texts=[self.config.fallback_text])
+            self._replies.start(texts=[self.config.fallback_text])
             return None
         if spoken:
             self._conversation.commit_assistant(spoken, interrupted=False)

@@ -53,44 +53,38 @@ class Speculation:
         return self.reply
 
 
+@dataclass(eq=False)
 class Speculator:
-    def __init__(
-        self,
-        config: AgentConfig,
-        segmenter: SpeechSegmenter,
-        conversation: Conversation,
-        engines: EngineCalls,
-    ) -> None:
-        self._config = config
-        self._segmenter = segmenter
-        self._conversation = conversation
-        self._engines = engines
-        # None except from a pause in a LISTENING turn until the caller talks on (cancelled),
-        # speech_end takes it (adopted or cancelled by the turn) or the call ends (`stop`).
-        self.current: Speculation | None = None
+    config: AgentConfig
+    segmenter: SpeechSegmenter
+    conversation: Conversation
+    engines: EngineCalls
+    # None except from a pause in a LISTENING turn until the caller talks on (cancelled),
+    # speech_end takes it (adopted or cancelled by the turn) or the call ends (`stop`).
+    current: Speculation | None = field(default=None, init=False)
 
     def on_frame(self, *, listening: bool) -> None:
         """At a pause mid-speech, start on the reply to what was said so far."""
-        if not self._config.speculative_stt or not listening:
+        if not self.config.speculative_stt or not listening:
             return
         speculation = self.current
-        silence_ms = self._segmenter.trailing_silence_ms
-        if silence_ms < self._config.speculative_pause_ms:
+        silence_ms = self.segmenter.trailing_silence_ms
+        if silence_ms < self.config.speculative_pause_ms:
             if speculation is not None and silence_ms == 0:
                 # The caller went on talking: what was started no longer answers the turn.
                 speculation.cancel()
                 self.current = None
             return
-        segment = self._segmenter.open_segment()
+        segment = self.segmenter.open_segment()
         # Audio of the turn never transcribed: its STT must hear that too; wait for the end.
-        if segment is None or self._conversation.unanswered.audio:
+        if segment is None or self.conversation.unanswered.audio:
             return
         _, end, audio = segment
         if speculation is not None:
             if abs(speculation.end - end) < 1e-6:
                 return  # still the same pause
             speculation.cancel()
-        task = asyncio.create_task(self._engines.transcribe(audio))
+        task = asyncio.create_task(self.engines.transcribe(audio))
         self.current = Speculation(end, task)
         task.add_done_callback(lambda done, spec=self.current: self._start_reply(spec))
 
@@ -118,12 +112,12 @@ class Speculator:
             speculation is not self.current
             or speculation.task.cancelled()
             or speculation.task.exception() is not None
-            or self._conversation.suspended is not None  # a false interruption may resume
+            or self.conversation.suspended is not None  # a false interruption may resume
         ):
             return
-        user_text = self._conversation.user_text(speculation.task.result())
+        user_text = self.conversation.user_text(speculation.task.result())
         if not user_text:
             return
         speculation.user_text = user_text
-        speculation.reply = self._engines.new_reply(speculation.playout)
-        speculation.reply.start_llm(self._conversation.messages(user_text))
+        speculation.reply = self.engines.new_reply(speculation.playout)
+        speculation.reply.start_llm(self.conversation.messages(user_text))
