@@ -173,3 +173,97 @@ def test_push_accepts_any_shape_of_mono_samples(vad_model: SileroVad) -> None:
         stream = vad_model.new_stream()
         windows = stream.push(shaped) + stream.push(shaped)
         assert [w.shape for w in windows] == [(512,)] * 4
+
+
+# -- whole signals: the split graph (SileroVad.probabilities) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def long_noisy_speech(utterances: list[np.ndarray]) -> np.ndarray:
+    """About 100 s: the four voices over and over with 0.3-3 s pauses, in pink noise at
+    15 dB, babble at 20 dB in its second half (some boundaries near the thresholds)."""
+    rng = np.random.default_rng(21)
+    order = [utterances[i % 4] for i in rng.permutation(24)]
+    conv = audiogen.compose(order, gaps_s=list(rng.uniform(0.3, 3.0, size=len(order))))
+    noise = audiogen.make_noise("pink", len(conv.audio), rng)
+    x = audiogen.mix_at_snr(conv.audio, noise, 15, conv.speech_mask)
+    half = len(x) // 2
+    babble = audiogen.make_noise("babble", len(x) - half, rng)
+    x[half:] = audiogen.mix_at_snr(x[half:], babble, 20, conv.speech_mask[half:])
+    return x
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_whole_signal_probabilities_equal_the_stream_bit_for_bit(
+    vad_model: SileroVad, long_noisy_speech: np.ndarray, rate: int
+) -> None:
+    audio = long_noisy_speech if rate == 16000 else resample_whole(long_noisy_speech, 16000, rate)
+    audio = audio[: len(audio) - 100]  # a final partial window is left out, as a stream does
+    stepwise = np.array(vad_model.new_stream(rate).process(audio), dtype=np.float32)
+    runner = vad_model._whole_signal_runner(rate)
+    assert runner is not None  # the split graph is in use, not the fallback
+    whole = vad_model.probabilities(audio, rate)
+    assert whole.dtype == np.float32 and len(whole) == len(stepwise) > 1000
+    np.testing.assert_array_equal(whole, stepwise)  # exact, not approximately
+    # Chunk edges carry the LSTM state exactly, wherever they fall.
+    np.testing.assert_array_equal(runner.run(audio, chunk_windows=37), stepwise)
+
+
+def test_whole_file_segments_equal_streaming_segments(
+    vad_model: SileroVad, long_noisy_speech: np.ndarray
+) -> None:
+    from voicebot.models.vad import SpeechEnd, VadParams, VoiceActivityDetector
+
+    for params in (VadParams(), VadParams(0.6, 0.45, min_speech_ms=250, min_silence_ms=200)):
+        detector = VoiceActivityDetector(vad_model, params)
+        ends = []
+        for i in range(0, len(long_noisy_speech), FRAME_SAMPLES):
+            ends += detector.push(long_noisy_speech[i : i + FRAME_SAMPLES])
+        ends += detector.finish()
+        streamed = [(e.start, e.end) for e in ends if isinstance(e, SpeechEnd)]
+        whole = detect_speech_segments(long_noisy_speech, params, model=vad_model)
+        assert [(s.start, s.end) for s in whole] == streamed
+        assert len(streamed) >= 15
+
+
+def test_whole_signal_falls_back_to_windows_when_the_graph_does_not_split(
+    monkeypatch: pytest.MonkeyPatch, conversation: audiogen.Conversation
+) -> None:
+    from voicebot.models.vad import silero
+
+    expected = np.array(SileroVad.shared().new_stream().process(conversation.audio), np.float32)
+
+    def refuse(model: bytes, rate: int) -> tuple[bytes, bytes]:
+        raise ValueError("not this graph")
+
+    monkeypatch.setattr(silero, "split_model", refuse)
+    vad = SileroVad()
+    np.testing.assert_array_equal(vad.probabilities(conversation.audio), expected)
+    assert vad._whole == {16000: None}
+
+    # Split models that disagree with the full graph on the probe are not used either.
+    monkeypatch.undo()
+    monkeypatch.setattr(silero, "_probe_signal", lambda rate: np.zeros(rate, np.int16))
+    monkeypatch.setattr(
+        silero._WholeSignalRunner, "run", lambda self, pcm, chunk_windows=0: np.ones(31)
+    )
+    vad = SileroVad()
+    np.testing.assert_array_equal(vad.probabilities(conversation.audio), expected)
+    assert vad._whole == {16000: None}
+
+
+def test_short_signals_and_bad_input(vad_model: SileroVad) -> None:
+    from voicebot.models.vad.silero import split_model
+
+    assert len(vad_model.probabilities(np.zeros(511, np.int16))) == 0
+    short = (np.arange(16000) % 200 * 100).astype(np.int16)
+    np.testing.assert_array_equal(
+        vad_model.probabilities(short), np.array(vad_model.new_stream().process(short), np.float32)
+    )
+    with pytest.raises(TypeError, match="int16"):
+        vad_model.probabilities(np.zeros(16000, np.float32))
+    with pytest.raises(ValueError, match="8000 or 16000"):
+        vad_model.probabilities(np.zeros(16000, np.int16), 44100)
+    encoder, _ = split_model(packaged_model_path().read_bytes(), 16000)
+    with pytest.raises(ValueError):
+        split_model(encoder, 16000)  # no sample-rate If: not a Silero graph

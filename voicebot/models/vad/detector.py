@@ -1,8 +1,11 @@
 """A call's VAD: its model stream plus its segmenter; and whole-file segmentation for the CLI.
 
-`VoiceActivityDetector.push(frame)` runs the model unbatched, for one stream alone (the CLI,
-tests, a single call). Many concurrent calls instead collect `pending windows` and advance
-together through `SileroVad.run_batch`, then hand each probability to `on_probability`.
+`VoiceActivityDetector.push(frame)` runs the model unbatched, for one stream alone (tests, a
+single call). Many concurrent calls instead collect `pending windows` and advance together
+through `SileroVad.run_batch`, then hand each probability to `on_probability`.
+`detect_speech_segments` (the CLI) has the whole signal up front: it takes every window's
+probability from `SileroVad.probabilities` (the same numbers, bit for bit, computed in a
+few large model runs) and feeds them to the same segmenter.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from voicebot.models.vad.segmenter import (
     SpeechSegmenter,
     VadParams,
 )
-from voicebot.models.vad.silero import SileroVad, VadStream
+from voicebot.models.vad.silero import WINDOW_SAMPLES, SileroVad, VadStream
 
 
 class VoiceActivityDetector:
@@ -63,11 +66,24 @@ def detect_speech_segments(
     model: SileroVad | None = None,
     sample_rate: int = SAMPLE_RATE,
 ) -> list[SpeechSegment]:
-    """Speech segments of a whole int16 signal, as the streaming detector finds them."""
+    """Speech segments of a whole int16 signal: exactly those the streaming detector finds
+    fed the same samples (same probabilities, same segmenter), computed faster."""
     pcm = np.asarray(samples)
     if pcm.dtype != np.int16:
         raise TypeError(f"detect_speech_segments takes int16 samples, got {pcm.dtype}")
-    detector = VoiceActivityDetector(model, params, sample_rate)
-    events = detector.push(pcm.reshape(-1))
-    events.extend(detector.finish())
-    return [SpeechSegment(e.start, e.end) for e in events if isinstance(e, SpeechEnd)]
+    pcm = pcm.reshape(-1)
+    vad = model or SileroVad.shared()
+    probabilities = vad.probabilities(pcm, sample_rate)
+    segmenter = SpeechSegmenter(params, sample_rate, WINDOW_SAMPLES[sample_rate])
+    windows = pcm[: len(probabilities) * segmenter.window_samples].reshape(
+        len(probabilities), segmenter.window_samples
+    )
+    segments: list[SpeechSegment] = []
+    for window, probability in zip(windows, probabilities.tolist(), strict=True):
+        for event in segmenter.push(window, probability):
+            if isinstance(event, SpeechEnd):
+                segments.append(SpeechSegment(event.start, event.end))
+    segments.extend(
+        SpeechSegment(e.start, e.end) for e in segmenter.finish() if isinstance(e, SpeechEnd)
+    )
+    return segments
