@@ -66,6 +66,22 @@ def test_any_rate_channels_and_g711(tmp_path: Path, speech_wav, rate, encoding, 
         assert abs(seg["start"] - start) <= 0.1 and abs(seg["end"] - end) <= 0.12
 
 
+def test_16k_file_does_not_import_the_resampler_filter_design(speech_wav) -> None:
+    # scipy.signal took 1.5 s of a 2.4 s run on a 1 s file; a 16 kHz file never resamples.
+    path, _ = speech_wav
+    code = (
+        "import sys; from voicebot.cli import main; main(['vad', sys.argv[1], '--json']); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'fastapi')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    segments, imported = result.stdout.splitlines()
+    assert len(json.loads(segments)) == 2
+    assert imported == "[]"
+
+
 def test_options_change_the_segmentation(speech_wav) -> None:
     path, _ = speech_wav
     merged = json.loads(_voicebot("vad", str(path), "--json", "--min-silence-ms", "3000").stdout)
