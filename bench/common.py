@@ -60,6 +60,16 @@ def pct(values: Sequence[float] | np.ndarray, q: float) -> float | None:
     return float(np.percentile(arr, q)) if arr.size else None
 
 
+def dist(values: Sequence[float]) -> dict[str, float | int | None]:
+    """n, median, p95 and max of `values` (None where there are none)."""
+    return {
+        "n": len(values),
+        "p50": pct(values, 50),
+        "p95": pct(values, 95),
+        "max": max(values, default=None),
+    }
+
+
 def percentile_us(ns: Sequence[float] | np.ndarray, q: float) -> float:
     """The q-th percentile of nanoseconds, in microseconds."""
     return float(np.percentile(np.asarray(ns, np.float64), q)) / 1000.0
@@ -105,6 +115,14 @@ def publish(
         json_path.write_text(json.dumps(res, indent=2, default=json_default) + "\n")
     if results_path is not None:
         update_results(results_path, sections)
+
+
+def rerender(
+    path: Path, render: Callable[[dict[str, Any]], str | Sequence[str]], results: Path | None
+) -> int:
+    """No runs: the section(s) of a saved --json run, printed and written into `results`."""
+    publish(render(json.loads(path.read_text())), results_path=results)
+    return 0
 
 
 def finish(

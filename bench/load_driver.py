@@ -23,6 +23,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.common import Log, affinity, bench_parser, proc_cpu, system_cpu
 
 STALL_TICK_S = 0.005  # the callers' event-loop stall monitor
@@ -269,6 +271,14 @@ class CallerPool:
         self.close()
 
 
+def in_stalls(stalls: Sequence[tuple[float, float]], t: np.ndarray) -> np.ndarray:
+    """For each time in `t`: whether it fell inside one of `stalls` ((from, to), sorted)."""
+    starts = np.asarray([a for a, _ in stalls], dtype=np.float64)
+    ends = np.asarray([b for _, b in stalls], dtype=np.float64)
+    i = np.searchsorted(starts, t, side="right") - 1
+    return (i >= 0) & (t <= ends[np.maximum(i, 0)]) if len(stalls) else np.zeros(len(t), bool)
+
+
 def stall_summary(reports: Sequence[dict[str, Any]]) -> dict[str, float]:
     """The caller processes' event-loop stalls: count, total seconds, longest in ms."""
     stalls = [b - a for r in reports for a, b in r["stalls"]]
@@ -364,12 +374,18 @@ def run_sweep(
     return sorted(rows, key=lambda r: r["n"])
 
 
-def load_parser(doc: str | None, section: str, wait_max: str = "20 min") -> argparse.ArgumentParser:
-    """A load script's command line: --quick, --json, --results (its `section`) and
-    --wait-load L."""
+def load_parser(
+    doc: str | None, section: str, render_flag: str = "--render", wait_max: str = "20 min"
+) -> argparse.ArgumentParser:
+    """A load script's command line: --quick, --json, --results (its `section`),
+    --wait-load L and `render_flag` JSON (no runs: `args.render`, see `common.rerender`)."""
     parser = bench_parser(doc, f"write the '{section[3:]}' section here")
     parser.add_argument(
         "--wait-load", type=float, metavar="L",
         help=f"first wait (up to {wait_max}) for the 1-minute load average to drop below L",
+    )  # fmt: skip
+    parser.add_argument(
+        render_flag, type=Path, metavar="JSON", dest="render",
+        help="no runs: print (and with --results write) the section of a saved --json run",
     )  # fmt: skip
     return parser

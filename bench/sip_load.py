@@ -58,6 +58,10 @@ speaking at once. A full run takes about 10-13 min (each N: ~3 s server start, t
 the 21 s of audio, ~3 s teardown and analysis);
 `--quick` (N = 5 and 20, one question, 9 s of audio, one check) under a minute.
 
+The gateway process, the caller processes, CPU sampling and the sweep over N are the load
+scripts' shared driver (bench/load_driver.py); this file has the SIPp scenario run, the
+capture and events analysis, verdict and tables.
+
     bench/sip_load.sh --wait-load 1.0 --json /tmp/sip.json --results bench/RESULTS.md
     bench/sip_load.sh --quick
     bench/sip_load.sh --ns 10,20 --env VOICEBOT_SIP__ECHO_CANCELLATION=false
@@ -82,7 +86,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +97,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench, tests, vo
 
 from bench import common
 from bench import load_driver as driver
-from bench.common import Log, fmt, md_table, pct, publish
+from bench.common import Log, fmt, md_table, pct
 from bench.load_driver import HEAVY, LIGHT
 
 SCENARIO = Path(__file__).resolve().with_name("sip_load.xml")
@@ -840,26 +844,21 @@ def notes_for(rows: Sequence[dict[str, Any]]) -> list[str]:
 def compare_checks(sweep: Sequence[dict[str, Any]], checks: Sequence[dict[str, Any]]) -> list[str]:
     """Each check against the sweep's run at the same N (same calls, one setting changed)."""
     by_n = {r["n"]: r for r in sweep}
-    notes = []
-    for c in checks:
-        base = by_n.get(c["n"])
-        if base is None:
-            continue
+    return [check_note(c, by_n[c["n"]]) for c in checks if c["n"] in by_n]
 
-        def late(r: dict[str, Any]) -> str:
-            return f_pct(worst_late(r))
 
-        def loop(r: dict[str, Any]) -> str:
-            return fmt(r["cpu_per_call_split_pct"]["loop"], 2)
+def check_note(check: dict[str, Any], base: dict[str, Any]) -> str:
+    def change(figure: Callable[[dict[str, Any]], str]) -> str:
+        return f"{figure(base)} -> {figure(check)}"
 
-        notes.append(
-            f"{c['label']} vs the sweep at N = {c['n']}: late {late(base)} -> {late(c)}; "
-            f"server CPU per call {fmt(base['cpu_per_call_pct'], 2)} -> "
-            f"{fmt(c['cpu_per_call_pct'], 2)} % of a core, of which event loop {loop(base)} -> "
-            f"{loop(c)}; end-of-turn p95 {fmt(base['turns']['eot_p95_s'], 2)} -> "
-            f"{fmt(c['turns']['eot_p95_s'], 2)} s."
-        )
-    return notes
+    late = change(lambda r: f_pct(worst_late(r)))
+    cpu = change(lambda r: fmt(r["cpu_per_call_pct"], 2))
+    loop = change(lambda r: fmt(r["cpu_per_call_split_pct"]["loop"], 2))
+    eot = change(lambda r: fmt(r["turns"]["eot_p95_s"], 2))
+    return (
+        f"{check['label']} vs the sweep at N = {check['n']}: late {late}; server CPU per call "
+        f"{cpu} % of a core, of which event loop {loop}; end-of-turn p95 {eot} s."
+    )
 
 
 def render(res: dict[str, Any]) -> str:
@@ -1023,15 +1022,9 @@ def main(argv: list[str] | None = None) -> int:
         help="extra server env for the sweep (repeatable): VOICEBOT_SIP__ECHO_CANCELLATION=false",
     )  # fmt: skip
     parser.add_argument("--no-checks", action="store_true", help="only the sweep")
-    parser.add_argument(
-        "--render", type=Path, metavar="JSON",
-        help="only print (and with --results write) the section of an earlier run's --json",
-    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.render:
-        section = render(json.loads(args.render.read_text()))
-        publish(section, results_path=args.results)
-        return 0
+        return common.rerender(args.render, render, args.results)
     cfg = QUICK if args.quick else FULL
     ns = cfg.ns
     if args.ns:

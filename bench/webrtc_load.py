@@ -62,6 +62,10 @@ show how much of the per-call CPU is codec work and how much is the Python aroun
 `--quick` (< 1 min): N = 2 silent and talking, then N = 1 and 4, 6-9 s calls. The full run
 takes 6-11 minutes (time-boxed). Before a final run on a shared machine use `--wait-load`.
 
+The gateway process, the caller processes, CPU sampling and the sweep over N are the load
+scripts' shared driver (bench/load_driver.py); this file has the aiortc caller, its timing
+analysis, the component timings, verdict and tables.
+
     .venv/bin/python bench/webrtc_load.py --quick
     .venv/bin/python bench/webrtc_load.py --wait-load 1.0 --json /tmp/webrtc.json \\
         --results bench/RESULTS.md
@@ -493,16 +497,12 @@ async def rtc_calls(
     async with httpx.AsyncClient(timeout=60, trust_env=False) as http:
         calls = await asyncio.gather(*(one_call(http, base_url, s, bank, clock0) for s in specs))
     if stalls:
-        starts = np.asarray([a for a, _ in stalls])
-        ends = np.asarray([b for _, b in stalls])
         for call in calls:
             for key in ("track", "rtp"):
                 stats = call[key]
                 late = stats["lateness"] > LATE_S
                 deadline = (stats["arrival"] - stats["lateness"] + LATE_S)[late]
-                i = np.searchsorted(starts, deadline, side="right") - 1
-                inside = (i >= 0) & (deadline <= ends[np.maximum(i, 0)])
-                stats["late_in_stall"] = int(inside.sum())
+                stats["late_in_stall"] = int(driver.in_stalls(stalls, deadline).sum())
     return list(calls)
 
 
@@ -846,12 +846,7 @@ def run_load(
         "questions_said": questions,
         "replies": sum(c["replies"] for c in calls),
         "questions_end_at_s": [round(x, 2) for x in said_at],
-        "reply_latency_s": {
-            "n": len(latencies),
-            "p50": pct(latencies, 50),
-            "p95": pct(latencies, 95),
-            "max": max(latencies, default=None),
-        },
+        "reply_latency_s": common.dist(latencies),
         "transcripts_sample": sorted({t for c in calls for t in c["transcripts"]})[:5],
         "error_events": [e for c in calls for e in c["errors"]][:5],
         "calls_without_call_started": sum(1 for c in calls if not c["call_started"]),
@@ -922,50 +917,24 @@ def verdict(res: dict[str, Any]) -> str:
 def cpu_table(rows: Sequence[dict[str, Any]]) -> str:
     body = [
         [
-            r["profile"],
-            r["n"],
-            fmt(r["hold_s"], 0),
-            fmt(r["bot_talking_pct"], 0),
-            f"{r['replies']}/{r['questions_said']}",
-            fmt(r["server_cpu_pct"], 1),
-            fmt(r["server_idle_cpu_pct"], 1),
-            fmt(r["server_loop_thread_cpu_pct"], 1),
-            f"**{r['server_cpu_pct_per_call']:.2f}**",
-            fmt(r["server_cpu_s_per_call_minute"], 2),
-            fmt(r["server_children_cpu_pct"], 2),
-            fmt(r["server_cpu_per_call_second_pct"], 2),
-            fmt(r["client_cpu_pct_per_call"], 2),
-            fmt(r["vad_batch_mean"], 1),
-            fmt(r["vad_us_per_window"], 0),
-            fmt(r["track"]["late_pct"], 2),
-            fmt(r["track"]["jitter_ms"]["p99"]),
-            fmt(r["others_cpu_pct"], 0),
+            r["profile"], r["n"], fmt(r["hold_s"], 0), fmt(r["bot_talking_pct"], 0),
+            f"{r['replies']}/{r['questions_said']}", fmt(r["server_cpu_pct"], 1),
+            fmt(r["server_idle_cpu_pct"], 1), fmt(r["server_loop_thread_cpu_pct"], 1),
+            f"**{r['server_cpu_pct_per_call']:.2f}**", fmt(r["server_cpu_s_per_call_minute"], 2),
+            fmt(r["server_children_cpu_pct"], 2), fmt(r["server_cpu_per_call_second_pct"], 2),
+            fmt(r["client_cpu_pct_per_call"], 2), fmt(r["vad_batch_mean"], 1),
+            fmt(r["vad_us_per_window"], 0), fmt(r["track"]["late_pct"], 2),
+            fmt(r["track"]["jitter_ms"]["p99"]), fmt(r["others_cpu_pct"], 0),
         ]
         for r in rows
-    ]
+    ]  # fmt: skip
     return md_table(
-        [
-            "profile",
-            "N",
-            "call s",
-            "bot talking %",
-            "balance replies",
-            "server CPU % of a core",
-            "idle server %",
-            "loop thread %",
-            "server % / call",
-            "CPU s / call-minute",
-            "of which espeak-ng %",
-            "server % / call (whole run)",
-            "client % / call",
-            "VAD batch mean",
-            "VAD µs / window",
-            "late %",
-            "jitter p99 ms",
-            "others %",
-        ],
+        ["profile", "N", "call s", "bot talking %", "balance replies", "server CPU % of a core",
+         "idle server %", "loop thread %", "server % / call", "CPU s / call-minute",
+         "of which espeak-ng %", "server % / call (whole run)", "client % / call",
+         "VAD batch mean", "VAD µs / window", "late %", "jitter p99 ms", "others %"],
         body,
-    )
+    )  # fmt: skip
 
 
 def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -973,67 +942,35 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         t, p = r["track"], r["rtp"]
         late = fmt(t["late_pct"], 2)
-        body.append(
-            [
-                r["n"],
-                f"{r['calls_ok']}/{r['n']}",
-                t["expected"],
-                f"**{late}**" if r["verdict"] == "ok" else late,
-                fmt(100 * t["late_in_client_stall"] / max(1, t["expected"]), 2)
-                if "late_in_client_stall" in t
-                else "-",
-                fmt(t.get("steady_late_pct"), 2),
-                t["lost"],
-                t["calls_with_late"],
-                fmt(t["lateness_ms"]["p99"]),
-                fmt(t["lateness_ms"]["max"], 0),
-                fmt(t["jitter_ms"]["p99"]),
-                fmt(p["late_pct"], 2),
-                fmt(p["jitter_ms"]["p99"]),
-                f"{r['replies']}/{r['questions_said']}",
-                fmt(r["reply_latency_s"]["p50"], 2),
-                fmt(r["reply_latency_s"]["max"], 2),
-                fmt(r["server_cpu_pct"], 0),
-                fmt(r["server_loop_thread_cpu_pct"], 0),
-                fmt(r["server_cpu_pct_per_call"], 2),
-                fmt(r["client_cpu_pct"], 0),
-                f"{r['client_stalls']['count']} / {r['client_stalls']['max_ms']:.0f}",
-                fmt(r["client_late_sends_pct"], 2),
-                fmt(r["others_cpu_pct"], 0),
-                fmt(r["vad_batch_mean"], 1),
-                r["verdict"],
-            ]
+        in_stall = (
+            fmt(100 * t["late_in_client_stall"] / max(1, t["expected"]), 2)
+            if "late_in_client_stall" in t
+            else "-"
         )
+        body.append([
+            r["n"], f"{r['calls_ok']}/{r['n']}", t["expected"],
+            f"**{late}**" if r["verdict"] == "ok" else late, in_stall,
+            fmt(t.get("steady_late_pct"), 2), t["lost"], t["calls_with_late"],
+            fmt(t["lateness_ms"]["p99"]), fmt(t["lateness_ms"]["max"], 0),
+            fmt(t["jitter_ms"]["p99"]), fmt(p["late_pct"], 2), fmt(p["jitter_ms"]["p99"]),
+            f"{r['replies']}/{r['questions_said']}", fmt(r["reply_latency_s"]["p50"], 2),
+            fmt(r["reply_latency_s"]["max"], 2), fmt(r["server_cpu_pct"], 0),
+            fmt(r["server_loop_thread_cpu_pct"], 0), fmt(r["server_cpu_pct_per_call"], 2),
+            fmt(r["client_cpu_pct"], 0),
+            f"{r['client_stalls']['count']} / {r['client_stalls']['max_ms']:.0f}",
+            fmt(r["client_late_sends_pct"], 2), fmt(r["others_cpu_pct"], 0),
+            fmt(r["vad_batch_mean"], 1), r["verdict"],
+        ])  # fmt: skip
     return md_table(
-        [
-            "N",
-            "calls ok",
-            "bot frames",
-            "late (> 20 ms) + lost %",
-            "of which due in a client stall %",
-            "late % in the steady window",
-            "lost",
-            "calls with a late frame",
-            "lateness p99 ms",
-            "max ms",
-            "jitter p99 ms",
-            "RTP late %",
-            "RTP jitter p99 ms",
-            "balance replies",
-            "reply latency p50 s",
-            "max s",
-            "server CPU % of a core",
-            "loop thread %",
-            "server % / call",
-            "clients CPU % of their core",
-            "client loop stalls / max ms",
-            "client late sends %",
-            "others %",
-            "VAD batch mean",
-            "verdict",
-        ],
+        ["N", "calls ok", "bot frames", "late (> 20 ms) + lost %",
+         "of which due in a client stall %", "late % in the steady window", "lost",
+         "calls with a late frame", "lateness p99 ms", "max ms", "jitter p99 ms", "RTP late %",
+         "RTP jitter p99 ms", "balance replies", "reply latency p50 s", "max s",
+         "server CPU % of a core", "loop thread %", "server % / call",
+         "clients CPU % of their core", "client loop stalls / max ms", "client late sends %",
+         "others %", "VAD batch mean", "verdict"],
         body,
-    )
+    )  # fmt: skip
 
 
 def saturation_note(rows: Sequence[dict[str, Any]], cap: int | None) -> str:
@@ -1347,17 +1284,13 @@ def run_phase(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = driver.load_parser(__doc__, SECTION, wait_max="--wait-max-s")
+    parser = driver.load_parser(__doc__, SECTION, "--report-only", wait_max="--wait-max-s")
     parser.add_argument("--wait-max-s", type=float, default=25 * 60.0)
     parser.add_argument("--calls-per-worker", type=int, default=CALLS_PER_WORKER)
     parser.add_argument("--only", choices=sorted(LAYOUTS), help="run this layout's sweep only")
-    parser.add_argument(
-        "--report-only", type=Path, metavar="JSON", help="no runs: render a saved --json report"
-    )
     args = parser.parse_args(argv)
-    if args.report_only:
-        publish(markdown(json.loads(args.report_only.read_text())), results_path=args.results)
-        return 0
+    if args.render:
+        return common.rerender(args.render, markdown, args.results)
     cfg = QUICK if args.quick else FULL
     if args.only:
         chosen = [w for w in cfg.sweeps if w.layout == args.only]

@@ -51,6 +51,10 @@ saturated, or failed calls), then bisects the 1 % boundary of 20 ms-late frames.
 the largest N with < 1 % late frames (> 20 ms) whose end-of-turn median stayed under 4 s,
 every smaller N tried passing too.
 
+The gateway process, the caller processes, CPU sampling and the sweep over N are the load
+scripts' shared driver (bench/load_driver.py); this file has the WebSocket caller, its
+lateness analysis, verdict and tables.
+
     .venv/bin/python bench/ws_load.py --wait-load 1.0 --json /tmp/ws.json --results bench/RESULTS.md
     .venv/bin/python bench/ws_load.py --quick
     .venv/bin/python bench/ws_load.py --render /tmp/ws.json --results bench/RESULTS.md  # no runs
@@ -59,7 +63,6 @@ every smaller N tried passing too.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import dataclasses
 import json
@@ -81,7 +84,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench, tests, vo
 
 from bench import common
 from bench import load_driver as driver
-from bench.common import Log, fmt, md_table, pct, publish
+from bench.common import Log, fmt, md_table
 from bench.load_driver import HEAVY, LIGHT
 
 SR = 16_000
@@ -303,11 +306,6 @@ async def run_call(url: str, spec: CallSpec, bank: list[list[bytes]], clock0: fl
     return rec
 
 
-def _in_stall(stalls: list[tuple[float, float]], starts: list[float], t: float) -> bool:
-    i = bisect.bisect_right(starts, t) - 1
-    return i >= 0 and stalls[i][0] <= t <= stalls[i][1]
-
-
 def analyse_call(
     rec: CallRecord, spec: CallSpec, stalls: list[tuple[float, float]]
 ) -> dict[str, Any]:
@@ -318,7 +316,6 @@ def analyse_call(
     frame cannot hide the lateness of the rest. A late frame whose deadline (ideal arrival +
     20 ms) fell inside a stall of this caller process's event loop is also counted apart: the
     client may have been what was late."""
-    stall_starts = [a for a, _ in stalls]
     gap_frames = orphan_frames = 0
     replies: list[dict[str, Any]] = []
     reply: dict[str, Any] | None = None
@@ -378,11 +375,7 @@ def analyse_call(
         lateness += late.tolist()
         offsets = arrivals - ticks * FRAME_S
         jitter += (offsets - offsets.min()).tolist()
-        late_in_stall += sum(
-            1
-            for i in np.flatnonzero(late > LATE_S)
-            if _in_stall(stalls, stall_starts, float(ideal[i]) + LATE_S)
-        )
+        late_in_stall += int(driver.in_stalls(stalls, ideal[late > LATE_S] + LATE_S).sum())
         r["first_frame"] = float(arrivals[0])
     starts = [r["first_frame"] for r in replies if r["first_frame"] is not None]
     eot_client = []
@@ -490,15 +483,6 @@ def make_specs(n: int, cfg: Config) -> list[CallSpec]:
     ]
 
 
-def dist(values: Sequence[float]) -> dict[str, float | int | None]:
-    return {
-        "n": len(values),
-        "p50": pct(values, 50),
-        "p95": pct(values, 95),
-        "max": max(values, default=None),
-    }
-
-
 def run_load(
     n: int, cfg: Config, sweep: Sweep, bank: list[list[bytes]], log: Log
 ) -> dict[str, Any]:
@@ -585,8 +569,8 @@ def run_load(
         "clears": sum(c["counts"]["clear"] for c in calls),
         "interruptions": sum(c["counts"]["interrupted"] for c in calls),
         "error_events": [e for c in calls for e in c["errors"]],
-        "eot_client_s": dist([x for c in calls for x in c["eot_client"]]),
-        "eot_server_s": dist([x for c in calls for x in c["eot_server"]]),
+        "eot_client_s": common.dist([x for c in calls for x in c["eot_client"]]),
+        "eot_server_s": common.dist([x for c in calls for x in c["eot_server"]]),
         "server_cpu_s": server_cpu,
         "server_cpu_pct": 100 * server_cpu / wall,
         "server_cpu_pct_per_call": 100 * server_cpu / wall / n,
@@ -720,8 +704,8 @@ def timing_table(rows: Sequence[dict[str, Any]]) -> str:
 def turn_table(rows: Sequence[dict[str, Any]]) -> str:
     body = []
     for r in rows:
-        c, s = r["eot_client_s"], r["eot_server_s"]
         hist = r["server_metrics"]["end_of_turn_latency_seconds"]
+        c, s = r["eot_client_s"], r["eot_server_s"]
         body.append([
             r["n"], r["engines"], r["layout"], r["turns_said"],
             f"{r['expected_replies']}/{r['turns_said']}", fmt(c["p50"], 2), fmt(c["p95"], 2),
@@ -941,14 +925,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = driver.load_parser(__doc__, SECTION)
     parser.add_argument("--ns", help="comma-separated N for the first sweep only (no bisection)")
     parser.add_argument("--no-pin", action="store_true", help="first sweep without pinning")
-    parser.add_argument(
-        "--render", type=Path, metavar="JSON", help="no runs: redo the report from a --json file"
-    )
     args = parser.parse_args(argv)
     if args.render:
-        section = render(json.loads(args.render.read_text()))
-        publish(section, results_path=args.results)
-        return 0
+        return common.rerender(args.render, render, args.results)
     cfg = QUICK if args.quick else FULL
     if args.ns or args.no_pin:
         first = cfg.sweeps[0]
