@@ -34,12 +34,8 @@ Markdown file and keeps the rest; `--quick` is a smoke run of well under a minut
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import datetime
 import json
-import os
-import platform
 import re
 import sys
 import time
@@ -51,34 +47,26 @@ from typing import Any
 import numpy as np
 from scipy.signal import butter, lfilter
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench, tests, voicebot
 
-import noisereduce  # noqa: E402
+import noisereduce
 
-from bench.common import cpu_model, md_table, package_version, publish  # noqa: E402
-from tests.audiogen import (  # noqa: E402
-    SENTENCES,
-    SR,
-    VOICES,
-    compose,
-    make_noise,
-    mix_at_snr,
-    trimmed_speech,
-)
-from tests.engines import ScriptedSTT  # noqa: E402
-from voicebot.agent.config import AgentConfig  # noqa: E402
-from voicebot.agent.simulator import EchoPath, SimulationResult, simulate_call  # noqa: E402
-from voicebot.audio.denoise import NoiseSuppressor, SpectralGate, WebRtcSuppressor  # noqa: E402
-from voicebot.audio.echo import EchoCanceller  # noqa: E402
-from voicebot.audio.frames import FRAME_SAMPLES  # noqa: E402
-from voicebot.audio.g711 import ulaw_decode, ulaw_encode  # noqa: E402
-from voicebot.audio.resample import StreamingResampler, resample_whole  # noqa: E402
-from voicebot.models.base import ChatMessage, Engines, LlmOutput, TextDelta  # noqa: E402
-from voicebot.models.tts.espeak import EspeakTextToSpeech  # noqa: E402
-from voicebot.models.vad import SileroVad, VoiceActivityDetector  # noqa: E402
-from voicebot.models.vad.segmenter import SpeechEnd, SpeechStart  # noqa: E402
+from bench import common
+from bench.common import md_table, pct, percentile_us
+from tests import audiogen
+from tests.audiogen import SR, mix_at_snr, trimmed_speech
+from tests.engines import ScriptedSTT
+from voicebot.agent.config import AgentConfig
+from voicebot.agent.simulator import EchoPath, SimulationResult, simulate_call
+from voicebot.audio.denoise import NoiseSuppressor, SpectralGate, WebRtcSuppressor
+from voicebot.audio.echo import EchoCanceller
+from voicebot.audio.frames import FRAME_SAMPLES
+from voicebot.audio.g711 import ulaw_decode, ulaw_encode
+from voicebot.audio.resample import StreamingResampler, resample_whole
+from voicebot.models.base import ChatMessage, Engines, LlmOutput, TextDelta
+from voicebot.models.tts.espeak import EspeakTextToSpeech
+from voicebot.models.vad import SileroVad, VoiceActivityDetector
+from voicebot.models.vad.segmenter import SpeechEnd, SpeechStart
 
 SEED = 20261125
 FRAME_S = FRAME_SAMPLES / SR
@@ -226,7 +214,7 @@ def street_noise(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """Unit-RMS noise of `kind` (audiogen's four, plus street)."""
-    return street_noise(n, rng) if kind == "street" else make_noise(kind, n, rng)
+    return street_noise(n, rng) if kind == "street" else audiogen.make_noise(kind, n, rng)
 
 
 def at_dbfs(x: np.ndarray, dbfs: float) -> np.ndarray:
@@ -243,8 +231,8 @@ def seed_of(*parts: object) -> int:
 def utterance(index: int) -> np.ndarray:
     """A caller sentence with varied voice, speed and pitch."""
     return trimmed_speech(
-        SENTENCES[index % len(SENTENCES)],
-        VOICES[index % len(VOICES)],
+        audiogen.SENTENCES[index % len(audiogen.SENTENCES)],
+        audiogen.VOICES[index % len(audiogen.VOICES)],
         speed=(150, 165, 180)[index % 3],
         pitch=(40, 50, 60)[index % 3],
     )
@@ -311,10 +299,6 @@ def run_chain(pcm: np.ndarray, method: str, model: SileroVad) -> ChainOutput:
 # --------------------------------------------------------------------------- noise: cost
 
 
-def pct(values: Sequence[float] | np.ndarray, q: float) -> float:
-    return float(np.percentile(np.asarray(values, np.float64), q))
-
-
 def suppressor_cost(signal: np.ndarray, methods: Sequence[str], passes: int) -> dict[str, Any]:
     """Per-frame wall and thread-CPU time of each streaming method; noisereduce per 20 ms
     of audio, whole-signal calls. One call, one core."""
@@ -351,10 +335,10 @@ def suppressor_cost(signal: np.ndarray, methods: Sequence[str], passes: int) -> 
         out[method] = {
             "offline": False,
             "frames": len(wall),
-            "median_us": pct(wall, 50) / 1e3,
-            "p99_us": pct(wall, 99) / 1e3,
+            "median_us": percentile_us(wall, 50),
+            "p99_us": percentile_us(wall, 99),
             "mean_us": float(np.mean(wall)) / 1e3,
-            "cpu_median_us": pct(cpu, 50) / 1e3,
+            "cpu_median_us": percentile_us(cpu, 50),
             "cpu_mean_us": float(np.mean(cpu)) / 1e3,
         }
     for r in out.values():
@@ -509,7 +493,9 @@ def vad_accuracy(
     convs = []
     for j in range(cfg.f1_conversations):
         utts = [utterance(3 * j + u + 1) for u in range(3)]
-        convs.append(compose(utts, list(rng.uniform(0.8, 2.5, size=2)), lead_s=1.0, tail_s=1.0))
+        convs.append(
+            audiogen.compose(utts, list(rng.uniform(0.8, 2.5, size=2)), lead_s=1.0, tail_s=1.0)
+        )
     counts: dict[tuple[str, str, float], np.ndarray] = {}
     units: list[np.ndarray] = []  # per (kind, snr, conversation): methods x (tp, fp, fn)
     for kind in cfg.f1_kinds:
@@ -615,7 +601,7 @@ def stt_wer(
         padded = np.concatenate([np.zeros(lead, np.int16), speech, np.zeros(tail, np.int16)])
         mask = np.zeros(len(padded), bool)
         mask[lead : lead + len(speech)] = True
-        clips.append((SENTENCES[i % len(SENTENCES)], padded, mask, len(speech)))
+        clips.append((audiogen.SENTENCES[i % len(audiogen.SENTENCES)], padded, mask, len(speech)))
     conditions: list[tuple[str, float | None]] = [("clean", None)]
     conditions += [(k, s) for k in cfg.wer_kinds for s in cfg.snrs]
     for kind, snr in conditions:
@@ -829,15 +815,15 @@ def canceller_cost(cfg: Config, bot: np.ndarray, passes: int) -> dict[str, Any]:
                             idle.append(c1 - c0)
         out[mode] = {
             "frames": len(cpus),
-            "cpu_median_us": pct(cpus, 50) / 1e3,
-            "cpu_p99_us": pct(cpus, 99) / 1e3,
+            "cpu_median_us": percentile_us(cpus, 50),
+            "cpu_p99_us": percentile_us(cpus, 99),
             "cpu_max_us": float(np.max(cpus)) / 1e3,
             "cpu_mean_us": float(np.mean(cpus)) / 1e3,
-            "wall_median_us": pct(walls, 50) / 1e3,
-            "wall_p99_us": pct(walls, 99) / 1e3,
-            "idle_cpu_median_us": pct(idle, 50) / 1e3,
+            "wall_median_us": percentile_us(walls, 50),
+            "wall_p99_us": percentile_us(walls, 99),
+            "idle_cpu_median_us": percentile_us(idle, 50),
             "searches": len(searches),
-            "search_cpu_median_us": pct(searches, 50) / 1e3,
+            "search_cpu_median_us": percentile_us(searches, 50),
             "search_cpu_max_us": float(np.max(searches)) / 1e3,
             "rt_share": float(np.mean(cpus)) / 1e3 / (FRAME_S * 1e6),
         }
@@ -877,6 +863,31 @@ def first_bot_time(result: SimulationResult) -> float | None:
     return float(sounding[0]) * FRAME_S if len(sounding) else None
 
 
+def echo_call(
+    audio: np.ndarray,
+    stt: ScriptedSTT,
+    tts: EspeakTextToSpeech,
+    cfg: Config,
+    path: EchoPath,
+    ec_on: bool,
+    tail_s: float,
+    call_id: str,
+) -> SimulationResult:
+    """One simulated call over the echo `path` (the canceller on or off): the caller's
+    `audio`, the bot's long reply (`cfg.reply`)."""
+    return asyncio.run(
+        simulate_call(
+            audio,
+            Engines(stt, LongReplyLLM(cfg.reply), tts),
+            config=QUIET,
+            echo_path=path,
+            echo_cancellation=ec_on,
+            tail_seconds=tail_s,
+            call_id=call_id,
+        )
+    )
+
+
 def self_interruptions(
     cfg: Config, question: list[np.ndarray], log: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -900,17 +911,8 @@ def self_interruptions(
                     q = question[c % len(question)]
                     audio = place(0.5 + len(q) / SR + reply_s, (0.5, q))
                     stt = ScriptedSTT([QUESTION])
-                    result = asyncio.run(
-                        simulate_call(
-                            audio,
-                            Engines(stt, LongReplyLLM(cfg.reply), tts),
-                            config=QUIET,
-                            echo_path=path,
-                            echo_cancellation=ec_on,
-                            tail_seconds=1.0,
-                            call_id=f"self-{gain:g}-{delay:g}-{ec_on}-{c}",
-                        )
-                    )
+                    call_id = f"self-{gain:g}-{delay:g}-{ec_on}-{c}"
+                    result = echo_call(audio, stt, tts, cfg, path, ec_on, 1.0, call_id)
                     agg["interruptions"] += sum(e["type"] == "interrupted" for e in result.events)
                     agg["bot_seconds"] += bot_speech_seconds(result)
                     agg["stt_turns"] += len(stt.inputs)
@@ -951,17 +953,7 @@ def barge_ins(
                     n += 1
                     audio = place(at + len(over) / SR + 1.0, (0.5, q), (at, over))
                     stt = ScriptedSTT([QUESTION, "no stop"])
-                    result = asyncio.run(
-                        simulate_call(
-                            audio,
-                            Engines(stt, LongReplyLLM(cfg.reply), tts),
-                            config=QUIET,
-                            echo_path=path,
-                            echo_cancellation=ec_on,
-                            tail_seconds=0.2,
-                            call_id=f"barge-{n}",
-                        )
-                    )
+                    result = echo_call(audio, stt, tts, cfg, path, ec_on, 0.2, f"barge-{n}")
                     trials.append(score_barge_in(result, at, gain, delay, ec_on))
         log(f"  barge-in: {gain:g} dB done")
     out: dict[str, Any] = {"trials": trials}
@@ -974,9 +966,9 @@ def barge_ins(
             "valid": len(valid),
             "detected": len(hits),
             "rate": len(hits) / len(valid) if valid else None,
-            "latency_ms_median": pct([t["latency_ms"] for t in hits], 50) if hits else None,
+            "latency_ms_median": pct([t["latency_ms"] for t in hits], 50),
             "latency_ms_max": max(t["latency_ms"] for t in hits) if hits else None,
-            "stop_ms_median": pct([t["stop_after_ms"] for t in hits], 50) if hits else None,
+            "stop_ms_median": pct([t["stop_after_ms"] for t in hits], 50),
             "stop_ms_max": max(t["stop_after_ms"] for t in hits) if hits else None,
             "early": sum(t["early_interruptions"] for t in ts),
         }
@@ -1024,19 +1016,13 @@ def score_barge_in(
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = cpu_model()
-
-    return {
-        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "loadavg_at_start": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "noisereduce": package_version("noisereduce"),
-        "webrtc_noise_gain": package_version("webrtc-noise-gain"),
-        "faster_whisper": package_version("faster-whisper"),
-    }
+    return common.machine_info(
+        loadavg_at_start=common.loadavg(None),
+        numpy=np.__version__,
+        noisereduce=common.package_version("noisereduce"),
+        webrtc_noise_gain=common.package_version("webrtc-noise-gain"),
+        faster_whisper=common.package_version("faster-whisper"),
+    )
 
 
 def label(method: str) -> str:
@@ -1109,6 +1095,28 @@ def noise_verdict(res: dict[str, Any], cfg: Config) -> Verdict:
         if f1_ci[best]["lo"] > 0 and f1_ci[best]["delta"] >= 0.01:
             gains.append("a VAD F1 at least 0.01 higher, significantly")
     return Verdict(best, lines, bool(gains), gains)
+
+
+def methods_table(
+    cfg: Config,
+    kinds: Sequence[str],
+    last: tuple[str, str],
+    cell: Callable[[str, str], str],
+    overall: Callable[[str], str],
+    delta: Callable[[dict[str, float]], str],
+    delta_ci: dict[str, dict[str, float]],
+) -> str:
+    """A row per method: `cell(part, key)` per SNR ("by_snr", "method|snr") and noise kind
+    ("by_kind", "method|kind"), `overall(method)`, then `delta` of its interval vs none."""
+    header = ["method", *[f"{s:g} dB" for s in cfg.snrs], *kinds, *last]
+    rows = []
+    for method in cfg.methods:
+        cells = [cell("by_snr", f"{method}|{s:g}") for s in cfg.snrs]
+        cells += [cell("by_kind", f"{method}|{k}") for k in kinds]
+        cells.append(overall(method))
+        cells.append("" if method == "none" else delta(delta_ci[method]))
+        rows.append([label(method), *cells])
+    return md_table(header, rows)
 
 
 def render_noise(res: dict[str, Any], cfg: Config, quick: bool) -> str:
@@ -1234,20 +1242,18 @@ def render_noise(res: dict[str, Any], cfg: Config, quick: bool) -> str:
         "SNR runs.",
         "",
     ]
-    header = ["method", *[f"{s:g} dB" for s in cfg.snrs], *cfg.f1_kinds, "all (P / R)",
-              "Δ vs none [95% CI]"]  # fmt: skip
-    rows = []
-    for method in cfg.methods:
-        cells = [f"{f1['by_snr'][f'{method}|{s:g}']['f1']:.3f}" for s in cfg.snrs]
-        cells += [f"{f1['by_kind'][f'{method}|{k}']['f1']:.3f}" for k in cfg.f1_kinds]
+
+    def f1_overall(method: str) -> str:
         o = f1["overall"][method]
-        cells.append(f"**{o['f1']:.3f}** ({o['precision']:.2f} / {o['recall']:.2f})")
-        d = f1["delta_ci"][method]
-        cells.append(
-            "" if method == "none" else f"{d['delta']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+        return f"**{o['f1']:.3f}** ({o['precision']:.2f} / {o['recall']:.2f})"
+
+    out.append(
+        methods_table(
+            cfg, cfg.f1_kinds, ("all (P / R)", "Δ vs none [95% CI]"),
+            lambda part, key: f"{f1[part][key]['f1']:.3f}", f1_overall,
+            lambda d: f"{d['delta']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]", f1["delta_ci"],
         )
-        rows.append([label(method), *cells])
-    out.append(md_table(header, rows))
+    )  # fmt: skip
 
     wer = res["wer"]
     out += [
@@ -1265,21 +1271,15 @@ def render_noise(res: dict[str, Any], cfg: Config, quick: bool) -> str:
         "differences between methods are the result.",
         "",
     ]
-    header = ["method", *[f"{s:g} dB" for s in cfg.snrs], *cfg.wer_kinds, "all",
-              "Δ vs none, points [95% CI]"]  # fmt: skip
-    rows = []
-    for method in cfg.methods:
-        cells = [f"{100 * wer['by_snr'][f'{method}|{s:g}']:.1f}" for s in cfg.snrs]
-        cells += [f"{100 * wer['by_kind'][f'{method}|{k}']:.1f}" for k in cfg.wer_kinds]
-        cells.append(f"**{100 * wer['overall'][method]:.1f}**")
-        d = wer["delta_ci"][method]
-        cells.append(
-            ""
-            if method == "none"
-            else f"{100 * d['delta']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+    out.append(
+        methods_table(
+            cfg, cfg.wer_kinds, ("all", "Δ vs none, points [95% CI]"),
+            lambda part, key: f"{100 * wer[part][key]:.1f}",
+            lambda method: f"**{100 * wer['overall'][method]:.1f}**",
+            lambda d: f"{100 * d['delta']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]",
+            wer["delta_ci"],
         )
-        rows.append([label(method), *cells])
-    out.append(md_table(header, rows))
+    )  # fmt: skip
 
     verdict = res["verdict"]
     out += ["", "### Verdict", ""]
@@ -1589,15 +1589,6 @@ def render_echo(res: dict[str, Any], cfg: Config, quick: bool) -> str:
     return "\n".join(out) + "\n"
 
 
-def pinned(core_set: set[int] | None) -> set[int]:
-    """Pin this thread to one core (or restore `core_set`); returns the previous set."""
-    before = set(os.sched_getaffinity(0))
-    if core_set is None:
-        core_set = {0 if 0 in before else min(before)}
-    os.sched_setaffinity(0, core_set)
-    return before
-
-
 def render_saved(path: Path, results: Path | None) -> int:
     """Print (and optionally write) the sections of a saved `--json` run."""
     res = json.loads(path.read_text())
@@ -1609,15 +1600,12 @@ def render_saved(path: Path, results: Path | None) -> int:
         sections.append(render_noise(res, cfg, res["quick"]))
     if "erle" in res:
         sections.append(render_echo(res, cfg, res["quick"]))
-    publish(sections, results_path=results)
+    common.publish(sections, results_path=results)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run (< 1 min)")
-    parser.add_argument("--json", type=Path, help="write all figures as JSON here")
-    parser.add_argument("--results", type=Path, help="write the two sections into this file")
+    parser = common.bench_parser(__doc__, "write the two sections into this file")
     parser.add_argument("--load-note", default="", help="a note on machine load for the report")
     parser.add_argument("--stt-model", help="Whisper model for the WER table (tiny.en, base)")
     parser.add_argument("--from-json", type=Path, help="only render a saved --json run")
@@ -1629,15 +1617,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, stt_model=args.stt_model)
     if args.from_json:
         return render_saved(args.from_json, args.results)
-    started = time.perf_counter()
+    log = common.StderrLog()
     res: dict[str, Any] = {"config": asdict(cfg), "quick": args.quick, "machine": machine_info()}
     res["load_note"] = args.load_note
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
-
     model = SileroVad.shared()
-    sections = []
     if not args.skip_noise:
         t0 = time.perf_counter()
         log("noise: cost and latency (pinned to one core)")
@@ -1648,11 +1631,8 @@ def main(argv: list[str] | None = None) -> int:
         bed = noise("pink", len(speech), np.random.default_rng(seed_of("cost")))
         noisy = phone(mix_at_snr(speech, bed, 5.0, mask))
         cost_signal = noisy[: int(cfg.cost_seconds * SR)]
-        before = pinned(None)
-        try:
+        with common.affinity({common.first_core()}):
             res["cost"] = suppressor_cost(cost_signal, cfg.methods, cfg.cost_passes)
-        finally:
-            pinned(before)
         res["latency"] = latencies(cfg.methods, noisy[: 8 * SR])
         shifts_s = {k: v["xcorr_ms"] / 1000 for k, v in res["latency"].items()}
         shifts = {k: int(v["xcorr_samples"]) for k, v in res["latency"].items()}
@@ -1675,22 +1655,21 @@ def main(argv: list[str] | None = None) -> int:
             phone(trimmed_speech("What is the balance on my account?", v))
             for v in ("en-us", "en-gb", "en-us+f3")
         ]
-        talk = [phone(trimmed_speech(t, v)) for t, v in zip(TALK_OVERS, VOICES[3:], strict=False)]
+        talk = [
+            phone(trimmed_speech(t, v))
+            for t, v in zip(TALK_OVERS, audiogen.VOICES[3:], strict=False)
+        ]
         log("echo: self-interruptions")
         res["self_interruptions"] = self_interruptions(cfg, question, log)
         log("echo: barge-in")
         res["barge_in"] = barge_ins(cfg, question, talk, log)
         res["echo_seconds"] = time.perf_counter() - t0
-    res["total_seconds"] = time.perf_counter() - started
-    res["loadavg_at_end"] = list(os.getloadavg())
-    log("done")
 
-    if not args.skip_noise:
-        sections.append(render_noise(res, cfg, args.quick))
-    if not args.skip_echo:
-        sections.append(render_echo(res, cfg, args.quick))
-    publish(sections, res, args.json, args.results, json_default=float)
-    return 0
+    def render(res: dict[str, Any]) -> list[str]:
+        out = [] if args.skip_noise else [render_noise(res, cfg, args.quick)]
+        return out + ([] if args.skip_echo else [render_echo(res, cfg, args.quick)])
+
+    return common.finish(res, render, args, log, json_default=float, loadavg_digits=None)
 
 
 if __name__ == "__main__":

