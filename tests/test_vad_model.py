@@ -18,7 +18,7 @@ from voicebot.models.vad import (
     detect_speech_segments,
     packaged_model_path,
 )
-from voicebot.models.vad.silero import sha256_of
+from voicebot.models.weights import sha256_file
 
 
 def _reference_probabilities(samples: np.ndarray, rate: int) -> np.ndarray:
@@ -33,7 +33,7 @@ def _reference_probabilities(samples: np.ndarray, rate: int) -> np.ndarray:
 def test_packaged_model_is_the_pinned_file() -> None:
     path = packaged_model_path()
     assert path.name == "silero_vad.onnx"
-    assert sha256_of(path) == MODEL_SHA256
+    assert sha256_file(path) == MODEL_SHA256
 
 
 def test_wrong_sha_or_missing_file_is_refused(tmp_path: Path) -> None:

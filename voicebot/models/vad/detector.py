@@ -55,10 +55,6 @@ class VoiceActivityDetector:
         """End of stream: close an open segment."""
         return self.segmenter.finish()
 
-    def reset(self) -> None:
-        self.stream.reset()
-        self.segmenter.reset()
-
 
 def detect_speech_segments(
     samples: np.ndarray,
