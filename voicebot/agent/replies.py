@@ -17,8 +17,10 @@ from voicebot.models.base import CallAction, ChatMessage
 
 
 class Replies:
-    def __init__(self, engines: EngineCalls, conversation: Conversation, playout: Playout) -> None:
-        self._engines = engines
+    def __init__(
+        self, engine_calls: EngineCalls, conversation: Conversation, playout: Playout
+    ) -> None:
+        self._engine_calls = engine_calls
         self._conversation = conversation
         self._playout = playout
         # The reply being produced or played into the live playout: set when one starts (or
@@ -38,7 +40,7 @@ class Replies:
         hang-up or transfer) follows it. `keep_spoken`: a resume, the heard part stays."""
         if not keep_spoken:
             self._conversation.spoken = []
-        reply = self._engines.new_reply(self._playout)
+        reply = self._engine_calls.new_reply(self._playout)
         reply.action = action
         self.current = reply
         if messages is not None:

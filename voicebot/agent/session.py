@@ -118,16 +118,18 @@ class CallSession:
         vad = VoiceActivityDetector(setup.vad_model, setup.vad_params)
         self._input = InputStages(vad, setup.echo_canceller, setup.denoiser)
         self._levels = VadLevels(self.config)
-        self._engine = EngineCalls(
+        self._engine_calls = EngineCalls(
             self.call_id, self.engines, self.config, self.clock, self._report_error
         )
         self._conversation = Conversation(self.config)
-        self._speculator = Speculator(self.config, vad.segmenter, self._conversation, self._engine)
+        self._speculator = Speculator(
+            self.config, vad.segmenter, self._conversation, self._engine_calls
+        )
         self._output = SpeechOutput(self.sink)
-        self._actions = CallActions(self.control, self.end, self._engine.error)
-        self._replies = Replies(self._engine, self._conversation, self._output.playout)
+        self._actions = CallActions(self.control, self.end, self._engine_calls.error)
+        self._replies = Replies(self._engine_calls, self._conversation, self._output.playout)
         self._turns = Turns(
-            self.config, self._conversation, self._engine, self._replies,
+            self.config, self._conversation, self._engine_calls, self._replies,
             publish=self._publish, set_state=self._set_state,
         )  # fmt: skip
         self._lifetime = Lifetime(
@@ -172,7 +174,7 @@ class CallSession:
     @property
     def stt_inputs(self) -> list[np.ndarray]:
         """Every buffer sent to STT (tests, audits)."""
-        return self._engine.stt_inputs
+        return self._engine_calls.stt_inputs
 
     @property
     def vad_stream(self) -> VadStream:

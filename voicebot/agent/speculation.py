@@ -58,7 +58,7 @@ class Speculator:
     config: AgentConfig
     segmenter: SpeechSegmenter
     conversation: Conversation
-    engines: EngineCalls
+    engine_calls: EngineCalls
     # None except from a pause in a LISTENING turn until the caller talks on (cancelled),
     # speech_end takes it (adopted or cancelled by the turn) or the call ends (`stop`).
     current: Speculation | None = field(default=None, init=False)
@@ -84,7 +84,7 @@ class Speculator:
             if abs(speculation.end - end) < 1e-6:
                 return  # still the same pause
             speculation.cancel()
-        task = asyncio.create_task(self.engines.transcribe(audio))
+        task = asyncio.create_task(self.engine_calls.transcribe(audio))
         self.current = Speculation(end, task)
         task.add_done_callback(lambda done, spec=self.current: self._start_reply(spec))
 
@@ -119,5 +119,5 @@ class Speculator:
         if not user_text:
             return
         speculation.user_text = user_text
-        speculation.reply = self.engines.new_reply(speculation.playout)
+        speculation.reply = self.engine_calls.new_reply(speculation.playout)
         speculation.reply.start_llm(self.conversation.messages(user_text))

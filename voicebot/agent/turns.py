@@ -30,7 +30,7 @@ Publish = Callable[..., None]  # the session's publish(EventClass, **fields)
 class Turns:
     config: AgentConfig
     conversation: Conversation
-    engines: EngineCalls
+    engine_calls: EngineCalls
     replies: Replies
     _: KW_ONLY
     publish: Publish
@@ -66,11 +66,11 @@ class Turns:
                 # Shielded: a barge-in cancels this turn, not the speculation's STT task.
                 transcript = await asyncio.shield(speculation.task)
             else:
-                transcript = await self.engines.transcribe(audio)
+                transcript = await self.engine_calls.transcribe(audio)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.engines.error(f"STT {self.engines.stt_name}", exc)
+            self.engine_calls.error(f"STT {self.engine_calls.stt_name}", exc)
             self.task = None
             self.audio = None
             conversation.forget_turn()
