@@ -153,6 +153,25 @@ def test_false_interruption_resumes_where_it_stopped(tts, llm) -> None:
     np.testing.assert_array_equal(played, expected)
 
 
+def test_after_a_resumed_reply_the_next_speech_is_a_new_turn(tts, llm) -> None:
+    audio = timeline(
+        (0.5, speech("What is the balance on my account?")),
+        (5.0, speech("mm hmm", "en-us+f3")),
+        (17.0, speech("Can I speak to a person please?")),
+        total=24.0,
+    )
+    stt = ScriptedSTT(["what is the balance on my account", "mm-hm", "can I speak to a person"])
+    result = run(audio, Engines(stt, llm, tts))
+    # Only the "mm hmm" interrupted: once the resumed reply has played out, the bot is
+    # waiting again and the caller's next words are a turn, not a barge-in.
+    assert len([e for e in result.events if e["type"] == "interrupted"]) == 1
+    states = [e["state"] for e in result.events if e["type"] == "state"]
+    resumed = len(states) - 1 - states[::-1].index("INTERRUPTED")
+    assert states[resumed:resumed + 6] == [
+        "INTERRUPTED", "LISTENING", "THINKING", "SPEAKING", "WAITING_FOR_SPEECH", "LISTENING",
+    ]  # fmt: skip
+
+
 def test_backchannel_list_is_configurable(tts, llm) -> None:
     audio = timeline(
         (0.5, speech("What is the balance on my account?")),

@@ -36,8 +36,7 @@ class Turns:
     publish: Publish
     set_state: Callable[[AgentState], None]
     # The turn being answered, from speech_end until its transcript is handled; None
-    # otherwise and after a barge-in. (After a false-interruption resume it keeps the
-    # finished task until the next turn or barge-in, so the session is not idle then.)
+    # otherwise and after a barge-in.
     task: asyncio.Task[None] | None = field(default=None, init=False)
     # That turn's audio while STT has not answered (a barge-in then keeps it as unanswered
     # audio); None once the transcript is in, or with no turn in progress.
@@ -84,6 +83,7 @@ class Turns:
         if suspended is not None:
             resume = self.config.false_interruption_resume
             if resume and conversation.is_false_interruption(transcript):
+                self.task = None  # handled: the resumed reply is what goes on now
                 self._resume(suspended)
                 return
             conversation.commit_assistant(suspended.spoken_texts, interrupted=True)

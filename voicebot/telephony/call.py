@@ -173,7 +173,10 @@ class SipCall(Leg):
     async def close(self, reason: str | None) -> None:
         try:
             if self.state in (DialogState.TRYING, DialogState.EARLY):
-                self._final(500, "Server Internal Error")  # set-up broke before answering
+                if self.gateway.manager.draining:  # ended by the shutdown while ringing
+                    self._final(*_REFUSALS[Refusal.SHUTTING_DOWN])
+                else:  # set-up broke before answering
+                    self._final(500, "Server Internal Error")
             elif self.state is DialogState.CONFIRMED:
                 await self._send_bye()  # the call ended on our side: the caller is still on
         finally:
