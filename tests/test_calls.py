@@ -207,6 +207,39 @@ def test_drain_ends_calls_still_running_at_the_deadline() -> None:
     asyncio.run(main())
 
 
+def test_drain_deadline_also_ends_calls_still_setting_up() -> None:
+    async def main() -> None:
+        manager = _manager()
+        leg = RecordingLeg(manager, hold=asyncio.Event())  # its set-up never finishes
+        task = asyncio.create_task(run_leg(manager, leg))
+        await asyncio.sleep(0.01)
+        await asyncio.wait_for(manager.drain(0.1), 5)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert leg.closed_with == [None] and manager.active == 0
+        manager.close()
+
+    asyncio.run(main())
+
+
+def test_a_transports_own_limit_is_busy_before_the_process_limit() -> None:
+    async def main() -> None:
+        manager = _manager(max_calls=5)
+        manager.limits["test"] = 1
+        hold = asyncio.Event()
+        first = asyncio.create_task(run_leg(manager, RecordingLeg(manager, hold=hold)))
+        await asyncio.sleep(0.01)
+        second = RecordingLeg(manager)
+        assert await run_leg(manager, second) is None
+        assert second.refusal is not None and second.refusal.kind is Refusal.BUSY
+        hold.set()
+        assert await first == "caller_hangup"
+        assert await run_leg(manager, RecordingLeg(manager)) == "caller_hangup"
+        manager.close()
+
+    asyncio.run(main())
+
+
 def test_frame_ticker_stall_rule() -> None:
     """Behind by over a frame: late. Behind by over a second: re-anchored, ticks skipped."""
 

@@ -259,3 +259,11 @@ def to_canonical(rate: int) -> StreamingResampler:
 def from_canonical(rate: int) -> StreamingResampler:
     """A transport's output resampler: 16 kHz -> `rate` (an identity copy at 16 kHz)."""
     return StreamingResampler(16000, rate)
+
+
+def prepare(rates: Sequence[int]) -> None:
+    """Design the filters to and from these wire rates now, off any event loop: the first
+    design imports scipy.signal (~1 s), which in a call's first tick would stall every call."""
+    for rate in rates:
+        to_canonical(rate)
+        from_canonical(rate)

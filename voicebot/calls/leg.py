@@ -74,7 +74,7 @@ async def run_leg(manager: CallManager, leg: Leg) -> str | None:
     except CallRefusedError as exc:
         await leg.refuse(exc)
         return None
-    manager.reserve(call_id)
+    manager.reserve(call_id, leg.transport)
     reason: str | None = None
     try:
         media = await leg.open(call_id)
@@ -93,5 +93,6 @@ async def run_leg(manager: CallManager, leg: Leg) -> str | None:
             await leg.close(reason)
         except Exception:
             log.exception("call %s (%s): tearing the leg down failed", call_id, leg.transport)
-        manager.finish(call_id, reason)
+        finally:  # even if cancelled again while tearing down: the place is freed
+            manager.finish(call_id, reason)
     return reason

@@ -38,7 +38,8 @@ class Refusal(StrEnum):
     each transport maps it to its wire (WS close 1013, SIP 486/503, HTTP 503)."""
 
     SHUTTING_DOWN = "shutting_down"
-    CAPACITY = "capacity"
+    BUSY = "busy"  # the transport's own limit (`limits`), e.g. sip.max_calls
+    CAPACITY = "capacity"  # the process-wide limit, server.max_calls
     ENGINE_BACKLOG = "engine_backlog"
     MEDIA_OVERLOAD = "overload"
 
@@ -78,7 +79,12 @@ class CallManager:
         self.vad_model = SileroVad.shared()
         self.vad = BatchedVad(self.vad_model, on_batch=self._on_vad_batch)
         self.calls: dict[str, CallHandle] = {}
-        self._admitted: set[str] = set()  # ids admitted and still setting up (not in calls)
+        # Calls admitted and still setting up (not yet in `calls`): id -> (transport, the
+        # task setting it up, which the drain deadline cancels).
+        self._admitted: dict[str, tuple[str, asyncio.Task[object] | None]] = {}
+        # A transport's own cap on its calls (SIP: sip.max_calls), checked before the
+        # process-wide one; transports without an entry have none.
+        self.limits: dict[str, int] = {}
         self.engine_backlog: EngineBacklog = ENGINE_BACKLOG
         self.draining = False
         self._idle = asyncio.Event()
@@ -105,10 +111,18 @@ class CallManager:
     def new_call_id(self, transport: str) -> str:
         return f"{transport}-{int(time.time())}-{next(_ids)}"
 
+    def count(self, transport: str) -> int:
+        """Calls of one transport running or setting up."""
+        running = sum(1 for handle in self.calls.values() if handle.transport == transport)
+        return running + sum(1 for kind, _ in self._admitted.values() if kind == transport)
+
     def admit(self, transport: str) -> None:
         """Raise CallRefusedError if a new call cannot start now (nothing is reserved)."""
         if self.draining:
             self._refuse(transport, Refusal.SHUTTING_DOWN, "shutting down")
+        limit = self.limits.get(transport)
+        if limit is not None and self.count(transport) >= limit:
+            raise CallRefusedError(Refusal.BUSY, f"too many {transport} calls")
         if self.active >= self.settings.server.max_calls:
             self._refuse(transport, Refusal.CAPACITY, "too many calls")
         max_wait = self.settings.server.max_engine_wait_s
@@ -126,10 +140,10 @@ class CallManager:
         """Count a call refused before it started (also by a transport's own rule)."""
         self.metrics.rejected_total.labels(transport, kind).inc()
 
-    def reserve(self, call_id: str) -> None:
+    def reserve(self, call_id: str, transport: str) -> None:
         """Hold an admitted call's place while its transport sets up (no await between
         `admit` and this, so two calls cannot both take the last place)."""
-        self._admitted.add(call_id)
+        self._admitted[call_id] = (transport, asyncio.current_task())
         self._idle.clear()
 
     def start(self, call_id: str, transport: str, media: LegMedia) -> CallHandle:
@@ -147,14 +161,14 @@ class CallManager:
             echo_canceller=media.echo_canceller, denoiser=media.denoiser,
         )  # fmt: skip
         handle = CallHandle(call_id, transport, CallSession(setup))
-        self._admitted.discard(call_id)
+        self._admitted.pop(call_id, None)
         self.calls[call_id] = handle
         log.info("call %s started (%s)", call_id, transport)
         return handle
 
     def finish(self, call_id: str, reason: str | None) -> None:
         """The call is over (or never got past set-up, `reason` None): free its place."""
-        self._admitted.discard(call_id)
+        self._admitted.pop(call_id, None)
         handle = self.calls.pop(call_id, None)
         if handle is not None:
             log.info("call %s ended: %s after %.1f s", call_id, reason,
@@ -174,6 +188,9 @@ class CallManager:
             log.warning("drain deadline passed: ending %d call(s)", self.active)
             for handle in list(self.calls.values()):
                 handle.session.end("shutdown")
+            for _, setting_up in list(self._admitted.values()):
+                if setting_up is not None:  # its leg tears down (SIP: 503) as it unwinds
+                    setting_up.cancel()
             try:
                 await asyncio.wait_for(self._idle.wait(), 5.0)
             except TimeoutError:

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voicebot import __version__
+from voicebot.audio.resample import prepare as prepare_resamplers
 from voicebot.calls.manager import CallManager
 from voicebot.calls.metrics import GatewayMetrics
 from voicebot.calls.service import Service, ServiceFactory
@@ -52,6 +53,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         ready = engines or await asyncio.to_thread(build_engines, settings.engines)
+        # SIP (8 kHz), WebRTC (48 kHz) and the WebSocket's other rates.
+        await asyncio.to_thread(prepare_resamplers, (8000, 24000, 48000))
         if settings.server.warm_up:
             await warm_up(ready)
         state.manager = CallManager(settings, ready, state.metrics)

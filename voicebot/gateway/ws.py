@@ -182,11 +182,11 @@ class WebSocketLeg(Leg):
             else:
                 reason = call.result()
                 self.close_reason = f"call ended: {reason}"
-        except Exception:
+        except BaseException as exc:  # a failure here, or the leg cancelled: the session too
             self.paced.close()
-            session.end("error")
+            session.end("cancelled" if isinstance(exc, asyncio.CancelledError) else "error")
             with contextlib.suppress(Exception):
-                await call
+                await asyncio.shield(call)
             raise
         finally:
             reader.cancel()

@@ -41,7 +41,8 @@ log = logging.getLogger("voicebot.telephony.sip")
 # Which refusals are "busy" (the bot is full: try another agent) rather than unavailable.
 _REFUSALS: dict[Refusal, tuple[int, str, int]] = {
     Refusal.SHUTTING_DOWN: (503, "Service Unavailable (shutting down)", 30),
-    Refusal.CAPACITY: (486, "Busy Here (bot at capacity)", 10),
+    Refusal.BUSY: (486, "Busy Here (bot at capacity)", 10),
+    Refusal.CAPACITY: (503, "Service Unavailable (too many calls)", 10),
     Refusal.ENGINE_BACKLOG: (503, "Service Unavailable (engines overloaded)", 10),
     Refusal.MEDIA_OVERLOAD: (503, "Service Unavailable (media overloaded)", 5),
 }
@@ -58,7 +59,6 @@ class SipCallHost(Protocol):
     media_load: MediaLoad
     address: str
     port: int
-    max_calls: int
     calls: dict[str, SipCall]
 
     @property
@@ -105,8 +105,6 @@ class SipCall(Leg):
 
     def admit(self) -> None:
         gateway = self.gateway
-        if len(gateway.calls) > gateway.max_calls:  # this call is already among them
-            raise CallRefusedError(Refusal.CAPACITY, "too many SIP calls")
         if gateway.media_load.overloaded:
             log.warning("call %s refused: %.1f %% of media ticks late",
                         self.sip_call_id, 100 * gateway.media_load.late_ratio)  # fmt: skip
@@ -141,6 +139,9 @@ class SipCall(Leg):
         await asyncio.sleep(gateway.settings.sip.answer_delay_ms / 1000)
         if self.state is DialogState.TERMINATED:  # CANCEL while ringing: 487 already sent
             raise LegSetupError("cancelled while ringing")
+        if gateway.manager.draining:  # the shutdown began while it rang: not answered
+            self._final(*_REFUSALS[Refusal.SHUTTING_DOWN])
+            raise LegSetupError("shutting down")
         sip = gateway.settings.sip
         self.echo_canceller = EchoCanceller() if sip.echo_cancellation else None
         ok = response_to(invite, 200, to_tag=self.local_tag)

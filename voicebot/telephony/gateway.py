@@ -45,6 +45,7 @@ class SipGateway:
         )  # fmt: skip
         self.calls: dict[str, SipCall] = {}
         self.max_calls = sip.max_calls or settings.server.max_calls
+        manager.limits["sip"] = self.max_calls
         self.registration: Registration | None = None
         self.media = SipMediaClock(
             manager.vad, on_tick=self._on_media_tick, on_stop=self._on_media_stop

@@ -71,7 +71,9 @@ class BotAudioTrack(MediaStreamTrack):
         self._queue: deque[np.ndarray] = deque()
         self._upsample = from_canonical(RTC_RATE)
         self._silence = np.zeros(RTC_FRAME, np.int16)
-        self._ticker = FrameTicker()
+        # Half a second behind, skip rather than burst: a burst only fills the browser's
+        # jitter buffer, and every frame in it is latency the caller hears.
+        self._ticker = FrameTicker(resync_s=0.5)
         self._pts = -RTC_FRAME
 
     # -- AudioSink ---------------------------------------------------------------------

@@ -145,6 +145,8 @@ class WebRtcGateway:
         task = asyncio.create_task(run_leg(self.manager, leg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # A task cancelled before its first step runs none of its code: answer from here.
+        task.add_done_callback(lambda _: leg.unanswered())
         return await leg.answer
 
     async def close_peer(self, pc: RTCPeerConnection) -> None:
@@ -215,9 +217,18 @@ class WebRtcLeg(Leg):
             self.paced.close()
         return await session.run(self.paced)
 
+    def unanswered(self) -> None:
+        """The call ended before an answer (shutdown, or a bug in set-up): say so."""
+        if self.answer.done():
+            return
+        if self.gateway.manager.draining:
+            self.answer.set_exception(OfferError(503, "try again later: shutting down",
+                                                 {"Retry-After": "5"}))  # fmt: skip
+        else:
+            self.answer.set_exception(OfferError(500, "server error"))
+
     async def close(self, reason: str | None) -> None:
-        if not self.answer.done():  # cancelled before answering (shutdown)
-            self.answer.set_exception(OfferError(503, "try again later: shutting down"))
+        self.unanswered()
         self.bot.stop()
         if self._feeder is not None:
             self._feeder.cancel()
