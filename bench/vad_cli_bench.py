@@ -48,21 +48,15 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import cpu_model, md_table, package_version, publish  # noqa: E402
+from tests.audiogen import SENTENCES as CALLER_SENTENCES  # noqa: E402
 
 SR = 16_000
 SEED = 20241010
 LONG_SECONDS = 600.0
 VOICEBOT = Path(sys.executable).with_name("voicebot")
 
-SENTENCES = [
-    "Hello, I would like to check the balance on my account please.",
-    "My order number is four five seven two, and it has not arrived yet.",
-    "Could you transfer me to somebody in the billing department?",
-    "Yes, that is correct, the delivery address is twelve Market Street.",
-    "I called yesterday and nobody answered the phone.",
-    "Please cancel my subscription at the end of this month.",
-    "What time does the store open on Saturday morning?",
-    "I need to change the appointment to next Tuesday afternoon.",
+SENTENCES = [  # the test suite's eight, then more of the same kind
+    *CALLER_SENTENCES,
     "The last payment went out twice, once on the third and again on the fifth.",
     "Hang on a second, let me find the letter you sent me.",
     "No, the other card, the one ending in nine nine one.",
