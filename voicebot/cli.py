@@ -99,6 +99,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from voicebot.agent.events import BotText, ErrorRaised, Interrupted, TranscriptReady
     from voicebot.agent.simulator import simulate_call
     from voicebot.audio.wav import WavError, read_wav_canonical, write_wav
     from voicebot.config import load_settings
@@ -138,20 +139,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         write_wav(args.mix_wav, np.stack([result.caller_audio, result.bot_audio], axis=1))
     if args.events:
         with open(args.events, "w", encoding="utf-8") as fh:
-            for event in result.events:
-                fh.write(json.dumps(event) + "\n")
-    for event in result.events:
-        kind = event["type"]
-        if kind == "transcript":
-            print(f"{event['t']:8.2f}  caller: {event['text']}")
-        elif kind == "bot_text":
-            print(f"{event['t']:8.2f}  bot:    {event['text']}")
-        elif kind == "interrupted":
-            print(
-                f"{event['t']:8.2f}  (caller interrupts; bot silent after {event['latency_ms']} ms)"
-            )
-        elif kind == "error":
-            print(f"{event['t']:8.2f}  error:  {event['message']}")
+            for event in result.typed_events:
+                fh.write(event.to_json() + "\n")
+    for event in result.typed_events:
+        match event:
+            case TranscriptReady(t=t, text=text):
+                print(f"{t:8.2f}  caller: {text}")
+            case BotText(t=t, text=text):
+                print(f"{t:8.2f}  bot:    {text}")
+            case Interrupted(t=t, latency_ms=latency_ms):
+                print(f"{t:8.2f}  (caller interrupts; bot silent after {latency_ms:.1f} ms)")
+            case ErrorRaised(t=t, message=message):
+                print(f"{t:8.2f}  error:  {message}")
     duration = len(result.caller_audio) / 16000
     print(
         f"call ended ({result.end_reason}) after {duration:.1f} s of audio; simulated in "

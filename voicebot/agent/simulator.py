@@ -18,7 +18,7 @@ import numpy as np
 
 from voicebot.agent.clock import FrameTicker, LiveClock, VirtualClock
 from voicebot.agent.config import AgentConfig
-from voicebot.agent.events import AgentState, EventBus, EventLog
+from voicebot.agent.events import AgentState, Event, EventBus, EventLog
 from voicebot.agent.session import FRAME_SECONDS, CallSession, CallSetup, Engines
 from voicebot.audio.denoise import make_suppressor
 from voicebot.audio.echo import EchoCanceller
@@ -73,6 +73,7 @@ class SimulationResult:
     caller_audio: np.ndarray  # as fed, padded with the tail
     bot_audio: np.ndarray  # same length and timeline
     events: list[dict[str, Any]]  # as on the wire (the JSON objects of DESIGN.md section 2)
+    typed_events: list[Event]  # the same, as published
     end_reason: str
     engine_seconds: float
     wall_seconds: float
@@ -147,6 +148,7 @@ async def simulate_call(
         caller_audio=np.concatenate(fed) if fed else np.zeros(0, np.int16),
         bot_audio=sink.audio(n),
         events=log.as_dicts(),
+        typed_events=log.events,
         end_reason=reason,
         engine_seconds=clock.engine_seconds if isinstance(clock, VirtualClock) else 0.0,
         wall_seconds=time.perf_counter() - began,

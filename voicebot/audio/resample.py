@@ -170,6 +170,8 @@ class StreamingResampler:
             raise TypeError(f"process() takes int16 samples, got {pcm.dtype}")
         if pcm.ndim != 1:
             raise ValueError(f"resampler takes mono 1-D audio, got shape {pcm.shape}")
+        if self._identity:  # a 16 kHz wire: nothing to filter or round
+            return pcm.copy()
         return _to_pcm16(self._run(pcm.astype(np.float64)))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
