@@ -24,7 +24,14 @@ from voicebot.calls.leg import Leg, LegSetupError
 from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia, Refusal
 from voicebot.config import Settings
 from voicebot.telephony.media_clock import MediaLoad, SipMediaClock
-from voicebot.telephony.message import SipRequest, host_port_of, response_to, tag_of, uri_of
+from voicebot.telephony.message import (
+    SipRequest,
+    host_port_of,
+    new_tag,
+    response_to,
+    tag_of,
+    uri_of,
+)
 from voicebot.telephony.rtp import PortAllocator, RtpSession
 from voicebot.telephony.sdp import (
     AudioOffer,
@@ -34,7 +41,7 @@ from voicebot.telephony.sdp import (
     choose_codec,
     parse_offer,
 )
-from voicebot.telephony.ua import ALLOW_HEADER, SipEndpoint, new_branch, new_tag
+from voicebot.telephony.ua import ALLOW_HEADER, SipEndpoint, new_branch
 
 log = logging.getLogger("voicebot.telephony.sip")
 
@@ -207,6 +214,14 @@ class SipCall(Leg):
         await self._send_bye()
 
     # -- in-dialog requests from the caller ----------------------------------------------------
+    def in_dialog(self, request: SipRequest) -> bool:
+        """Section 12.2.2: a request is in this dialog only if its To tag is ours and its
+        From tag the caller's (the Call-ID alone is no proof: anyone can see or guess it)."""
+        return (
+            tag_of(request.get("To") or "") == self.local_tag
+            and tag_of(request.get("From") or "") == tag_of(self.invite.get("From") or "")
+        )
+
     def dtmf(self, digit: str) -> None:
         """A digit from RFC 4733 events or SIP INFO."""
         if self.session is not None:
@@ -248,7 +263,7 @@ class SipCall(Leg):
             return
         self.rtp.send_enabled = not offer.on_hold and offer.port != 0
         if not offer.on_hold:
-            self.rtp.remote = (offer.address, offer.port)
+            self.rtp.relatch((offer.address, offer.port))
         if self.echo_canceller is not None:
             self.echo_canceller.path_changed()
         ok = response_to(request, 200, to_tag=self.local_tag)

@@ -18,10 +18,11 @@ from voicebot.config import Settings
 from voicebot.telephony.call import SipCall
 from voicebot.telephony.dtmf import parse_dtmf_relay
 from voicebot.telephony.media_clock import MediaLoad, SipMediaClock
-from voicebot.telephony.message import SipRequest, response_to, tag_of
+from voicebot.telephony.message import SipRequest, SipResponse, new_tag, response_to, tag_of
 from voicebot.telephony.register import Registration
 from voicebot.telephony.rtp import PortAllocator, RtpSession
-from voicebot.telephony.ua import ALLOW_HEADER, KNOWN_METHODS, SipEndpoint, new_tag
+from voicebot.telephony.rules import request_refusal
+from voicebot.telephony.ua import ALLOW_HEADER, SipEndpoint
 
 log = logging.getLogger("voicebot.telephony.sip")
 
@@ -119,51 +120,57 @@ class SipGateway:
     # -- dispatch ---------------------------------------------------------------------------
     def _on_request(self, request: SipRequest, addr: tuple[str, int]) -> None:
         method = request.method
+        if method == "ACK":
+            return  # its transaction (our 2xx or final) was matched by the endpoint
+        refusal = request_refusal(request)
+        if refusal is not None:
+            self.endpoint.respond(request, refusal, addr)
+            return
         call = self.calls.get(request.call_id)
-        if method == "INVITE":
-            if call is None and tag_of(request.get("To") or "") is None:
+        if method == "CANCEL":
+            self._cancel(call, request, addr)
+            return
+        if tag_of(request.get("To") or "") is None:  # outside any dialog
+            if method == "INVITE" and call is None:
                 self._new_call(request, addr)
-            elif call is not None:
-                call.reinvite(request, addr)
+            elif method == "INVITE":
+                # Section 8.2.2.2: the same Call-ID on a new transaction without our tag is
+                # a merged (forked) copy of an INVITE we already took.
+                self.endpoint.respond(request, response_to(request, 482), addr)
+            elif method == "OPTIONS":
+                self.endpoint.respond(request, self._options_ok(request), addr)
             else:
                 self.endpoint.respond(request, response_to(request, 481), addr)
-        elif method == "ACK":
             return
-        elif method == "OPTIONS":
-            ok = response_to(request, 200, to_tag=new_tag())
-            ok.add("Allow", ALLOW_HEADER)
-            ok.add("Accept", "application/sdp, application/dtmf-relay")
-            ok.add("Server", self.settings.sip.user_agent)
-            self.endpoint.respond(request, ok, addr)
-        elif method == "CANCEL":
-            self._cancel(call, request, addr)
+        if call is None or not call.in_dialog(request):
+            # Section 12.2.2: the tags must match the dialog's, not just the Call-ID.
+            self.endpoint.respond(request, response_to(request, 481), addr)
+            return
+        if method == "INVITE":
+            call.reinvite(request, addr)
         elif method == "BYE":
-            if call is None:
-                self.endpoint.respond(request, response_to(request, 481), addr)
-                return
             self.endpoint.respond(request, response_to(request, 200), addr)
             self.endpoint.stop_retransmitting(call.sip_call_id)
             call.caller_hung_up()
-        elif method == "INFO" and call is not None:
+        elif method == "INFO":
             digit = None
             if "dtmf-relay" in (request.get("Content-Type") or "").lower():
                 digit = parse_dtmf_relay(request.body)
             self.endpoint.respond(request, response_to(request, 200), addr)
             if digit:
                 call.dtmf(digit)
-        elif method == "NOTIFY" and call is not None:
+        elif method == "NOTIFY":
             self.endpoint.respond(request, response_to(request, 200), addr)
             call.notify.put_nowait(request.body.decode(errors="replace").strip())
-        elif method in ("INFO", "NOTIFY"):
-            self.endpoint.respond(request, response_to(request, 481), addr)
-        elif method in KNOWN_METHODS:
-            refused = response_to(request, 405)
-            refused.add("Allow", ALLOW_HEADER)
-            self.endpoint.respond(request, refused, addr)
-        else:
-            refused = response_to(request, 501)
-            refused.add("Allow", ALLOW_HEADER)
-            self.endpoint.respond(request, refused, addr)
+        else:  # OPTIONS inside the dialog
+            self.endpoint.respond(request, self._options_ok(request), addr)
+
+    def _options_ok(self, request: SipRequest) -> SipResponse:
+        ok = response_to(request, 200, to_tag=new_tag())
+        ok.add("Allow", ALLOW_HEADER)
+        ok.add("Accept", "application/sdp, application/dtmf-relay")
+        ok.add("Server", self.settings.sip.user_agent)
+        return ok
 
     def _new_call(self, invite: SipRequest, addr: tuple[str, int]) -> None:
         # Known from the first datagram on, so a CANCEL right behind the INVITE finds it.
@@ -176,5 +183,6 @@ class SipGateway:
         if call is None or call.invite.branch != cancel.branch:
             self.endpoint.respond(cancel, response_to(cancel, 481), addr)
             return
-        self.endpoint.respond(cancel, response_to(cancel, 200), addr)
+        # Section 9.2: the 200 to CANCEL carries the To tag of the INVITE's responses.
+        self.endpoint.respond(cancel, response_to(cancel, 200, to_tag=call.local_tag), addr)
         call.cancel()

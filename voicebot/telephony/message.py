@@ -10,6 +10,7 @@ raises `SipParseError`, which the endpoint answers with 400 when it can.
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass, field
 
 MAX_MESSAGE_BYTES = 65_535
@@ -34,12 +35,23 @@ _CANONICAL = {
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
 _REQUEST_LINE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) (\S+) (SIP/\d\.\d)$")
 _STATUS_LINE = re.compile(r"^(SIP/\d\.\d) (\d{3}) ?(.*)$")
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also takes "²" and "٣"
+# Section 20: headers that appear once (a second Call-ID or CSeq makes the message ambiguous).
+_SINGLE = ("Call-ID", "From", "To", "CSeq", "Content-Length", "Content-Type", "Max-Forwards")
+# Section 20.42 via-parm: protocol / version / transport, sent-by, then ;params (a param is
+# a token, with =value if any); whitespace around the separators is allowed (RFC 4475 3.1.1.1).
+_VIA_PARM = re.compile(
+    r"SIP\s*/\s*2\.0\s*/\s*[A-Za-z]+\s+[^\s;,]+"
+    r"(\s*;\s*[A-Za-z0-9\-.!%*_+`'~]+(\s*=\s*(\"[^\"]*\"|[^\s;,\"]+))?)*"
+)
+MAX_CSEQ = 2**31 - 1  # section 8.1.1.5: less than 2**31
 
 REASONS = {
     100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 202: "Accepted",
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 407: "Proxy Authentication Required", 408: "Request Timeout",
-    415: "Unsupported Media Type", 420: "Bad Extension", 481: "Call/Transaction Does Not Exist",
+    406: "Not Acceptable", 415: "Unsupported Media Type", 416: "Unsupported URI Scheme",
+    420: "Bad Extension", 481: "Call/Transaction Does Not Exist", 482: "Loop Detected",
     486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here",
     500: "Server Internal Error", 501: "Not Implemented", 503: "Service Unavailable",
     505: "Version Not Supported",
@@ -48,6 +60,19 @@ REASONS = {
 
 class SipParseError(ValueError):
     """A message that is not valid SIP; `reason` goes in the 400 response."""
+
+
+def ascii_int(text: str, what: str, limit: int | None = None) -> int:
+    """A non-negative decimal of ASCII digits, else SipParseError (never ValueError)."""
+    value = text.strip()
+    if not _DIGITS.fullmatch(value) or (limit is not None and int(value) > limit):
+        raise SipParseError(f"bad {what} {text[:40]!r}")
+    return int(value)
+
+
+def new_tag() -> str:
+    """A To/From tag (section 19.3: at least 32 bits of randomness)."""
+    return secrets.token_hex(6)
 
 
 def canonical(name: str) -> str:
@@ -89,9 +114,10 @@ class SipMessage:
     def cseq(self) -> tuple[int, str]:
         raw = self.get("CSeq") or ""
         parts = raw.split()
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise SipParseError(f"bad CSeq {raw!r}")
-        return int(parts[0]), parts[1].upper()
+        if len(parts) != 2:
+            raise SipParseError(f"bad CSeq {raw[:40]!r}")
+        # Methods are case-sensitive (section 7.1): "invite" is not INVITE.
+        return ascii_int(parts[0], "CSeq", MAX_CSEQ), parts[1]
 
     @property
     def top_via(self) -> str:
@@ -156,7 +182,7 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
             raise SipParseError(f"unsupported version {version}")
         if ":" not in uri:
             raise SipParseError(f"bad Request-URI {uri!r}")
-        message = SipRequest(method=method.upper(), uri=uri)
+        message = SipRequest(method=method, uri=uri)
     elif m := _STATUS_LINE.match(start):
         version, status, reason = m.groups()
         message = SipResponse(status=int(status), reason=reason)
@@ -166,6 +192,8 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
     for line in lines[1:]:
         if not line:
             continue
+        if "\r" in line or "\x00" in line:  # a bare CR would end the line in our responses
+            raise SipParseError("CR or NUL inside a header line")
         if line[0] in " \t":  # section 7.3.1: header folding
             if current is None:
                 raise SipParseError("continuation line before any header")
@@ -177,11 +205,16 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
         current = [canonical(name), value.strip()]
         message.headers.append(current)  # type: ignore[arg-type]
     message.headers = [(k, v) for k, v in message.headers]  # freeze folded pairs
+    for name in _SINGLE:
+        if len(message.get_all(name)) > 1:
+            raise SipParseError(f"more than one {name} header")
+    for via in message.get_all("Via"):
+        for part in via.split(","):
+            if not _VIA_PARM.fullmatch(part.strip()):
+                raise SipParseError(f"bad Via {part.strip()[:60]!r}")
     length_header = message.get("Content-Length")
     if length_header is not None:
-        if not length_header.isdigit():
-            raise SipParseError(f"bad Content-Length {length_header!r}")
-        length = int(length_header)
+        length = ascii_int(length_header, "Content-Length")
         if length > len(body):
             raise SipParseError(f"Content-Length {length} but only {len(body)} body bytes")
         body = body[:length]
@@ -198,13 +231,15 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
 def response_to(
     request: SipRequest, status: int, reason: str | None = None, to_tag: str | None = None
 ) -> SipResponse:
-    """A response with the headers section 8.2.6.2 copies from the request."""
+    """A response with the headers section 8.2.6.2 copies from the request. Every response
+    but 100 Trying carries a To tag (section 8.2.6.2 MUST): `to_tag` if the request's To
+    has none (the dialog's, for INVITE), else a fresh one."""
     response = SipResponse(status=status, reason=reason or REASONS.get(status, "Unknown"))
     for via in request.get_all("Via"):
         response.add("Via", via)
     to = request.get("To") or ""
-    if to_tag and ";tag=" not in to.lower().replace(" ", ""):
-        to = f"{to};tag={to_tag}"
+    if status > 100 and tag_of(to) is None:
+        to = f"{to};tag={to_tag or new_tag()}"
     response.add("From", request.get("From") or "")
     response.add("To", to)
     response.add("Call-ID", request.call_id)
@@ -239,4 +274,4 @@ def host_port_of(uri: str, default_port: int = 5060) -> tuple[str, int]:
         port = port.lstrip(":")
     else:
         host, _, port = hostport.partition(":")
-    return host, int(port) if port.isdigit() else default_port
+    return host, int(port) if _DIGITS.fullmatch(port) and int(port) < 65536 else default_port

@@ -12,8 +12,8 @@ import re
 import secrets
 
 from voicebot.config.settings import SipSettings
-from voicebot.telephony.message import SipRequest, SipResponse, uri_of
-from voicebot.telephony.ua import SipEndpoint, new_branch, new_tag
+from voicebot.telephony.message import SipRequest, SipResponse, new_tag, uri_of
+from voicebot.telephony.ua import SipEndpoint, new_branch
 
 log = logging.getLogger("voicebot.telephony.register")
 

@@ -7,7 +7,8 @@ jitter buffer and sends one packet of bot audio (or silence) per call, so input,
 and RTP timestamps never drift apart, however long the call. Packets are parsed and built
 with aiortc's `RtpPacket`; the jitter buffer is our own: it reorders, drops duplicates and
 late packets, and hides losses by fading the last frame. Symmetric RTP: we send to where
-the caller's packets actually come from once they arrive (NAT), not only to the SDP address.
+the caller's packets actually come from once they arrive (NAT), not only to the SDP address:
+latched to the first source, packets from any other are dropped until a re-INVITE.
 """
 
 from __future__ import annotations
@@ -135,6 +136,8 @@ class RtpSession(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if len(data) < 12 or data[0] >> 6 != 2:
             return  # not RTP version 2 (RFC 3550 section 5.1)
+        if self._latched and addr != self.remote:
+            return  # someone else's packets: neither heard nor followed
         try:
             packet = RtpPacket.parse(data)
         except ValueError:
@@ -147,10 +150,17 @@ class RtpSession(asyncio.DatagramProtocol):
             self.jitter.put(packet.sequence_number, packet.payload)
         else:
             return
-        if not self._latched or addr != self.remote:
-            # Symmetric RTP: answer where the media really comes from (NAT, SBCs).
+        if not self._latched:
+            # Symmetric RTP: answer where the media really comes from (NAT, SBCs), once.
+            # Re-latching to every new source would let anyone who sends one packet take
+            # a share of the bot's audio; a new address comes with a re-INVITE (`relatch`).
             self.remote = addr
             self._latched = True
+
+    def relatch(self, remote: tuple[str, int]) -> None:
+        """The caller moved its media (re-INVITE): send there, latch to the next source."""
+        self.remote = remote
+        self._latched = False
 
     def error_received(self, exc: Exception) -> None:
         log.debug("RTP socket error: %s", exc)

@@ -25,8 +25,10 @@ from voicebot.telephony.message import (
     SipParseError,
     SipRequest,
     SipResponse,
+    new_tag,
     parse_message,
     response_to,
+    tag_of,
 )
 
 log = logging.getLogger("voicebot.telephony.sip")
@@ -39,10 +41,6 @@ KNOWN_METHODS = (
     *ALLOWED_METHODS, "REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "REFER", "UPDATE", "PRACK",
 )  # fmt: skip
 ALLOW_HEADER = ", ".join(ALLOWED_METHODS)
-
-
-def new_tag() -> str:
-    return secrets.token_hex(6)
 
 
 def new_branch() -> str:
@@ -219,6 +217,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
         for key in ("From", "To", "Call-ID", "CSeq"):
             if key not in found:
                 response.add(key, "")
+        # Section 8.2.6.2: a final response always carries a To tag.
+        response.headers = [
+            (k, f"{v};tag={new_tag()}" if k == "To" and tag_of(v) is None else v)
+            for k, v in response.headers
+        ]
         self.send(response, addr)
 
     # -- client transactions ----------------------------------------------------------------------

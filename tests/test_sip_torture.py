@@ -1,0 +1,243 @@
+"""SIP requests a carrier or an attacker may send (RFC 3261 section 8.2, RFC 4475), against
+an in-process SIP gateway on loopback: each gets the right response code, with a To tag on
+every final response, nothing raises out of the datagram handler, no third party can take
+over a dialog or its media, and a normal call still works afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.engines import ScriptedSTT
+from voicebot.calls.manager import CallManager
+from voicebot.calls.metrics import GatewayMetrics
+from voicebot.config import Settings
+from voicebot.models.base import Engines
+from voicebot.models.llm.scripted import ScriptedLanguageModel
+from voicebot.models.tts.espeak import EspeakTextToSpeech
+from voicebot.telephony.gateway import SipGateway
+from voicebot.telephony.message import SipResponse, parse_message, tag_of
+
+SDP = (
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+    "a=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\n"
+)
+
+
+class Peer(asyncio.DatagramProtocol):
+    """A UDP socket on loopback that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.put_nowait((data, addr))
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return self.transport.get_extra_info("sockname")[1]
+
+    def send(self, data: bytes, port: int) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, ("127.0.0.1", port))
+
+    async def response(self, timeout: float = 2.0, skip_provisional: bool = True) -> SipResponse:
+        while True:
+            data, _ = await asyncio.wait_for(self.received.get(), timeout)
+            message = parse_message(data)
+            assert isinstance(message, SipResponse)
+            if not (skip_provisional and message.status < 200):
+                return message
+
+
+async def _peer() -> Peer:
+    loop = asyncio.get_running_loop()
+    _, peer = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", 0))
+    return peer
+
+
+@contextlib.asynccontextmanager
+async def sip_gateway() -> AsyncIterator[SipGateway]:
+    settings = Settings(
+        server={"warm_up": False}, agent={"greeting": None},
+        sip={"answer_delay_ms": 0, "echo_cancellation": False},
+    )  # fmt: skip
+    engines = Engines(
+        stt=ScriptedSTT(), llm=ScriptedLanguageModel.from_file(), tts=EspeakTextToSpeech()
+    )
+    manager = CallManager(settings, engines, GatewayMetrics())
+    gateway = SipGateway(manager, settings)
+    gateway.port = 0  # any free port
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.close()
+        manager.close()
+
+
+def request(
+    method: str, port: int, peer: Peer, *, call_id: str | None = None, cseq: str | None = None,
+    to_tag: str | None = None, from_tag: str = "caller1", extra: str = "", body: str = "",
+    uri: str | None = None, content_type: str | None = None,
+) -> bytes:  # fmt: skip
+    to = f"<sip:bot@127.0.0.1:{port}>" + (f";tag={to_tag}" if to_tag else "")
+    head = (
+        f"{method} {uri or f'sip:bot@127.0.0.1:{port}'} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{peer.port};branch=z9hG4bK{secrets.token_hex(6)}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:caller@127.0.0.1>;tag={from_tag}\r\nTo: {to}\r\n"
+        f"Call-ID: {call_id or secrets.token_hex(8)}\r\nCSeq: {cseq or '1 ' + method}\r\n"
+        f"Contact: <sip:caller@127.0.0.1:{peer.port}>\r\n{extra}"
+    )
+    if body:
+        head += f"Content-Type: {content_type or 'application/sdp'}\r\n"
+    return f"{head}Content-Length: {len(body.encode())}\r\n\r\n{body}".encode()
+
+
+PROBES = [
+    # (name, request keyword arguments, status, header that must be in the response)
+    ("REGISTER", {"method": "REGISTER"}, 405, "Allow"),
+    ("SUBSCRIBE", {"method": "SUBSCRIBE"}, 405, "Allow"),
+    ("unknown method", {"method": "FROBNICATE"}, 501, "Allow"),
+    ("lower-case invite", {"method": "invite", "body": "SDP"}, 501, "Allow"),
+    ("CANCEL of nothing", {"method": "CANCEL"}, 481, None),
+    ("NOTIFY, no dialog", {"method": "NOTIFY", "to_tag": "nope"}, 481, None),
+    ("BYE, no dialog", {"method": "BYE", "to_tag": "nope"}, 481, None),
+    ("Require", {"method": "INVITE", "extra": "Require: 100rel, foo\r\n", "body": "SDP"},
+     420, "Unsupported"),
+    ("URI scheme", {"method": "INVITE", "uri": "im:bot@127.0.0.1", "body": "SDP"}, 416, None),
+    ("Accept", {"method": "INVITE", "extra": "Accept: text/nobodyKnowsThis\r\n", "body": "SDP"},
+     406, None),
+    ("body type", {"method": "INVITE", "body": "hello", "content_type": "text/plain"},
+     415, "Accept"),
+    ("multipart body", {"method": "INVITE", "body": "--b--", "content_type":
+                        "multipart/mixed;boundary=b"}, 415, "Accept"),
+]  # fmt: skip
+
+MALFORMED = {
+    "stray separators in Via": lambda r: r.replace(b";branch=", b";;,;branch="),
+    "two Call-IDs": lambda r: r.replace(b"CSeq:", b"Call-ID: second\r\nCSeq:"),
+    "two Content-Lengths": lambda r: r.replace(b"CSeq:", b"Content-Length: 0\r\nCSeq:"),
+    "CSeq of 2**32": lambda r: r.replace(b"CSeq: 1 ", b"CSeq: 4294967296 "),
+    "superscript digit in CSeq": lambda r: r.replace(b"CSeq: 1 ", "CSeq: ² ".encode()),
+    "superscript digit in Content-Length": lambda r: r.replace(
+        b"Content-Length: 0", "Content-Length: ²".encode()
+    ),
+    "NUL in Call-ID": lambda r: r.replace(b"Call-ID: ", b"Call-ID: a\x00b"),
+    "bare CR in a header": lambda r: r.replace(b"Max-Forwards: 70", b"Max-Forwards: 70\rX: 1"),
+}
+
+
+def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_every_probe_gets_its_code_and_a_to_tag(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with sip_gateway() as gateway:
+            peer = await _peer()
+            for name, kwargs, status, header in PROBES:
+                kw = dict(kwargs)
+                if kw.get("body") == "SDP":
+                    kw["body"] = SDP.format(port=peer.port + 2)
+                peer.send(request(port=gateway.port, peer=peer, **kw), gateway.port)
+                response = await peer.response()
+                assert response.status == status, (name, response.status, response.reason)
+                assert tag_of(response.get("To") or ""), f"{name}: final response without To tag"
+                if header is not None:
+                    assert response.get(header), f"{name}: no {header}"
+            for name, mangle in MALFORMED.items():
+                good = request("OPTIONS", gateway.port, peer)
+                peer.send(mangle(good), gateway.port)
+                # The 400 echoes the bad headers, so it is read as text, not parsed.
+                data, _ = await asyncio.wait_for(peer.received.get(), 2.0)
+                assert data.startswith(b"SIP/2.0 400 "), (name, data[:60])
+                to = next(line for line in data.split(b"\r\n") if line.startswith(b"To:"))
+                assert b";tag=" in to, f"{name}: 400 without To tag"
+            peer.send(request("OPTIONS", gateway.port, peer), gateway.port)
+            assert (await peer.response()).status == 200
+            assert not gateway.calls
+            peer.transport.close()  # type: ignore[union-attr]
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
+    _no_tracebacks(caplog)
+
+
+def test_only_the_dialogs_own_tags_reach_the_call(caplog: pytest.LogCaptureFixture) -> None:
+    """Right Call-ID, wrong tags: 481, and the call goes on; its media stays with the
+    caller's first source, whoever else sends RTP to the bot's port."""
+
+    async def main() -> None:
+        async with sip_gateway() as gateway:
+            caller, media, intruder = await _peer(), await _peer(), await _peer()
+            call_id = "torture-dialog"
+            invite = request("INVITE", gateway.port, caller, call_id=call_id,
+                             body=SDP.format(port=media.port))  # fmt: skip
+            caller.send(invite, gateway.port)
+            ok = await caller.response()
+            assert ok.status == 200
+            our_tag = tag_of(ok.get("To") or "")
+            rtp_port = int(next(line for line in ok.body.decode().splitlines()
+                                if line.startswith("m=audio")).split()[1])  # fmt: skip
+            caller.send(request("ACK", gateway.port, caller, call_id=call_id, to_tag=our_tag,
+                                cseq="1 ACK"), gateway.port)  # fmt: skip
+            # A stranger with the Call-ID but the wrong From tag, then the wrong To tag.
+            for kw in ({"from_tag": "intruder", "to_tag": our_tag}, {"to_tag": "wrong"}):
+                for method, cseq in (("BYE", "2 BYE"),
+                                     ("INVITE", "3 INVITE")):  # fmt: skip
+                    body = SDP.format(port=intruder.port) if method == "INVITE" else ""
+                    intruder.send(request(method, gateway.port, intruder, call_id=call_id,
+                                          cseq=cseq, body=body, **kw), gateway.port)  # fmt: skip
+                    assert (await intruder.response()).status == 481, (method, kw)
+            assert call_id in gateway.calls
+            # RTP: the caller's media socket first, then an intruder's packets in between.
+            header = bytes([0x80, 0x00])
+            for seq in range(50):
+                packet = header + seq.to_bytes(2, "big") + (seq * 160).to_bytes(4, "big")
+                packet += (1234).to_bytes(4, "big") + b"\xff" * 160
+                media.send(packet, rtp_port)
+                if seq % 5 == 4:
+                    intruder.send(packet, rtp_port)
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)
+            from_bot = [addr for data, addr in _drain(media.received) if addr[1] == rtp_port]
+            stolen = [d for d, addr in _drain(intruder.received) if addr[1] == rtp_port]
+            assert len(from_bot) > 20 and not stolen
+            # The real caller's BYE still works.
+            caller.send(request("BYE", gateway.port, caller, call_id=call_id, to_tag=our_tag,
+                                cseq="2 BYE"), gateway.port)  # fmt: skip
+            assert (await caller.response()).status == 200
+            for _ in range(100):
+                if call_id not in gateway.calls:
+                    break
+                await asyncio.sleep(0.02)
+            assert call_id not in gateway.calls
+            for peer in (caller, media, intruder):
+                peer.transport.close()  # type: ignore[union-attr]
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
+    _no_tracebacks(caplog)
+
+
+Datagrams = asyncio.Queue[tuple[bytes, tuple[str, int]]]
+
+
+def _drain(queue: Datagrams) -> list[tuple[bytes, tuple[str, int]]]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
