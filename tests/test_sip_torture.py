@@ -122,6 +122,8 @@ PROBES = [
      406, None),
     ("body type", {"method": "INVITE", "body": "hello", "content_type": "text/plain"},
      415, "Accept"),
+    ("video-only offer", {"method": "INVITE", "body": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"
+     "s=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video 30000 RTP/AVP 96\r\n"}, 488, None),
     ("multipart body", {"method": "INVITE", "body": "--b--", "content_type":
                         "multipart/mixed;boundary=b"}, 415, "Accept"),
 ]  # fmt: skip

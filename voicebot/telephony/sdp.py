@@ -36,12 +36,26 @@ class SdpNotAcceptableError(SdpError):
 
 
 @dataclass
+class MediaLine:
+    """One offered m-line as it must be mirrored in the answer (RFC 3264 section 6)."""
+
+    kind: str
+    port: int
+    proto: str
+    formats: list[str]
+
+
+@dataclass
 class AudioOffer:
+    """The offered audio stream we answer, and every m-line of the offer (in order)."""
+
     address: str
     port: int
     payload_types: list[int]
     rtpmap: dict[int, str] = field(default_factory=dict)  # pt -> "name/rate"
     direction: str = "sendrecv"
+    media: list[MediaLine] = field(default_factory=list)
+    index: int = 0  # which of `media` this stream is
 
     def codec_name(self, pt: int) -> str | None:
         if pt in self.rtpmap:
@@ -62,53 +76,65 @@ class AudioOffer:
         return self.direction in ("sendonly", "inactive") or self.address == "0.0.0.0"
 
 
+def _number(text: str, what: str, limit: int) -> int:
+    if not re.fullmatch(r"[0-9]{1,10}", text) or int(text) > limit:  # ASCII digits only
+        raise SdpError(f"bad {what} {text[:20]!r}")
+    return int(text)
+
+
 def parse_offer(sdp: str) -> AudioOffer:
+    """The offer's first usable audio stream (RTP/AVP, a non-zero port), with all its
+    m-lines kept for the answer. 400-class `SdpError` for malformed SDP; 488-class
+    `SdpNotAcceptableError` when no audio stream can be answered (video only, every audio
+    stream disabled or on another transport)."""
     lines = [line.strip() for line in sdp.replace("\r\n", "\n").split("\n") if line.strip()]
     if not lines or lines[0] != "v=0":
         raise SdpError("SDP must begin with v=0")
     session_address: str | None = None
     session_direction = "sendrecv"
+    media: list[MediaLine] = []
     audio: AudioOffer | None = None
     in_audio = False
-    seen_media = False
     for line in lines:
         if len(line) < 2 or line[1] != "=":
             raise SdpError(f"bad SDP line {line[:40]!r}")
         kind, value = line[0], line[2:]
         if kind == "m":
-            seen_media = True
             parts = value.split()
-            in_audio = len(parts) >= 4 and parts[0] == "audio" and audio is None
+            if len(parts) < 4:
+                raise SdpError(f"bad m= line {value[:60]!r}")
+            port = _number(parts[1].split("/")[0], "port", 65535)
+            media.append(MediaLine(parts[0], port, parts[2], parts[3:]))
+            in_audio = (
+                audio is None and parts[0] == "audio" and port != 0
+                and parts[2] in ("RTP/AVP", "RTP/AVPF")
+            )  # fmt: skip
             if in_audio:
-                if parts[2] not in ("RTP/AVP", "RTP/AVPF"):
-                    raise SdpNotAcceptableError(f"unsupported transport {parts[2]} (need RTP/AVP)")
-                try:
-                    port = int(parts[1].split("/")[0])
-                    pts = [int(p) for p in parts[3:]]
-                except ValueError as exc:
-                    raise SdpError(f"bad m= line {value!r}") from exc
-                if not 0 <= port <= 65535:
-                    raise SdpError(f"bad port {port}")
-                audio = AudioOffer(address="", port=port, payload_types=pts)
+                pts = [_number(p, "payload type", 127) for p in parts[3:]]
+                audio = AudioOffer("", port, pts, index=len(media) - 1)
         elif kind == "c":
             address = _connection_address(value)
-            if not seen_media:
+            if not media:
                 session_address = address
             elif in_audio and audio is not None:
                 audio.address = address
         elif kind == "a":
             name, _, arg = value.partition(":")
             if name in DIRECTIONS:
-                if not seen_media:
+                if not media:
                     session_direction = name
                 elif in_audio and audio is not None:
                     audio.direction = name
             elif in_audio and audio is not None and name == "rtpmap":
-                m = re.match(r"(\d+)\s+(\S+)", arg)
+                m = re.match(r"([0-9]{1,3})\s+(\S+)", arg)
                 if m:
                     audio.rtpmap[int(m.group(1))] = m.group(2)
     if audio is None:
-        raise SdpError("no audio m-line in the offer")
+        kinds = ", ".join(f"{m.kind} {m.proto} port {m.port}" for m in media) or "none"
+        if not media:
+            raise SdpError("no m-line in the offer")
+        raise SdpNotAcceptableError(f"no audio stream we can answer (offered: {kinds[:80]})")
+    audio.media = media
     if not audio.address:
         if session_address is None:
             raise SdpError("no c= connection address")
@@ -159,9 +185,17 @@ def build_answer(
         "s=voicebot",
         f"c=IN {ip_version} {address}",
         "t=0 0",
-        f"m=audio {port} RTP/AVP {' '.join(str(p) for p in pts)}",
-        *lines_extra,
-        "a=ptime:20",
-        f"a={_ANSWER_DIRECTION[offer.direction]}",
     ]
+    # RFC 3264 section 6: one m-line per offered m-line, in order; the streams we do not
+    # take are rejected with port 0 (their formats echoed: at least one must be present).
+    for i, line in enumerate(offer.media or [MediaLine("audio", port, "RTP/AVP", [])]):
+        if i != offer.index:
+            lines.append(f"m={line.kind} 0 {line.proto} {' '.join(line.formats)}")
+            continue
+        lines += [
+            f"m=audio {port} RTP/AVP {' '.join(str(p) for p in pts)}",
+            *lines_extra,
+            "a=ptime:20",
+            f"a={_ANSWER_DIRECTION[offer.direction]}",
+        ]
     return "\r\n".join(lines) + "\r\n"
