@@ -243,3 +243,26 @@ def _drain(queue: Datagrams) -> list[tuple[bytes, tuple[str, int]]]:
     while not queue.empty():
         items.append(queue.get_nowait())
     return items
+
+
+def test_a_flood_of_bad_datagrams_is_one_log_line_per_source(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        async with sip_gateway() as gateway:
+            peer = await _peer()
+            bad = request("OPTIONS", gateway.port, peer).replace(b"CSeq: 1 ", b"CSeq: x ")
+            for _ in range(100):
+                peer.send(bad, gateway.port)
+                await asyncio.sleep(0)
+            replies = 0
+            with contextlib.suppress(TimeoutError):
+                while replies < 100:
+                    await asyncio.wait_for(peer.received.get(), 1.0)
+                    replies += 1
+            assert replies >= 90  # each still gets its 400 (loopback UDP may drop a few)
+            peer.transport.close()  # type: ignore[union-attr]
+
+    with caplog.at_level(logging.INFO, logger="voicebot.telephony.sip"):
+        asyncio.run(main())
+    assert len([r for r in caplog.records if "malformed SIP" in r.getMessage()]) == 1

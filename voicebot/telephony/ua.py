@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -61,6 +62,28 @@ class ServerTransaction:
 RequestHandler = Callable[[SipRequest, tuple[str, int]], None]
 
 
+class PerSourceLog:
+    """At most one log line per source address per `interval_s`: bad datagrams are free to
+    send, and a line for each would let anyone flood the log. The next line after a quiet
+    spell says how many were left out."""
+
+    def __init__(self, interval_s: float = 60.0, max_sources: int = 4096) -> None:
+        self.interval_s = interval_s
+        self.max_sources = max_sources
+        self._last: dict[str, tuple[float, int]] = {}  # ip -> (when logged, left out since)
+
+    def allow(self, ip: str, now: float) -> int | None:
+        """None: stay quiet; else log now, mentioning that many lines left out."""
+        last = self._last.get(ip)
+        if last is not None and now - last[0] < self.interval_s:
+            self._last[ip] = (last[0], last[1] + 1)
+            return None
+        if len(self._last) >= self.max_sources:  # bounded memory under a spoofed flood
+            self._last.clear()
+        self._last[ip] = (now, 0)
+        return last[1] if last is not None else 0
+
+
 class SipEndpoint(asyncio.DatagramProtocol):
     """The UDP socket: parses datagrams, matches transactions, hands requests on."""
 
@@ -74,6 +97,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         (unparseable) or "forbidden" (source outside the allow-list)."""
         self.on_request = on_request
         self.on_discarded = on_discarded
+        self._bad_log = PerSourceLog()
         self.allow = [ipaddress.ip_network(cidr, strict=False) for cidr in allow or []]
         self.transport: asyncio.DatagramTransport | None = None
         self._server_tx: dict[tuple[str, str, str], ServerTransaction] = {}
@@ -96,7 +120,10 @@ class SipEndpoint(asyncio.DatagramProtocol):
             message = parse_message(data)
         except SipParseError as exc:
             self._discarded("malformed")
-            log.info("malformed SIP from %s:%d: %s", addr[0], addr[1], exc)
+            left_out = self._bad_log.allow(addr[0], time.monotonic())
+            if left_out is not None:
+                log.info("malformed SIP from %s:%d: %s%s", addr[0], addr[1], str(exc)[:120],
+                         f" ({left_out} more from it not logged)" if left_out else "")  # fmt: skip
             self._answer_malformed(data, addr, str(exc))
             return
         try:
@@ -105,7 +132,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
             else:
                 self._on_request(message, addr)
         except Exception:
-            log.exception("error handling SIP %s from %s", message.__class__.__name__, addr)
+            if self._bad_log.allow(addr[0], time.monotonic()) is not None:
+                log.exception("error handling SIP %s from %s (call %s)",
+                              message.__class__.__name__, addr, message.call_id[:64])  # fmt: skip
             if isinstance(message, SipRequest) and message.method != "ACK":
                 with contextlib.suppress(Exception):
                     self.send(response_to(message, 500), addr)
