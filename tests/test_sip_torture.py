@@ -266,3 +266,39 @@ def test_a_flood_of_bad_datagrams_is_one_log_line_per_source(
     with caplog.at_level(logging.INFO, logger="voicebot.telephony.sip"):
         asyncio.run(main())
     assert len([r for r in caplog.records if "malformed SIP" in r.getMessage()]) == 1
+
+
+def test_delayed_offer_the_answer_comes_in_the_ack(caplog: pytest.LogCaptureFixture) -> None:
+    """INVITE without SDP (RFC 3261 13.2.1): our offer in the 200 OK, the caller's answer in
+    the ACK picks PCMA, and the bot's RTP then goes there in PCMA."""
+
+    async def main() -> None:
+        async with sip_gateway() as gateway:
+            caller, media = await _peer(), await _peer()
+            call_id = "torture-delayed"
+            caller.send(request("INVITE", gateway.port, caller, call_id=call_id), gateway.port)
+            ok = await caller.response()
+            assert ok.status == 200 and ok.get("Content-Type") == "application/sdp"
+            offer = ok.body.decode()
+            m_line = next(line for line in offer.splitlines() if line.startswith("m=audio"))
+            assert m_line.split()[3:] == ["0", "8", "101"]
+            rtp_port = int(m_line.split()[1])
+            answer = SDP.format(port=media.port).replace("RTP/AVP 0 101", "RTP/AVP 8 101")
+            answer = answer.replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000")
+            ack = request("ACK", gateway.port, caller, call_id=call_id, cseq="1 ACK",
+                          to_tag=tag_of(ok.get("To") or ""), body=answer)  # fmt: skip
+            caller.send(ack, gateway.port)
+            for seq in range(25):  # the caller's media, so the call runs its course
+                header = bytes([0x80, 0x08]) + seq.to_bytes(2, "big")
+                header += (seq * 160).to_bytes(4, "big") + (99).to_bytes(4, "big")
+                media.send(header + b"\xd5" * 160, rtp_port)
+                await asyncio.sleep(0.02)
+            bot = [data for data, addr in _drain(media.received) if addr[1] == rtp_port]
+            assert len(bot) > 10 and {data[1] & 0x7F for data in bot} == {8}
+            assert gateway.calls[call_id].state.value == "confirmed"
+            for peer in (caller, media):
+                peer.transport.close()  # type: ignore[union-attr]
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
+    _no_tracebacks(caplog)

@@ -34,14 +34,17 @@ from voicebot.telephony.message import (
 )
 from voicebot.telephony.rtp import PortAllocator, RtpSession
 from voicebot.telephony.sdp import (
+    OFFER_TELEPHONE_EVENT_PT,
+    PCMU,
     AudioOffer,
     SdpError,
     SdpNotAcceptableError,
     build_answer,
+    build_offer,
     choose_codec,
     parse_offer,
 )
-from voicebot.telephony.ua import ALLOW_HEADER, SipEndpoint, new_branch
+from voicebot.telephony.ua import ALLOW_HEADER, TIMEOUT_64T1, SipEndpoint, new_branch
 
 log = logging.getLogger("voicebot.telephony.sip")
 
@@ -100,6 +103,8 @@ class SipCall(Leg):
         self.echo_canceller: EchoCanceller | None = None
         self.task: asyncio.Task[str | None] | None = None
         self.notify: asyncio.Queue[str] = asyncio.Queue()
+        # Only while a delayed offer's 200 OK waits for its ACK: the answer SDP to come.
+        self._answer: asyncio.Future[str] | None = None
 
     @property
     def sip_call_id(self) -> str:
@@ -125,19 +130,18 @@ class SipCall(Leg):
 
     async def open(self, call_id: str) -> LegMedia:
         invite, gateway = self.invite, self.gateway
-        offer, codec = self._read_offer()
+        offer, codec = self._read_offer()  # offer None: a delayed offer (RFC 3261 13.2.1)
         gateway.endpoint.respond(invite, response_to(invite, 100), self.source)
+        te_pt = OFFER_TELEPHONE_EVENT_PT if offer is None else offer.telephone_event_pt
+        remote = ("0.0.0.0", 0) if offer is None else (offer.address, offer.port)
         try:
             self.rtp = await gateway.ports.open(
-                gateway.settings.sip.bind,
-                lambda: RtpSession(
-                    codec, offer.telephone_event_pt, (offer.address, offer.port), self.dtmf
-                ),
+                gateway.settings.sip.bind, lambda: RtpSession(codec, te_pt, remote, self.dtmf)
             )
         except OSError as exc:
             self._final(503, "Service Unavailable (no RTP port)", 10)
             raise LegSetupError(str(exc)) from exc
-        if offer.on_hold:
+        if offer is not None and offer.on_hold:
             self.rtp.send_enabled = False
         ringing = response_to(invite, 180, to_tag=self.local_tag)
         ringing.add("Contact", gateway.contact)
@@ -156,9 +160,15 @@ class SipCall(Leg):
         ok.add("Allow", ALLOW_HEADER)
         ok.add("Content-Type", "application/sdp")
         ok.add("Server", sip.user_agent)
-        ok.body = build_answer(offer, codec, gateway.address, self.rtp.port).encode()
+        if offer is None:
+            ok.body = build_offer(gateway.address, self.rtp.port).encode()
+            self._answer = asyncio.get_running_loop().create_future()
+        else:
+            ok.body = build_answer(offer, codec, gateway.address, self.rtp.port).encode()
         gateway.endpoint.respond(invite, ok, self.source, reliable=True)
         self.state = DialogState.CONFIRMED
+        if offer is None:
+            await self._take_answer()  # on failure, close() ends the dialog with a BYE
         info: dict[str, object] = {
             "from": invite.get("From"), "to": invite.get("To"), "sip_call_id": invite.call_id,
         }  # fmt: skip
@@ -273,9 +283,32 @@ class SipCall(Leg):
         endpoint.respond(request, ok, addr, reliable=True)
 
     # -- helpers -------------------------------------------------------------------------------
-    def _read_offer(self) -> tuple[AudioOffer, int]:
+    async def _take_answer(self) -> None:
+        """A delayed offer's answer, from the ACK to our 200 OK (section 13.3.1.4): the
+        codec it chose and where to send; no usable answer ends the call."""
+        assert self._answer is not None and self.rtp is not None
+        try:
+            sdp = await asyncio.wait_for(self._answer, TIMEOUT_64T1)
+        except TimeoutError as exc:
+            raise LegSetupError("no ACK with the SDP answer") from exc
+        try:
+            answer = parse_offer(sdp)
+            self.rtp.set_codec(choose_codec(answer), answer.telephone_event_pt)
+        except (SdpError, ValueError) as exc:
+            raise LegSetupError(f"SDP answer in the ACK: {exc}") from exc
+        self.rtp.relatch((answer.address, answer.port))
+        self.rtp.send_enabled = not answer.on_hold
+
+    def ack(self, request: SipRequest) -> None:
+        """An ACK in this dialog: with a delayed offer, it carries the answer."""
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_result(request.body.decode("utf-8", errors="replace"))
+
+    def _read_offer(self) -> tuple[AudioOffer | None, int]:
         invite = self.invite
-        if "application/sdp" not in (invite.get("Content-Type") or "").lower() or not invite.body:
+        if not invite.body:
+            return None, PCMU  # the codec is settled by the answer in the ACK
+        if "application/sdp" not in (invite.get("Content-Type") or "").lower():
             self._final(488, "Not Acceptable Here (need an SDP offer)")
             raise LegSetupError("no SDP offer")
         try:

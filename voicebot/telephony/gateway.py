@@ -120,8 +120,11 @@ class SipGateway:
     # -- dispatch ---------------------------------------------------------------------------
     def _on_request(self, request: SipRequest, addr: tuple[str, int]) -> None:
         method = request.method
-        if method == "ACK":
-            return  # its transaction (our 2xx or final) was matched by the endpoint
+        if method == "ACK":  # its transaction was matched by the endpoint already
+            acked = self.calls.get(request.call_id)
+            if acked is not None and acked.in_dialog(request):
+                acked.ack(request)  # a delayed offer's answer
+            return
         refusal = request_refusal(request)
         if refusal is not None:
             self.endpoint.respond(request, refusal, addr)

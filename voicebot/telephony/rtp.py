@@ -157,6 +157,14 @@ class RtpSession(asyncio.DatagramProtocol):
             self.remote = addr
             self._latched = True
 
+    def set_codec(self, payload_type: int, telephone_event_pt: int | None) -> None:
+        """The codec the answer chose (a delayed offer's answer comes after set-up)."""
+        if payload_type not in (PCMU, PCMA):
+            raise ValueError(f"unsupported payload type {payload_type}")
+        self.payload_type = payload_type
+        self.codec = "PCMU" if payload_type == PCMU else "PCMA"
+        self.te_pt = telephone_event_pt
+
     def relatch(self, remote: tuple[str, int]) -> None:
         """The caller moved its media (re-INVITE): send there, latch to the next source."""
         self.remote = remote

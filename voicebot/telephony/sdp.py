@@ -170,8 +170,6 @@ def build_answer(
     offer: AudioOffer, codec_pt: int, address: str, port: int, session_id: int | None = None
 ) -> str:
     """The answer SDP (RFC 3264 section 6): same m-line order, our port, chosen codec."""
-    sid = session_id if session_id is not None else int(time.time())
-    ip_version = "IP6" if ":" in address else "IP4"
     name = offer.codec_name(codec_pt) or STATIC_CODECS[codec_pt]
     pts = [codec_pt]
     lines_extra = [f"a=rtpmap:{codec_pt} {name}/8000"]
@@ -179,13 +177,7 @@ def build_answer(
     if te is not None:
         pts.append(te)
         lines_extra += [f"a=rtpmap:{te} telephone-event/8000", f"a=fmtp:{te} 0-16"]
-    lines = [
-        "v=0",
-        f"o=voicebot {sid} {sid} IN {ip_version} {address}",
-        "s=voicebot",
-        f"c=IN {ip_version} {address}",
-        "t=0 0",
-    ]
+    lines = _session_lines(address, session_id)
     # RFC 3264 section 6: one m-line per offered m-line, in order; the streams we do not
     # take are rejected with port 0 (their formats echoed: at least one must be present).
     for i, line in enumerate(offer.media or [MediaLine("audio", port, "RTP/AVP", [])]):
@@ -199,3 +191,31 @@ def build_answer(
             f"a={_ANSWER_DIRECTION[offer.direction]}",
         ]
     return "\r\n".join(lines) + "\r\n"
+
+
+OFFER_TELEPHONE_EVENT_PT = 101
+
+
+def build_offer(address: str, port: int, session_id: int | None = None) -> str:
+    """Our offer, for an INVITE that came without one (RFC 3261 section 13.2.1, "delayed
+    offer"): both G.711 laws and telephone-event; the caller answers in its ACK."""
+    te = OFFER_TELEPHONE_EVENT_PT
+    return "\r\n".join([
+        *_session_lines(address, session_id),
+        f"m=audio {port} RTP/AVP {PCMU} {PCMA} {te}",
+        f"a=rtpmap:{PCMU} PCMU/8000", f"a=rtpmap:{PCMA} PCMA/8000",
+        f"a=rtpmap:{te} telephone-event/8000", f"a=fmtp:{te} 0-16",
+        "a=ptime:20", "a=sendrecv",
+    ]) + "\r\n"  # fmt: skip
+
+
+def _session_lines(address: str, session_id: int | None) -> list[str]:
+    sid = session_id if session_id is not None else int(time.time())
+    ip_version = "IP6" if ":" in address else "IP4"
+    return [
+        "v=0",
+        f"o=voicebot {sid} {sid} IN {ip_version} {address}",
+        "s=voicebot",
+        f"c=IN {ip_version} {address}",
+        "t=0 0",
+    ]
