@@ -23,6 +23,7 @@ from voicebot.models.llm.scripted import ScriptedLanguageModel
 from voicebot.models.tts.espeak import EspeakTextToSpeech
 from voicebot.telephony.gateway import SipGateway
 from voicebot.telephony.message import SipResponse, parse_message, tag_of
+from voicebot.telephony.ua import MAX_RETRANSMITTING_REFUSALS
 
 SDP = (
     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -302,3 +303,26 @@ def test_delayed_offer_the_answer_comes_in_the_ack(caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.INFO):
         asyncio.run(main())
     _no_tracebacks(caplog)
+
+
+def test_refusals_to_one_source_are_not_an_amplifier() -> None:
+    """Spoofed INVITEs that are refused and never ACKed: each is answered, but only a
+    bounded number of refusals per source are retransmitted (timer G)."""
+
+    async def main() -> None:
+        async with sip_gateway() as gateway:
+            peer = await _peer()
+            g729 = SDP.format(port=4000).replace("RTP/AVP 0 101", "RTP/AVP 18")
+            n = 40
+            for i in range(n):
+                peer.send(request("INVITE", gateway.port, peer, call_id=f"spoof-{i}",
+                                  body=g729), gateway.port)  # fmt: skip
+            await asyncio.sleep(1.8)  # the first two retransmissions are due at 0.5 s, 1.5 s
+            got = [parse_message(d) for d, _ in _drain(peer.received)]
+            finals = [m for m in got if isinstance(m, SipResponse) and m.status == 488]
+            assert len({m.call_id for m in finals}) == n  # every INVITE got its answer
+            limit = MAX_RETRANSMITTING_REFUSALS
+            assert n < len(finals) <= n + 2 * limit  # without the bound: 3 * n
+            peer.transport.close()  # type: ignore[union-attr]
+
+    asyncio.run(main())

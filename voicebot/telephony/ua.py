@@ -37,6 +37,11 @@ log = logging.getLogger("voicebot.telephony.sip")
 T1 = 0.5  # RFC 3261 section 17.1.1.1: RTT estimate
 T2 = 4.0
 TIMEOUT_64T1 = 64 * T1
+# Refusals (non-2xx finals to INVITE) retransmitted at once to one source address. Each is
+# ~11 datagrams over 32 s to whatever address the INVITE claimed: past this many, further
+# refusals to that source are sent once (still repeated when the INVITE is), so a spoofed
+# INVITE flood cannot make the gateway a traffic amplifier.
+MAX_RETRANSMITTING_REFUSALS = 16
 ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "NOTIFY")
 KNOWN_METHODS = (
     *ALLOWED_METHODS, "REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "REFER", "UPDATE", "PRACK",
@@ -98,6 +103,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self.on_request = on_request
         self.on_discarded = on_discarded
         self._bad_log = PerSourceLog()
+        self._refusing: dict[str, int] = {}  # source ip -> refusals being retransmitted
         self.allow = [ipaddress.ip_network(cidr, strict=False) for cidr in allow or []]
         self.transport: asyncio.DatagramTransport | None = None
         self._server_tx: dict[tuple[str, str, str], ServerTransaction] = {}
@@ -205,23 +211,43 @@ class SipEndpoint(asyncio.DatagramProtocol):
         if reliable and tx is not None:
             if tx.retransmit_task is not None:
                 tx.retransmit_task.cancel()
-            tx.retransmit_task = asyncio.create_task(self._retransmit(tx, response, addr))
+            refusal = response.status >= 300
+            if refusal and self._refusing.get(addr[0], 0) >= MAX_RETRANSMITTING_REFUSALS:
+                tx.retransmit_task = None
+                return tx
+            tx.retransmit_task = asyncio.create_task(
+                self._retransmit(tx, response, addr, counted=refusal)
+            )
         return tx
 
     async def _retransmit(
-        self, tx: ServerTransaction, response: SipResponse, addr: tuple[str, int]
-    ) -> None:
+        self, tx: ServerTransaction, response: SipResponse, addr: tuple[str, int],
+        counted: bool = False,
+    ) -> None:  # fmt: skip
+        """Section 17.2.1 timer G (and 13.3.1.4 for 2xx): resend until the ACK comes."""
         interval = T1
         waited = 0.0
-        while waited < TIMEOUT_64T1:
-            try:
-                await asyncio.wait_for(tx.acked.wait(), interval)
-                return
-            except TimeoutError:
-                waited += interval
-                self.send(response, addr)
-                interval = min(interval * 2, T2)
-        log.warning("no ACK for %d to call %s", response.status, tx.request.call_id)
+        if counted:
+            self._refusing[addr[0]] = self._refusing.get(addr[0], 0) + 1
+        try:
+            while waited < TIMEOUT_64T1:
+                try:
+                    await asyncio.wait_for(tx.acked.wait(), interval)
+                    return
+                except TimeoutError:
+                    waited += interval
+                    self.send(response, addr)
+                    interval = min(interval * 2, T2)
+            if self._bad_log.allow(addr[0], time.monotonic()) is not None:
+                log.warning("no ACK for %d to call %s", response.status,
+                            tx.request.call_id[:64])  # fmt: skip
+        finally:
+            if counted:
+                left = self._refusing.get(addr[0], 1) - 1
+                if left > 0:
+                    self._refusing[addr[0]] = left
+                else:
+                    self._refusing.pop(addr[0], None)
 
     def _answer_malformed(self, data: bytes, addr: tuple[str, int], reason: str) -> None:
         """400 to a request we could not parse, if it carries enough to answer at all."""
