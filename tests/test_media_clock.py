@@ -22,7 +22,8 @@ from voicebot.models.base import Engines
 from voicebot.models.llm.scripted import ScriptedLanguageModel
 from voicebot.models.tts.espeak import EspeakTextToSpeech
 from voicebot.models.vad import SileroVad
-from voicebot.telephony.media_clock import MediaLoad, SipMediaClock
+from voicebot.telephony.media_clock import SipMediaClock
+from voicebot.telephony.media_load import MediaLoad
 from voicebot.telephony.rtp import RtpSession
 from voicebot.telephony.sdp import PCMA, PCMU
 
@@ -327,3 +328,18 @@ def test_the_clock_outlives_a_failing_tick_and_stops_with_its_last_call(vad: Bat
         await clock.close()
 
     asyncio.run(main())
+
+
+def test_media_load_predicts_the_tick_with_one_more_call() -> None:
+    load = MediaLoad(max_late_ratio=0.02, window_ticks=250, tick_budget=0.5)
+    assert load.admits(10) and not load.admits(60)  # the prior: 0.2 ms a call, 10 ms budget
+    for _ in range(250):  # measured here: ticks of 20 calls taking 6 ms, 0.3 ms a call
+        load.tick(late=False, calls=20, seconds=0.006)
+    assert load.per_call_s == pytest.approx(0.0003)
+    assert load.admits(33) and not load.admits(34)  # 33 x 0.3 ms <= 10 ms < 34 x 0.3 ms
+    load.idle()
+    assert load.per_call_s == pytest.approx(0.0003)  # what a call costs outlives the calls
+    for _ in range(250):  # a faster tick (the machine got quieter): more calls fit
+        load.tick(late=False, calls=40, seconds=0.004)
+    assert load.admits(99) and not load.admits(101)
+    assert MediaLoad(0.02, tick_budget=0.0).admits(10_000)  # 0 = no prediction

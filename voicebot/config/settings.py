@@ -87,6 +87,12 @@ class SipSettings(BaseModel):
         description="refuse new calls (503) while more than this share of the media ticks of"
         " the last 5 s ran late (0 = never refuse on load)",
     )  # fmt: skip
+    tick_budget: float = Field(
+        0.5, ge=0, le=1,
+        description="refuse new calls (503) when the shared 20 ms media tick, predicted from"
+        " its measured cost per call, would take more than this share of its period with one"
+        " more call (0 = no prediction)",
+    )  # fmt: skip
     user_agent: str = "voicebot"
     echo_cancellation: bool = Field(True, description="cancel the bot's own line echo")
     noise_suppression: Literal["off", "spectral", "webrtc"] = Field(

@@ -23,7 +23,8 @@ from voicebot.audio.echo import EchoCanceller
 from voicebot.calls.leg import Leg, LegSetupError
 from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia, Refusal
 from voicebot.config import Settings
-from voicebot.telephony.media_clock import MediaLoad, SipMediaClock
+from voicebot.telephony.media_clock import SipMediaClock
+from voicebot.telephony.media_load import MediaLoad
 from voicebot.telephony.message import (
     SipRequest,
     host_port_of,
@@ -117,6 +118,14 @@ class SipCall(Leg):
 
     def admit(self) -> None:
         gateway = self.gateway
+        load = gateway.media_load
+        calls = gateway.manager.count("sip") + 1  # with this one
+        if not load.admits(calls):
+            log.warning("call %s refused: %d calls would take a %.1f ms media tick "
+                        "(%.3f ms each)", self.sip_call_id, calls,
+                        1000 * load.predicted_tick_s(calls), 1000 * load.per_call_s)  # fmt: skip
+            gateway.manager.refused("sip", Refusal.MEDIA_OVERLOAD)
+            raise CallRefusedError(Refusal.MEDIA_OVERLOAD, "media at capacity")
         if gateway.media_load.overloaded:
             log.warning("call %s refused: %.1f %% of media ticks late",
                         self.sip_call_id, 100 * gateway.media_load.late_ratio)  # fmt: skip

@@ -17,7 +17,8 @@ from voicebot.calls.manager import CallManager
 from voicebot.config import Settings
 from voicebot.telephony.call import SipCall
 from voicebot.telephony.dtmf import parse_dtmf_relay
-from voicebot.telephony.media_clock import MediaLoad, SipMediaClock
+from voicebot.telephony.media_clock import SipMediaClock
+from voicebot.telephony.media_load import MediaLoad
 from voicebot.telephony.message import SipRequest, SipResponse, new_tag, response_to, tag_of
 from voicebot.telephony.register import Registration
 from voicebot.telephony.rtp import PortAllocator, RtpSession
@@ -51,13 +52,13 @@ class SipGateway:
         self.media = SipMediaClock(
             manager.vad, on_tick=self._on_media_tick, on_stop=self._on_media_stop
         )
-        self.media_load = MediaLoad(sip.overload_late_ratio)
+        self.media_load = MediaLoad(sip.overload_late_ratio, tick_budget=sip.tick_budget)
 
     def _on_media_tick(self, calls: int, seconds: float, late: bool, skipped: int) -> None:
         m = self.manager.metrics
         m.media_tick_seconds.observe(seconds)
         if calls:
-            self.media_load.tick(late, skipped)
+            self.media_load.tick(late, skipped, calls, seconds)
         if skipped:
             m.media_ticks_skipped.inc(skipped)
 

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -278,38 +277,3 @@ _SILENCE = {
     ulaw: encode(np.zeros(SAMPLES_PER_PACKET, np.int16)).tobytes()
     for ulaw, encode in _ENCODE.items()
 }
-
-
-class MediaLoad:
-    """Whether the media clock keeps time: the share of late ticks over a sliding window.
-
-    Admission by load, not only by a fixed count: what a machine carries depends on the
-    engines and what else it runs, and one call too many makes every call's audio late.
-    """
-
-    def __init__(self, max_late_ratio: float, window_ticks: int = 250) -> None:
-        self.max_late_ratio = max_late_ratio
-        self._late: deque[bool] = deque(maxlen=window_ticks)
-        self._late_count = 0
-
-    def tick(self, late: bool, skipped: int = 0) -> None:
-        for was_late in [True] * min(skipped, self._late.maxlen or 0) + [late]:
-            if len(self._late) == self._late.maxlen:
-                self._late_count -= self._late[0]
-            self._late.append(was_late)
-            self._late_count += was_late
-
-    def idle(self) -> None:
-        """No calls: the clock stopped, old ticks say nothing of the next call."""
-        self._late.clear()
-        self._late_count = 0
-
-    @property
-    def late_ratio(self) -> float:
-        return self._late_count / len(self._late) if self._late else 0.0
-
-    @property
-    def overloaded(self) -> bool:
-        # A few ticks are too few to judge: one slow tick at a call's start is not overload.
-        enough = len(self._late) >= (self._late.maxlen or 0) // 5
-        return self.max_late_ratio > 0 and enough and self.late_ratio > self.max_late_ratio
