@@ -156,6 +156,17 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def cpu_flags() -> list[str]:
+    """The SIMD flags of the CPU that onnxruntime's kernels choose by (from /proc/cpuinfo)."""
+    wanted = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
+              "avx512_bf16", "amx_tile")  # fmt: skip
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            return [f for f in wanted if f in have]
+    return []
+
+
 def package_version(package: str) -> str:
     """An installed distribution's version, "?" if it is not installed."""
     try:

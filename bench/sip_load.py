@@ -97,7 +97,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench, tests, vo
 
 from bench import common
 from bench import load_driver as driver
-from bench.common import Log, fmt, md_table, pct
+from bench.common import Log, cpu_flags, fmt, md_table, pct
 from bench.load_driver import HEAVY, LIGHT
 
 SCENARIO = Path(__file__).resolve().with_name("sip_load.xml")
@@ -1007,7 +1007,8 @@ def busy_others(sample_s: float = 3.0, min_share: float = 0.05) -> list[str]:
 
 def machine() -> dict[str, Any]:
     info = common.machine_info(PACKAGES, kernel=platform.release(), sipp=sipp_version())
-    info["cpu"] = info["cpu_model"]  # the key this script's sections read
+    # The key this script's sections read: capacity depends on the vector extensions.
+    info["cpu"] = f"{info['cpu_model']} (flags {' '.join(cpu_flags()) or 'none of note'})"
     return info
 
 

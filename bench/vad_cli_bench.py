@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import cpu_model, md_table, package_version, publish  # noqa: E402
+from bench.common import cpu_flags, cpu_model, md_table, package_version, publish  # noqa: E402
 from tests.audiogen import SENTENCES as CALLER_SENTENCES  # noqa: E402
 
 SR = 16_000
@@ -233,17 +233,6 @@ def run(
             row[who]["cpu_ratio"] = row[who]["median_cpu_s"] / ref["median_cpu_s"]
         res["files"][label] = row
     return res
-
-
-def cpu_flags() -> list[str]:
-    """The SIMD flags of the CPU that onnxruntime's kernels choose by (from /proc/cpuinfo)."""
-    wanted = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
-              "avx512_bf16", "amx_tile")  # fmt: skip
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            have = set(line.split(":", 1)[1].split())
-            return [f for f in wanted if f in have]
-    return []
 
 
 def machine() -> dict[str, Any]:
