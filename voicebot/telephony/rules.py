@@ -12,10 +12,11 @@ from voicebot.telephony.message import SipRequest, SipResponse, response_to
 from voicebot.telephony.ua import ALLOW_HEADER, ALLOWED_METHODS, KNOWN_METHODS
 
 URI_SCHEMES = ("sip", "tel")  # sips needs TLS, which this UDP endpoint does not offer
-# The body types each method may carry; other types get 415 with these in Accept.
+# The body types these methods may carry (others get 415 with these in Accept); bodies of
+# other methods (an OPTIONS with SDP, a BYE with a Reason body) are accepted and ignored.
 BODY_TYPES = {
     "INVITE": ("application/sdp",),
-    "INFO": ("application/dtmf-relay",),
+    "INFO": ("application/dtmf-relay", "application/dtmf"),
     "NOTIFY": ("message/sipfrag",),
 }
 _SDP_ACCEPTED = {"application/sdp", "application/*", "*/*"}
@@ -44,12 +45,12 @@ def request_refusal(request: SipRequest) -> SipResponse | None:
             refused.add("Unsupported", ", ".join(required))
             return refused
     content_type = request.get("Content-Type")
-    if request.body and content_type is not None:
-        allowed = BODY_TYPES.get(method, ())
-        if media_type(content_type) not in allowed:
-            refused = response_to(request, 415)
-            refused.add("Accept", ", ".join(allowed) or "application/sdp")
-            return refused
+    allowed = BODY_TYPES.get(method)
+    checked = request.body and content_type is not None and allowed is not None
+    if checked and media_type(content_type or "") not in (allowed or ()):
+        refused = response_to(request, 415)
+        refused.add("Accept", ", ".join(allowed or ()))
+        return refused
     if method == "INVITE":
         accept = [media_type(a) for v in request.get_all("Accept") for a in v.split(",")]
         accept = [a for a in accept if a]
