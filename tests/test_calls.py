@@ -145,6 +145,7 @@ def test_refused_calls_never_open_and_are_counted() -> None:
         assert await run_leg(manager, third) is None
         assert third.steps == ["admit", "refuse"]  # the leg's own rule, after the manager's
         assert third.refusal is not None and third.refusal.kind is Refusal.MEDIA_OVERLOAD
+        assert _rejected(manager, "overload") == 1  # a leg's own refusals are counted too
         manager.draining = True
         fourth = RecordingLeg(manager)
         assert await run_leg(manager, fourth) is None

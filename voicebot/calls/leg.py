@@ -42,7 +42,8 @@ class Leg(Protocol):
 
     def admit(self) -> None:
         """The transport's own admission rules, after the process-wide ones: raise
-        CallRefusedError to refuse (e.g. SIP's media clock running late)."""
+        CallRefusedError to refuse (e.g. SIP's media clock running late); `run_leg`
+        counts the refusal."""
         return None
 
     async def refuse(self, refusal: CallRefusedError) -> None:
@@ -69,8 +70,12 @@ async def run_leg(manager: CallManager, leg: Leg) -> str | None:
     it was refused or never got set up."""
     call_id = leg.call_id or manager.new_call_id(leg.transport)
     try:
-        manager.admit(leg.transport)
-        leg.admit()
+        manager.admit(leg.transport)  # counts its own refusals by kind
+        try:
+            leg.admit()
+        except CallRefusedError as exc:
+            manager.refused(leg.transport, exc.kind)
+            raise
     except CallRefusedError as exc:
         await leg.refuse(exc)
         return None
@@ -84,7 +89,8 @@ async def run_leg(manager: CallManager, leg: Leg) -> str | None:
     except LegSetupError as exc:
         log.warning("call %s (%s) not set up: %s", call_id, leg.transport, str(exc)[:200])
     except asyncio.CancelledError:
-        reason = reason and "cancelled"
+        if reason is not None:  # cancelled while running (not while setting up)
+            reason = "cancelled"
         raise
     except Exception:
         log.exception("call %s (%s): the leg failed", call_id, leg.transport)

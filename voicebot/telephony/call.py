@@ -124,12 +124,10 @@ class SipCall(Leg):
             log.warning("call %s refused: %d calls would take a %.1f ms media tick "
                         "(%.3f ms each)", self.sip_call_id, calls,
                         1000 * load.predicted_tick_s(calls), 1000 * load.per_call_s)  # fmt: skip
-            gateway.manager.refused("sip", Refusal.MEDIA_OVERLOAD)
             raise CallRefusedError(Refusal.MEDIA_OVERLOAD, "media at capacity")
-        if gateway.media_load.overloaded:
+        if load.overloaded:
             log.warning("call %s refused: %.1f %% of media ticks late",
-                        self.sip_call_id, 100 * gateway.media_load.late_ratio)  # fmt: skip
-            gateway.manager.refused("sip", Refusal.MEDIA_OVERLOAD)
+                        self.sip_call_id, 100 * load.late_ratio)  # fmt: skip
             raise CallRefusedError(Refusal.MEDIA_OVERLOAD, "media overloaded")
 
     async def refuse(self, refusal: CallRefusedError) -> None:

@@ -46,10 +46,14 @@ def request_refusal(request: SipRequest) -> SipResponse | None:
             return refused
     content_type = request.get("Content-Type")
     allowed = BODY_TYPES.get(method)
-    checked = request.body and content_type is not None and allowed is not None
-    if checked and media_type(content_type or "") not in (allowed or ()):
+    if (
+        allowed is not None
+        and request.body
+        and content_type is not None
+        and media_type(content_type) not in allowed
+    ):
         refused = response_to(request, 415)
-        refused.add("Accept", ", ".join(allowed or ()))
+        refused.add("Accept", ", ".join(allowed))
         return refused
     if method == "INVITE":
         accept = [media_type(a) for v in request.get_all("Accept") for a in v.split(",")]
