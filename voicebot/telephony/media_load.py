@@ -33,6 +33,7 @@ class MediaLoad:
         self._late_count = 0
         self._per_call: deque[float] = deque(maxlen=window_ticks)
         self._per_call_s = PRIOR_PER_CALL_S
+        self._samples = 0  # per-call samples taken, to refresh the median every 25th
 
     def tick(self, late: bool, skipped: int = 0, calls: int = 0, seconds: float = 0.0) -> None:
         for was_late in [True] * min(skipped, self._late.maxlen or 0) + [late]:
@@ -42,7 +43,8 @@ class MediaLoad:
             self._late_count += was_late
         if calls:
             self._per_call.append(seconds / calls)
-            if len(self._per_call) % 25 == 0:  # a median twice a second is plenty
+            self._samples += 1
+            if self._samples % 25 == 0:  # a median twice a second is plenty (not every tick)
                 self._per_call_s = statistics.median(self._per_call)
 
     def idle(self) -> None:

@@ -228,7 +228,6 @@ class WebRtcLeg(Leg):
             self.answer.set_exception(OfferError(500, "server error"))
 
     async def close(self, reason: str | None) -> None:
-        self.unanswered()
         self.bot.stop()
         if self._feeder is not None:
             self._feeder.cancel()
