@@ -298,6 +298,32 @@ def test_engine_cost_is_charged_to_the_call_clock(tts, llm) -> None:
     assert first(result, "transcript")["t"] == pytest.approx(end + 0.6, abs=0.06)
 
 
+def test_turn_latency_attributes_the_wait_to_its_stages(tts, llm) -> None:
+    audio = timeline((0.5, speech("What is the balance on my account?")), total=6.0)
+    config = QUIET.model_copy(update={"speculative_stt": False})
+    result = run(audio, Engines(SlowSTT(["balance"], cost_s=0.6), llm, tts), config)
+    end = first(result, "speech_end")["t"]
+    latency = first(result, "turn_latency")
+    speaking = first(result, "state", state="SPEAKING", t=latency["t"])
+    assert latency["first_audio_sent"] == speaking["t"]
+    assert latency["speech_end"] == end and not latency["speculative"]
+    assert latency["vad_speech_end"] < end  # the silence rule's wait comes first
+    assert latency["stt_wait_ms"] == pytest.approx(600, abs=60)
+    stamps = [latency[k] for k in ("stt_start", "stt_end", "llm_start", "llm_first_sentence",
+                                   "tts_start", "tts_first_audio", "first_audio_sent")]
+    assert stamps == sorted(stamps)
+    assert latency["total_ms"] == pytest.approx((speaking["t"] - end) * 1000, abs=1)
+    assert types(result).count("turn_latency") == 1  # the greeting is not a turn
+
+
+def test_speculative_turn_latency_has_no_stt_wait(tts, llm) -> None:
+    audio = timeline((0.5, speech("What is the balance on my account?")), total=6.0)
+    result = run(audio, Engines(SlowSTT(["balance"], cost_s=0.25), llm, tts))
+    latency = first(result, "turn_latency")
+    assert latency["speculative"] and latency["stt_wait_ms"] == 0
+    assert latency["stt_start"] < latency["speech_end"]
+
+
 def test_speculative_transcript_is_ready_at_speech_end(tts, llm) -> None:
     audio = timeline((0.5, speech("What is the balance on my account?")), total=6.0)
     result = run(audio, Engines(SlowSTT(["balance"], cost_s=0.25), llm, tts))

@@ -260,3 +260,21 @@ def test_frame_ticker_stall_rule() -> None:
         assert after.index == stalled.index + 1 and time.monotonic() - began > 0.01
 
     asyncio.run(main())
+
+
+def test_turn_latency_feeds_the_stage_histograms() -> None:
+    from prometheus_client import generate_latest
+
+    from voicebot.agent.events import TurnLatency
+
+    metrics = GatewayMetrics()
+    on_event = metrics.for_call("ws")
+    on_event(TurnLatency(call_id="c", t=3.0, speculative=True, speech_end=2.5,
+                         stt_wait_ms=0.0, llm_wait_ms=120.0, tts_wait_ms=400.0, total_ms=500.0))
+    on_event(TurnLatency(call_id="c", t=9.0, speculative=False, speech_end=8.0, total_ms=1000.0))
+    text = generate_latest(metrics.registry).decode()
+    assert 'voicebot_turn_stage_wait_seconds_count{stage="total"} 2.0' in text
+    assert 'voicebot_turn_stage_wait_seconds_count{stage="tts"} 1.0' in text
+    assert 'voicebot_turn_stage_wait_seconds_sum{stage="total"} 1.5' in text
+    assert 'voicebot_turns_answered_total{speculative="true"} 1.0' in text
+    assert 'voicebot_turns_answered_total{speculative="false"} 1.0' in text

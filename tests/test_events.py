@@ -16,6 +16,7 @@ from voicebot.agent.events import (
     SpeechStarted,
     StateChanged,
     TranscriptReady,
+    TurnLatency,
     VadLevel,
 )
 
@@ -41,13 +42,21 @@ WIRE = [
      '{"type": "dtmf", "call_id": "c1", "t": 4.0, "digit": "#"}'),
     (ErrorRaised(call_id="c1", t=4.2, source="STT whisper", message="STT whisper: timed out"),
      '{"type": "error", "call_id": "c1", "t": 4.2, "message": "STT whisper: timed out"}'),
+    (TurnLatency(call_id="c1", t=3.0, speculative=False, vad_speech_end=2.0, speech_end=2.5,
+                 stt_start=2.5, stt_end=2.81234, llm_start=2.82, first_audio_sent=3.0,
+                 stt_wait_ms=312.34, total_ms=500.0),
+     '{"type": "turn_latency", "call_id": "c1", "t": 3.0, "speculative": false, '
+     '"vad_speech_end": 2.0, "speech_end": 2.5, "stt_start": 2.5, "stt_end": 2.812, '
+     '"llm_start": 2.82, "llm_first_sentence": null, "tts_start": null, "tts_first_audio": null, '
+     '"first_audio_sent": 3.0, "stt_wait_ms": 312.3, "llm_wait_ms": null, "tts_wait_ms": null, '
+     '"total_ms": 500.0}'),
     (CallEnded(call_id="c1", t=9.0, reason="bot_hangup"),
      '{"type": "call_ended", "call_id": "c1", "t": 9.0, "reason": "bot_hangup"}'),
 ]  # fmt: skip
 
 
 def test_every_event_type_has_its_contract_json() -> None:
-    assert len({type(event) for event, _ in WIRE}) == 11  # every type of section 2
+    assert len({type(event) for event, _ in WIRE}) == 12  # every type of section 2
     for event, wire in WIRE:
         assert event.to_json() == wire
         assert json.loads(wire) == event.to_dict()

@@ -18,6 +18,7 @@ from voicebot.agent.clock import EngineClock, EngineTimeoutError, with_timeout
 from voicebot.agent.config import AgentConfig
 from voicebot.agent.playout import Playout
 from voicebot.agent.reply import ReplyPipeline
+from voicebot.agent.turn_timing import StageTimes
 from voicebot.models.base import Engines, Transcript
 
 log = logging.getLogger("voicebot.agent")
@@ -39,13 +40,22 @@ class EngineCalls:
     def stt_name(self) -> str:
         return self.engines.stt.name
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
+    async def transcribe(self, audio: np.ndarray, times: StageTimes | None = None) -> Transcript:
+        """STT of `audio`; `times`, if given, gets the call's start and end stamped."""
         self.stt_inputs.append(audio)
         stt = self.engines.stt
-        return await self.clock.call(with_timeout(stt.transcribe(audio), self.config.stt_timeout_s))
+        if times is not None:
+            times.mark("stt_start")
+        transcript = await self.clock.call(
+            with_timeout(stt.transcribe(audio), self.config.stt_timeout_s)
+        )
+        if times is not None:
+            times.mark("stt_end")
+        return transcript
 
-    def new_reply(self, playout: Playout) -> ReplyPipeline:
-        """A reply not yet started, its sentences going to `playout`."""
+    def new_reply(self, playout: Playout, times: StageTimes | None = None) -> ReplyPipeline:
+        """A reply not yet started, its sentences going to `playout`; `times`: the turn's
+        stage stamps, which the reply completes (LLM and TTS)."""
         return ReplyPipeline(
             tts=self.engines.tts,
             llm=self.engines.llm,
@@ -54,6 +64,7 @@ class EngineCalls:
             tts_timeout_s=self.config.tts_timeout_s,
             llm_timeout_s=self.config.llm_timeout_s,
             on_error=self.error,
+            times=times,
         )
 
     def error(self, what: str, exc: BaseException) -> None:

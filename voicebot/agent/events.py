@@ -38,6 +38,11 @@ def _rounded(digits: int) -> Any:
     return field(metadata={"digits": digits})
 
 
+def _maybe_rounded(digits: int) -> Any:
+    """An optional float field (None when that stage did not happen), sent rounded."""
+    return field(default=None, metadata={"digits": digits})
+
+
 def _off_wire() -> Any:
     """A required field for consumers in the process, not sent on the wire."""
     return field(metadata={"off_wire": True})
@@ -59,7 +64,7 @@ class Event:
             if f.name in _COMMON or f.metadata.get("off_wire"):
                 continue
             value = getattr(self, f.name)
-            if "digits" in f.metadata:
+            if "digits" in f.metadata and value is not None:
                 value = round(value, f.metadata["digits"])
             out[f.name] = value.value if isinstance(value, AgentState) else value
         return out
@@ -149,6 +154,29 @@ class ErrorRaised(Event):
     type: ClassVar[str] = "error"
     source: str = _off_wire()
     message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TurnLatency(Event):
+    """Published with the first frame of the bot's answer to a turn (at `t`, =
+    `first_audio_sent`): when each stage happened, in call seconds, and how long after
+    speech_end the answer waited for each (see voicebot.agent.turn_timing)."""
+
+    type: ClassVar[str] = "turn_latency"
+    speculative: bool
+    vad_speech_end: float | None = _maybe_rounded(3)
+    speech_end: float | None = _maybe_rounded(3)
+    stt_start: float | None = _maybe_rounded(3)
+    stt_end: float | None = _maybe_rounded(3)
+    llm_start: float | None = _maybe_rounded(3)
+    llm_first_sentence: float | None = _maybe_rounded(3)
+    tts_start: float | None = _maybe_rounded(3)
+    tts_first_audio: float | None = _maybe_rounded(3)
+    first_audio_sent: float | None = _maybe_rounded(3)
+    stt_wait_ms: float | None = _maybe_rounded(1)
+    llm_wait_ms: float | None = _maybe_rounded(1)
+    tts_wait_ms: float | None = _maybe_rounded(1)
+    total_ms: float | None = _maybe_rounded(1)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,6 +13,7 @@ from voicebot.agent.engine_calls import EngineCalls
 from voicebot.agent.playout import Playout
 from voicebot.agent.reply import ReplyPipeline
 from voicebot.agent.speculation import Speculation
+from voicebot.agent.turn_timing import StageTimes
 from voicebot.models.base import CallAction, ChatMessage
 
 
@@ -35,12 +36,14 @@ class Replies:
         messages: list[ChatMessage] | None = None,
         action: CallAction | None = None,
         keep_spoken: bool = False,
+        times: StageTimes | None = None,
     ) -> None:
         """Speak `texts`, or what the LLM answers to `messages`; `action` (a resumed
-        hang-up or transfer) follows it. `keep_spoken`: a resume, the heard part stays."""
+        hang-up or transfer) follows it. `keep_spoken`: a resume, the heard part stays.
+        `times`: the answered turn's stage stamps."""
         if not keep_spoken:
             self._conversation.spoken = []
-        reply = self._engine_calls.new_reply(self._playout)
+        reply = self._engine_calls.new_reply(self._playout, times)
         reply.action = action
         self.current = reply
         if messages is not None:

@@ -19,6 +19,7 @@ import numpy as np
 from voicebot.agent.clock import EngineClock, with_timeout
 from voicebot.agent.playout import Playout, Utterance
 from voicebot.agent.sentences import SentenceSplitter
+from voicebot.agent.turn_timing import StageTimes
 from voicebot.models.base import CallAction, ChatMessage, LanguageModel, TextDelta, TextToSpeech
 
 log = logging.getLogger("voicebot.agent")
@@ -40,6 +41,7 @@ class ReplyPipeline:
         llm: LanguageModel | None = None,
         llm_timeout_s: float = 15.0,
         on_error: ErrorHandler,
+        times: StageTimes | None = None,
     ) -> None:
         self._tts = tts
         self._llm: LanguageModel | None = llm
@@ -56,6 +58,8 @@ class ReplyPipeline:
         self.action: CallAction | None = None
         self.failed = False
         self._tasks: list[asyncio.Task[None]] = []
+        # The answered turn's stage stamps (None for greetings and other fixed texts).
+        self.times = times
 
     @property
     def uses_llm(self) -> bool:
@@ -79,6 +83,8 @@ class ReplyPipeline:
         if self._llm is None:
             raise RuntimeError("this reply has no LLM")
         self._uses_llm = True
+        if self.times is not None:
+            self.times.mark("llm_start")
         self._tasks.append(asyncio.create_task(self._run_llm(self._llm, list(messages))))
         self._tasks.append(asyncio.create_task(self._run_tts()))
 
@@ -98,6 +104,8 @@ class ReplyPipeline:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _add_sentence(self, sentence: str) -> None:
+        if self.times is not None:
+            self.times.mark("llm_first_sentence")
         self._sentences.append(sentence)
         self._sentence_ready.set()
 
@@ -142,6 +150,8 @@ class ReplyPipeline:
                 continue
             sentence = self._sentences.popleft()
             self._in_synthesis = sentence
+            if self.times is not None:
+                self.times.mark("tts_start")
             try:
                 audio = await self._clock.call(
                     with_timeout(self._tts.synthesize(sentence), self._tts_timeout)
@@ -154,5 +164,7 @@ class ReplyPipeline:
                 self._on_error(f"TTS {self._tts.name}", exc)
                 return
             self._in_synthesis = None
+            if self.times is not None and len(audio):
+                self.times.mark("tts_first_audio")
             if len(audio):
                 self._playout.append(Utterance(sentence, np.asarray(audio, dtype=np.int16)))

@@ -47,6 +47,7 @@ from voicebot.agent.events import (
     SpeechEnded,
     SpeechStarted,
     StateChanged,
+    TurnLatency,
     VadLevel,
 )
 from voicebot.agent.input_stages import InputStages, VadLevels, check_frame
@@ -55,6 +56,7 @@ from voicebot.agent.output import SpeechOutput
 from voicebot.agent.playout import AudioSink
 from voicebot.agent.replies import Replies
 from voicebot.agent.speculation import Speculator
+from voicebot.agent.turn_timing import StageTimes
 from voicebot.agent.turns import Turns
 from voicebot.agent.vad_runner import InlineVad, VadRunner
 from voicebot.audio.denoise import NoiseSuppressor
@@ -123,7 +125,7 @@ class CallSession:
         )
         self._conversation = Conversation(self.config)
         self._speculator = Speculator(
-            self.config, vad.segmenter, self._conversation, self._engine_calls
+            self.config, vad.segmenter, self._conversation, self._engine_calls, lambda: self.t
         )
         self._output = SpeechOutput(self.sink)
         self._actions = CallActions(self.control, self.end, self._engine_calls.error)
@@ -288,7 +290,8 @@ class CallSession:
         if self._state is not AgentState.LISTENING:
             return
         self._set_state(AgentState.THINKING)
-        self._turns.start(event.audio, self._speculator.take(event.end))
+        times = StageTimes(lambda: self.t, vad_speech_end=event.end, speech_end=event.t)
+        self._turns.start(event.audio, self._speculator.take(event.end), times)
 
     def _hold_on_candidate(self) -> None:
         """Stop talking the moment the VAD sees possible speech, before it is confirmed.
@@ -339,6 +342,7 @@ class CallSession:
             if self._state in (AgentState.THINKING, AgentState.WAITING_FOR_SPEECH):
                 self._conversation.commit_user()
                 self._set_state(AgentState.SPEAKING)
+                self._report_turn_latency()
             if not utterance.announced:
                 utterance.announced = True
                 self._conversation.spoken.append(utterance.text)
@@ -361,6 +365,15 @@ class CallSession:
         if reply.action is not None:
             self._actions.perform(reply.action)
         return None
+
+    def _report_turn_latency(self) -> None:
+        """The first frame of an answer to a turn is going out: publish its stage times."""
+        reply = self._replies.current
+        times = reply.times if reply is not None else None
+        if times is None or times.reported or times.speech_end is None:
+            return
+        times.reported = True
+        self._publish(TurnLatency, **times.as_fields(self.t))
 
     # -- helpers -------------------------------------------------------------------------------
     def _set_state(self, state: AgentState) -> None:

@@ -17,6 +17,7 @@ from voicebot.agent.conversation import Conversation
 from voicebot.agent.engine_calls import EngineCalls
 from voicebot.agent.playout import Playout
 from voicebot.agent.reply import ReplyPipeline
+from voicebot.agent.turn_timing import Now, StageTimes
 from voicebot.models.base import Transcript
 from voicebot.models.vad import SpeechSegmenter
 
@@ -28,6 +29,7 @@ class Speculation:
 
     end: float  # where the speech it heard ends (call seconds): speech_end must match it
     task: asyncio.Task[Transcript]
+    times: StageTimes  # the turn's stage stamps if it is adopted
     # Both None until the early transcript is in and has words, then the turn's text and
     # the reply started on it (never one without the other).
     user_text: str | None = None
@@ -59,6 +61,7 @@ class Speculator:
     segmenter: SpeechSegmenter
     conversation: Conversation
     engine_calls: EngineCalls
+    now: Now  # the call's clock (CallSession.t)
     # None except from a pause in a LISTENING turn until the caller talks on (cancelled),
     # speech_end takes it (adopted or cancelled by the turn) or the call ends (`stop`).
     current: Speculation | None = field(default=None, init=False)
@@ -84,8 +87,9 @@ class Speculator:
             if abs(speculation.end - end) < 1e-6:
                 return  # still the same pause
             speculation.cancel()
-        task = asyncio.create_task(self.engine_calls.transcribe(audio))
-        self.current = Speculation(end, task)
+        times = StageTimes(self.now, speculative=True, vad_speech_end=end)
+        task = asyncio.create_task(self.engine_calls.transcribe(audio, times))
+        self.current = Speculation(end, task, times)
         task.add_done_callback(lambda done, spec=self.current: self._start_reply(spec))
 
     def take(self, end: float) -> Speculation | None:
@@ -119,5 +123,5 @@ class Speculator:
         if not user_text:
             return
         speculation.user_text = user_text
-        speculation.reply = self.engine_calls.new_reply(speculation.playout)
+        speculation.reply = self.engine_calls.new_reply(speculation.playout, speculation.times)
         speculation.reply.start_llm(self.conversation.messages(user_text))

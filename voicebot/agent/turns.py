@@ -22,6 +22,7 @@ from voicebot.agent.engine_calls import EngineCalls
 from voicebot.agent.events import AgentState, TranscriptReady
 from voicebot.agent.replies import Replies
 from voicebot.agent.speculation import Speculation
+from voicebot.agent.turn_timing import StageTimes
 
 Publish = Callable[..., None]  # the session's publish(EventClass, **fields)
 
@@ -42,12 +43,13 @@ class Turns:
     # audio); None once the transcript is in, or with no turn in progress.
     audio: np.ndarray | None = field(default=None, init=False)
 
-    def start(self, audio: np.ndarray, speculation: Speculation | None) -> None:
+    def start(self, audio: np.ndarray, speculation: Speculation | None, times: StageTimes) -> None:
         """speech_end: answer this speech (after any audio of the turn never transcribed);
-        `speculation`, if any, heard exactly this speech."""
+        `speculation`, if any, heard exactly this speech; `times` has the speech_end stamps
+        (the speculation's own stamps are used if its reply is adopted)."""
         audio = self.conversation.turn_audio(audio)
         self.audio = audio
-        self.task = asyncio.create_task(self._answer(audio, speculation))
+        self.task = asyncio.create_task(self._answer(audio, speculation, times))
 
     def cancel(self) -> None:
         """Barge-in (no await): drop the turn; if STT had not finished, keep what was said."""
@@ -58,14 +60,16 @@ class Turns:
                 self.conversation.unanswered.audio = [self.audio]
         self.audio = None
 
-    async def _answer(self, audio: np.ndarray, speculation: Speculation | None) -> None:
+    async def _answer(
+        self, audio: np.ndarray, speculation: Speculation | None, times: StageTimes
+    ) -> None:
         conversation = self.conversation
         try:
             if speculation is not None:
                 # Shielded: a barge-in cancels this turn, not the speculation's STT task.
                 transcript = await asyncio.shield(speculation.task)
             else:
-                transcript = await self.engine_calls.transcribe(audio)
+                transcript = await self.engine_calls.transcribe(audio, times)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -97,11 +101,15 @@ class Turns:
         conversation.unanswered.texts = [user_text]
         self.task = None
         if speculation is not None and speculation.answers(user_text):
+            speculation.times.vad_speech_end = times.vad_speech_end
+            speculation.times.speech_end = times.speech_end
             self.replies.adopt(speculation)
             return
         if speculation is not None:
+            # Its transcript was used: the STT wait was the speculation's.
+            times.stt_start, times.stt_end = speculation.times.stt_start, speculation.times.stt_end
             speculation.cancel()
-        self.replies.start(messages=conversation.messages(user_text))
+        self.replies.start(messages=conversation.messages(user_text), times=times)
 
     def _resume(self, suspended: SuspendedReply) -> None:
         """The barge-in was no turn: go on with the cut-off reply where the caller left it."""

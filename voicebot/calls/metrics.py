@@ -2,7 +2,8 @@
 
 Each call's event bus gets a `CallMetrics` subscriber, so transports need not know which
 figures exist: active calls, calls by transport and end reason, barge-in and end-of-turn
-latency, engine errors; the shared VAD reports its window cost itself.
+latency, the per-stage wait of each answered turn (`turn_latency`), engine errors; the shared
+VAD reports its window cost itself.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from voicebot.agent.events import (
     Interrupted,
     SpeechEnded,
     StateChanged,
+    TurnLatency,
 )
 
 LATENCY_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
@@ -53,6 +55,17 @@ class GatewayMetrics:
         self.end_of_turn_latency = Histogram(
             "voicebot_end_of_turn_latency_seconds", "speech_end to first bot audio",
             buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.turn_stage_wait = Histogram(
+            "voicebot_turn_stage_wait_seconds",
+            "Per answered turn: how long after speech_end each stage was done (stt, llm = "
+            "first sentence written, tts = its audio ready, total = first frame sent; 0 when "
+            "speculation had it ready)",
+            ["stage"], buckets=(0.0, *LATENCY_BUCKETS), registry=self.registry,
+        )  # fmt: skip
+        self.speculative_turns = Counter(
+            "voicebot_turns_answered_total", "Answered turns, by whether speculation's reply "
+            "was adopted", ["speculative"], registry=self.registry,
         )  # fmt: skip
         self.engine_errors = Counter(
             "voicebot_engine_errors_total", "Engine failures and timeouts", ["engine"],
@@ -119,5 +132,16 @@ class CallMetrics:
                 self._speech_end_t = None
             case StateChanged(state=AgentState.LISTENING):
                 self._speech_end_t = None
+            case TurnLatency():
+                self._observe_stages(event)
             case ErrorRaised(source=source):
                 self.m.engine_errors.labels(source).inc()
+
+    def _observe_stages(self, event: TurnLatency) -> None:
+        self.m.speculative_turns.labels(str(event.speculative).lower()).inc()
+        for stage, wait_ms in (
+            ("stt", event.stt_wait_ms), ("llm", event.llm_wait_ms),
+            ("tts", event.tts_wait_ms), ("total", event.total_ms),
+        ):  # fmt: skip
+            if wait_ms is not None:
+                self.m.turn_stage_wait.labels(stage).observe(wait_ms / 1000)
