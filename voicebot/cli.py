@@ -122,7 +122,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
 
     async def run():  # type: ignore[no-untyped-def]
+        from voicebot.models.turn import load_turn_model
+
         await warm_up(engines)
+        smart = settings.agent.endpointing == "smart_turn"
         return await simulate_call(
             caller,
             engines,
@@ -130,6 +133,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             vad_params=settings.vad.params(),
             realtime=args.realtime,
             tail_seconds=args.tail,
+            turn_model=load_turn_model() if smart else None,
         )
 
     result = asyncio.run(run())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
 
 DEFAULT_BACKCHANNELS = [
     "mm-hm", "mhm", "mm", "hmm", "uh-huh", "uh huh", "yeah", "yes", "yep", "okay", "ok",
@@ -27,3 +29,22 @@ class AgentConfig(BaseModel):
     vad_event_interval_ms: int = Field(100, ge=0, description="0 disables `vad` events")
     speculative_stt: bool = True
     speculative_pause_ms: int = Field(160, ge=32, description="pause that starts an early STT")
+    # End of turn (agent/endpointing.py): "fixed" ends a turn after vad.min_silence_ms of
+    # silence; "smart_turn" asks the turn model at each pause of turn_min_silence_ms: a turn
+    # it judges complete ends there, one it judges unfinished waits up to turn_max_silence_ms.
+    endpointing: Literal["fixed", "smart_turn"] = "smart_turn"
+    turn_min_silence_ms: int = Field(
+        200, ge=32, le=5_000, description="pause at which the turn model is asked"
+    )
+    turn_max_silence_ms: int = Field(
+        2_000, ge=100, le=10_000, description="longest pause inside an unfinished turn"
+    )
+    turn_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="P(complete) at which the turn ends at the pause"
+    )
+
+    @model_validator(mode="after")
+    def _turn_silences(self) -> AgentConfig:
+        if self.turn_max_silence_ms < self.turn_min_silence_ms:
+            raise ValueError("agent.turn_max_silence_ms must not be below turn_min_silence_ms")
+        return self

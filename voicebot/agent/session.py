@@ -12,8 +12,9 @@ Only speech segments ever reach STT. The session knows nothing of wire formats.
 
 The session keeps the states and what moves them (VAD events, barge-in, the output tick)
 and wires the parts that do each other job: `input_stages` (echo, noise, VAD windows and
-levels), `turns` (speech_end to the answer), `conversation` (history, unanswered words,
-the false-interruption test), `speculation` (the reply begun at a pause), `replies` (the
+levels), `endpointing` (when the caller's segment ends: fixed silence or the turn model),
+`turns` (speech_end to the answer), `conversation` (history, unanswered words, the
+false-interruption test), `speculation` (the reply begun at a pause), `replies` (the
 reply in progress), `engine_calls` (STT, reply pipelines, engine errors), `output` (playout
 to the sink, hold and cut), `call_actions` (hang-up, transfer) and `lifetime` (run modes,
 end reason, shutdown).
@@ -33,6 +34,7 @@ from voicebot.agent.call_actions import CallActions, CallControl
 from voicebot.agent.clock import EngineClock, LiveClock
 from voicebot.agent.config import AgentConfig
 from voicebot.agent.conversation import Conversation, SuspendedReply
+from voicebot.agent.endpointing import Endpointer, segmenter_params
 from voicebot.agent.engine_calls import EngineCalls
 from voicebot.agent.events import (
     AgentState,
@@ -63,6 +65,7 @@ from voicebot.audio.denoise import NoiseSuppressor
 from voicebot.audio.echo import EchoCanceller
 from voicebot.audio.frames import FRAME_SAMPLES, SAMPLE_RATE
 from voicebot.models.base import Engines
+from voicebot.models.turn import TurnModel
 from voicebot.models.vad import (
     SileroVad,
     SpeechEnd,
@@ -99,6 +102,8 @@ class CallSetup:
     vad_params: VadParams | None = None
     vad_model: SileroVad | None = None
     vad_runner: VadRunner = field(default_factory=InlineVad)
+    # End-of-turn model for `agent.endpointing = "smart_turn"`; None: the fixed silence rule.
+    turn_model: TurnModel | None = None
     clock: EngineClock = field(default_factory=LiveClock)
     control: CallControl | None = None
     info: dict[str, object] = field(default_factory=dict)
@@ -117,12 +122,19 @@ class CallSession:
         self.clock = setup.clock
         self.control = setup.control
         self._vad_runner = setup.vad_runner
-        vad = VoiceActivityDetector(setup.vad_model, setup.vad_params)
+        vad_params = setup.vad_params or VadParams()
+        vad = VoiceActivityDetector(
+            setup.vad_model, segmenter_params(self.config, vad_params, setup.turn_model)
+        )
         self._input = InputStages(vad, setup.echo_canceller, setup.denoiser)
         self._levels = VadLevels(self.config)
         self._engine_calls = EngineCalls(
             self.call_id, self.engines, self.config, self.clock, self._report_error
         )
+        self._endpointer = Endpointer(
+            self.config, vad.segmenter, setup.turn_model, self.clock,
+            vad_params.min_silence_ms, self._engine_calls.error,
+        )  # fmt: skip
         self._conversation = Conversation(self.config)
         self._speculator = Speculator(
             self.config, vad.segmenter, self._conversation, self._engine_calls, lambda: self.t
@@ -240,6 +252,9 @@ class CallSession:
             for event in self._input.events(window, probability):
                 self._on_vad_event(event)
             self._hold_on_candidate()
+        end = self._endpointer.on_frame(judge=not self._ignore_segment)
+        if end is not None:
+            self._on_vad_event(end)
         self._speculator.on_frame(listening=self._state is AgentState.LISTENING)
         self._input.sent(self._tick_output())
 
@@ -253,7 +268,8 @@ class CallSession:
     async def _shutdown(self) -> None:
         await self._replies.stop()
         speculation_task = await self._speculator.stop()
-        tasks = [task for task in (self._turns.task, speculation_task) if task is not None]
+        verdict = self._endpointer.stop()
+        tasks = [t for t in (self._turns.task, speculation_task, verdict) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:

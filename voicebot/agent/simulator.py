@@ -23,6 +23,7 @@ from voicebot.agent.session import FRAME_SECONDS, CallSession, CallSetup, Engine
 from voicebot.audio.denoise import make_suppressor
 from voicebot.audio.echo import EchoCanceller
 from voicebot.audio.frames import FRAME_SAMPLES, silence, split_frames
+from voicebot.models.turn import TurnModel
 from voicebot.models.vad import SileroVad, VadParams
 
 
@@ -93,9 +94,11 @@ async def simulate_call(
     echo_path: EchoPath | None = None,
     echo_cancellation: bool = False,
     noise_suppression: str = "off",
+    turn_model: TurnModel | None = None,
 ) -> SimulationResult:
     """Run one call; after the caller's audio, up to `tail_seconds` of silence let the bot
-    finish its reply (stopping early once it is idle)."""
+    finish its reply (stopping early once it is idle). Without a `turn_model` turns end
+    on the fixed silence rule whatever `config.endpointing` says."""
     pcm = np.asarray(caller_audio)
     if pcm.dtype != np.int16 or pcm.ndim != 1:
         raise ValueError("caller audio must be mono int16 at 16 kHz")
@@ -111,7 +114,7 @@ async def simulate_call(
     session = CallSession(
         CallSetup(
             call_id, engines, sink, bus=bus, config=config or AgentConfig(),
-            vad_params=vad_params, vad_model=vad_model, clock=clock,
+            vad_params=vad_params, vad_model=vad_model, clock=clock, turn_model=turn_model,
             echo_canceller=EchoCanceller() if echo_cancellation else None,
             denoiser=make_suppressor(noise_suppression),
         )

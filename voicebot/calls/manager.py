@@ -27,6 +27,7 @@ from voicebot.calls.metrics import GatewayMetrics
 from voicebot.config import Settings
 from voicebot.models.base import Engines
 from voicebot.models.executor import ENGINE_BACKLOG, EngineBacklog
+from voicebot.models.turn import load_turn_model
 from voicebot.models.vad import SileroVad
 
 log = logging.getLogger("voicebot.calls")
@@ -78,6 +79,12 @@ class CallManager:
         self.metrics = metrics
         self.vad_model = SileroVad.shared()
         self.vad = BatchedVad(self.vad_model, on_batch=self._on_vad_batch)
+        # None (logged) if the file is missing: turns then end on the fixed silence rule.
+        self.turn_model = (
+            load_turn_model(on_batch=self._on_turn_batch)
+            if settings.agent.endpointing == "smart_turn"
+            else None
+        )
         self.calls: dict[str, CallHandle] = {}
         # Calls admitted and still setting up (not yet in `calls`): id -> (transport, the
         # task setting it up, which the drain deadline cancels).
@@ -103,6 +110,10 @@ class CallManager:
     def _log_event(self, event: Event) -> None:
         if self._events_log is not None:
             self._events_log.write(event.to_json() + "\n")
+
+    def _on_turn_batch(self, turns: int, seconds: float) -> None:
+        self.metrics.turn_model_batch_size.observe(turns)
+        self.metrics.turn_model_seconds.observe(seconds / max(1, turns))
 
     def _on_vad_batch(self, windows: int, seconds: float) -> None:
         self.metrics.vad_batch_size.observe(windows)
@@ -157,6 +168,7 @@ class CallManager:
         setup = CallSetup(
             call_id, self.engines, media.sink, bus=bus, config=settings.agent,
             vad_params=settings.vad.params(), vad_model=self.vad_model, vad_runner=self.vad,
+            turn_model=self.turn_model,
             control=media.control, info=media.info,
             echo_canceller=media.echo_canceller, denoiser=media.denoiser,
         )  # fmt: skip
@@ -198,5 +210,7 @@ class CallManager:
 
     def close(self) -> None:
         self.vad.close()
+        if self.turn_model is not None:
+            self.turn_model.close()
         if self._events_log is not None:
             self._events_log.close()

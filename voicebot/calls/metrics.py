@@ -48,6 +48,14 @@ class GatewayMetrics:
             "voicebot_vad_batch_size", "Windows per VAD model run",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
         )  # fmt: skip
+        self.turn_model_seconds = Histogram(
+            "voicebot_turn_model_seconds", "CPU time per end-of-turn model inference",
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0), registry=self.registry,
+        )  # fmt: skip
+        self.turn_model_batch_size = Histogram(
+            "voicebot_turn_model_batch_size", "Turns per end-of-turn model run",
+            buckets=(1, 2, 4, 8), registry=self.registry,
+        )  # fmt: skip
         self.barge_in_latency = Histogram(
             "voicebot_barge_in_latency_seconds", "Speech onset to bot output flushed",
             buckets=LATENCY_BUCKETS, registry=self.registry,

@@ -2,8 +2,10 @@
 
 Hysteresis between an activation and a deactivation threshold; speech must last
 `min_speech_ms` before it starts a segment (so clicks and coughs do not), silence must last
-`min_silence_ms` before it ends one (so pauses between words do not). The `prefix_padding_ms`
-of audio before the onset travels with the segment so STT hears the first phoneme whole.
+`min_silence_ms` before it ends one (so pauses between words do not), unless an endpointer
+ends it earlier at a pause (`end_at_pause`: the agent's smart end-of-turn, which then sets
+`min_silence_ms` to its longest wait). The `prefix_padding_ms` of audio before the onset
+travels with the segment so STT hears the first phoneme whole.
 All times are seconds of stream audio, counted from the first sample pushed.
 """
 
@@ -132,6 +134,28 @@ class SpeechSegmenter:
         if self._phase is not _Phase.SPEECH or self._silence_from is None:
             return 0.0
         return self._ms(self._window_index - self._silence_from)
+
+    @property
+    def pause_start(self) -> float | None:
+        """Where the open segment's current pause began (stream seconds); None while speech
+        goes on or no segment is open. Identifies one pause for endpointing."""
+        if self._phase is not _Phase.SPEECH or self._silence_from is None:
+            return None
+        return self._time(self._silence_from)
+
+    def audio_so_far(self) -> np.ndarray | None:
+        """The open segment's audio from its prefix up to now, the pause so far included
+        (what an end-of-turn model judges); None outside speech."""
+        if self._phase is not _Phase.SPEECH:
+            return None
+        return np.concatenate(self._segment)
+
+    def end_at_pause(self) -> SpeechEnd | None:
+        """End the open segment now, at its current pause, before `min_silence_ms` (an
+        endpointer decided the turn is over); None unless a segment is open and quiet."""
+        if self._phase is not _Phase.SPEECH or self._silence_from is None:
+            return None
+        return self._end_segment(t=self._time(self._window_index))
 
     def open_segment(self) -> tuple[float, float, np.ndarray] | None:
         """(start, end so far, audio with prefix) of the open segment, ending where a pause
