@@ -70,10 +70,11 @@ async def _peer() -> Peer:
 
 
 @contextlib.asynccontextmanager
-async def sip_gateway() -> AsyncIterator[SipGateway]:
+async def sip_gateway(**sip: object) -> AsyncIterator[SipGateway]:
+    """A gateway on a free loopback port; `sip` overrides its `sip.*` settings."""
     settings = Settings(
         server={"warm_up": False}, agent={"greeting": None},
-        sip={"answer_delay_ms": 0, "echo_cancellation": False},
+        sip={"answer_delay_ms": 0, "echo_cancellation": False, **sip},
     )  # fmt: skip
     engines = Engines(
         stt=ScriptedSTT(), llm=ScriptedLanguageModel.from_file(), tts=EspeakTextToSpeech()

@@ -93,6 +93,14 @@ class SipSettings(BaseModel):
         " its measured cost per call, would take more than this share of its period with one"
         " more call (0 = no prediction)",
     )  # fmt: skip
+    source_rate: float = Field(
+        20.0, ge=0,
+        description="new out-of-dialog SIP requests (INVITE, OPTIONS, ...) one source IP may"
+        " send per second, sustained; over it 503 + Retry-After, then nothing (0 = no limit)",
+    )  # fmt: skip
+    source_burst: int = Field(
+        200, ge=1, description="how many such requests one source may send at once"
+    )
     user_agent: str = "voicebot"
     echo_cancellation: bool = Field(True, description="cancel the bot's own line echo")
     noise_suppression: Literal["off", "spectral", "webrtc"] = Field(
@@ -144,6 +152,20 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
     sip: SipSettings = Field(default_factory=SipSettings)
+
+    @model_validator(mode="after")
+    def _front_desk_greeting(self) -> Settings:
+        # The front desk greets as its business profile says, unless a greeting was set.
+        if self.engines.llm == "frontdesk" and "greeting" not in self.agent.model_fields_set:
+            from voicebot.models.base import EngineError
+            from voicebot.models.llm.frontdesk import BusinessProfile
+
+            try:
+                profile = BusinessProfile.from_file(self.engines.business_profile)
+            except EngineError as exc:
+                raise ValueError(str(exc)) from exc
+            self.agent.greeting = profile.greeting
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -20,6 +20,7 @@ from voicebot.telephony.dtmf import parse_dtmf_relay
 from voicebot.telephony.media_clock import SipMediaClock
 from voicebot.telephony.media_load import MediaLoad
 from voicebot.telephony.message import SipRequest, SipResponse, new_tag, response_to, tag_of
+from voicebot.telephony.ratelimit import SourceLimiter
 from voicebot.telephony.register import Registration
 from voicebot.telephony.rtp import PortAllocator, RtpSession
 from voicebot.telephony.rules import request_refusal
@@ -44,6 +45,7 @@ class SipGateway:
         self.endpoint = SipEndpoint(
             self._on_request, settings.sip_allow,
             on_discarded=lambda kind: discarded.labels(kind).inc(),
+            limiter=SourceLimiter(sip.source_rate, sip.source_burst),
         )  # fmt: skip
         self.calls: dict[str, SipCall] = {}
         self.max_calls = sip.max_calls or settings.server.max_calls

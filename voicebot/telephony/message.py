@@ -33,8 +33,23 @@ _CANONICAL = {
     )
 }  # fmt: skip
 _TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
-_REQUEST_LINE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) (\S+) (SIP/\d\.\d)$")
-_STATUS_LINE = re.compile(r"^(SIP/\d\.\d) (\d{3}) ?(.*)$")
+# Section 25.1 Request-Line = Method SP Request-URI SP SIP-Version CRLF. Runs of SP between
+# the elements and after the version are accepted: RFC 4475 3.1.2.9 and 3.1.2.10 allow a
+# liberal element to ignore them; an URI with a space inside (3.1.2.8) still fails.
+_REQUEST_LINE = re.compile(r"^([A-Za-z0-9\-.!%*_+`'~]+) +(\S+) +(SIP/\d+\.\d+) *$")
+# Status-Line = SIP-Version SP Status-Code SP Reason-Phrase: exactly three digits, then SP
+# (RFC 4475 3.1.2.19: "4294967301" is not 429); the reason phrase may be empty (3.1.1.13).
+_STATUS_LINE = re.compile(r"^(SIP/\d+\.\d+) ([1-6]\d\d)(?: (.*))?$")
+# Section 19.1.1 / RFC 3986: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":". A
+# Request-URI in <> (RFC 4475 3.1.2.7) is no URI at all: 400, not 416.
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+\-.]*:")
+# The methods of RFC 3261 and its extensions. A request whose CSeq method differs from its
+# start line is malformed (400), except that an unknown method is answered 501 first
+# (RFC 4475 3.1.2.18: 501 is the better, future-proof answer).
+STANDARD_METHODS = (
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "INFO", "NOTIFY", "SUBSCRIBE",
+    "PUBLISH", "MESSAGE", "REFER", "UPDATE", "PRACK",
+)  # fmt: skip
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also takes "²" and "٣"
 # Section 20: headers that appear once (a second Call-ID or CSeq makes the message ambiguous).
 _SINGLE = ("Call-ID", "From", "To", "CSeq", "Content-Length", "Content-Type", "Max-Forwards")
@@ -59,7 +74,12 @@ REASONS = {
 
 
 class SipParseError(ValueError):
-    """A message that is not valid SIP; `reason` goes in the 400 response."""
+    """A message that is not valid SIP; the text goes in the response, `status` is its code
+    (400, or 505 for another SIP version: RFC 3261 section 21.5.6)."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 def ascii_int(text: str, what: str, limit: int | None = None) -> int:
@@ -128,7 +148,8 @@ class SipMessage:
 
     @property
     def branch(self) -> str:
-        match = re.search(r";\s*branch=([^;,\s]+)", self.top_via, re.I)
+        # Section 25.1: EQUAL = SWS "=" SWS (RFC 4475 3.1.1.1 puts spaces around it).
+        match = re.search(r";\s*branch\s*=\s*([^;,\s]+)", self.top_via, re.I)
         return match.group(1) if match else ""
 
     def _serialise(self, start_line: str) -> bytes:
@@ -178,26 +199,29 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
     message: SipRequest | SipResponse
     if m := _REQUEST_LINE.match(start):
         method, uri, version = m.groups()
-        if version != SIP_VERSION:
-            raise SipParseError(f"unsupported version {version}")
-        if ":" not in uri:
-            raise SipParseError(f"bad Request-URI {uri!r}")
+        if version != SIP_VERSION:  # RFC 4475 3.1.2.16: SIP/7.0 gets 505
+            raise SipParseError(f"unsupported version {version[:12]}", status=505)
+        if not _URI_SCHEME.match(uri):
+            raise SipParseError(f"bad Request-URI {uri[:60]!r}")
         message = SipRequest(method=method, uri=uri)
     elif m := _STATUS_LINE.match(start):
         version, status, reason = m.groups()
-        message = SipResponse(status=int(status), reason=reason)
+        message = SipResponse(status=int(status), reason=reason or "")
     else:
         raise SipParseError(f"bad start line {start[:80]!r}")
     current: list[str] | None = None
     for line in lines[1:]:
         if not line:
             continue
-        if "\r" in line or "\x00" in line:  # a bare CR would end the line in our responses
+        # A bare CR would end the line in our responses (header injection). NUL is allowed
+        # only as a quoted-pair (section 25.1: quoted-pair = "\\" (%x00-09 / %x0B-0C /
+        # %x0E-7F)), as in RFC 4475 3.1.1.2's display name; anywhere else it is an error.
+        if "\r" in line or "\x00" in line.replace("\\\x00", ""):
             raise SipParseError("CR or NUL inside a header line")
         if line[0] in " \t":  # section 7.3.1: header folding
             if current is None:
                 raise SipParseError("continuation line before any header")
-            current[1] += " " + line.strip()
+            current[1] = f"{current[1]} {line.strip()}".lstrip()  # "To:" CRLF SP value
             continue
         name, colon, value = line.partition(":")
         if not colon or not _TOKEN.match(name.strip()):
@@ -208,6 +232,10 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
     for name in _SINGLE:
         if len(message.get_all(name)) > 1:
             raise SipParseError(f"more than one {name} header")
+    for name in ("From", "To", "Contact"):
+        for value in message.get_all(name):
+            if not _quotes_balanced(value):  # RFC 4475 3.1.2.6
+                raise SipParseError(f"unterminated quoted string in {name}")
     for via in message.get_all("Via"):
         for part in via.split(","):
             if not _VIA_PARM.fullmatch(part.strip()):
@@ -223,9 +251,27 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
         if message.get(required) is None:
             raise SipParseError(f"missing {required} header")
     _, cseq_method = message.cseq
-    if isinstance(message, SipRequest) and cseq_method != message.method:
-        raise SipParseError(f"CSeq method {cseq_method} does not match {message.method}")
+    if (
+        isinstance(message, SipRequest)
+        and cseq_method != message.method
+        and message.method in STANDARD_METHODS  # an unknown one gets its 501 (rules.py)
+    ):
+        raise SipParseError(f"CSeq method {cseq_method[:40]} does not match {message.method}")
     return message
+
+
+def _quotes_balanced(value: str) -> bool:
+    """Every quoted-string closed (section 25.1: inside one, a backslash escapes the next
+    character, so an escaped quote does not close it)."""
+    inside = escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif inside and char == "\\":
+            escaped = True
+        elif char == '"':
+            inside = not inside
+    return not inside
 
 
 def response_to(
@@ -252,7 +298,10 @@ def response_to(
 
 
 def tag_of(header: str) -> str | None:
-    match = re.search(r";\s*tag=([^;>\s]+)", header, re.I)
+    """The tag parameter of a From/To value (`tag = x` with spaces too: section 25.1 EQUAL,
+    RFC 4475 3.1.1.1), from the header's parameters, not from inside its <URI>."""
+    params = header.rsplit(">", 1)[1] if ">" in header else header
+    match = re.search(r";\s*tag\s*=\s*([^;>\s,]+)", params, re.I)
     return match.group(1) if match else None
 
 
@@ -260,7 +309,7 @@ def uri_of(header: str) -> str:
     """The URI inside a From/To/Contact value (name-addr or addr-spec)."""
     match = re.search(r"<([^>]*)>", header)
     if match:
-        return match.group(1)
+        return match.group(1).strip()  # "< sip:a@b >": RFC 4475 3.1.2.14, taken liberally
     return header.split(";")[0].strip()
 
 

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from voicebot.telephony.message import (
+    REASONS,
+    STANDARD_METHODS,
     SipParseError,
     SipRequest,
     SipResponse,
@@ -31,6 +33,7 @@ from voicebot.telephony.message import (
     response_to,
     tag_of,
 )
+from voicebot.telephony.ratelimit import SourceLimiter, Verdict
 
 log = logging.getLogger("voicebot.telephony.sip")
 
@@ -43,9 +46,7 @@ TIMEOUT_64T1 = 64 * T1
 # INVITE flood cannot make the gateway a traffic amplifier.
 MAX_RETRANSMITTING_REFUSALS = 16
 ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "NOTIFY")
-KNOWN_METHODS = (
-    *ALLOWED_METHODS, "REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "REFER", "UPDATE", "PRACK",
-)  # fmt: skip
+KNOWN_METHODS = STANDARD_METHODS  # the others get 501, these 405 (section 8.2.1)
 ALLOW_HEADER = ", ".join(ALLOWED_METHODS)
 
 
@@ -97,12 +98,16 @@ class SipEndpoint(asyncio.DatagramProtocol):
         on_request: RequestHandler,
         allow: list[str] | None = None,
         on_discarded: Callable[[str], None] | None = None,
+        limiter: SourceLimiter | None = None,
     ) -> None:
         """`on_discarded(kind)` counts datagrams refused before dispatch: "malformed"
-        (unparseable) or "forbidden" (source outside the allow-list)."""
+        (unparseable), "forbidden" (source outside the allow-list), "rate_limited" (503 to
+        a source over its rate, `ratelimit.py`) or "dropped" (over its hard cap too)."""
         self.on_request = on_request
         self.on_discarded = on_discarded
+        self.limiter = limiter or SourceLimiter(0, 1)
         self._bad_log = PerSourceLog()
+        self._limit_log = PerSourceLog()
         self._refusing: dict[str, int] = {}  # source ip -> refusals being retransmitted
         self.allow = [ipaddress.ip_network(cidr, strict=False) for cidr in allow or []]
         self.transport: asyncio.DatagramTransport | None = None
@@ -130,7 +135,7 @@ class SipEndpoint(asyncio.DatagramProtocol):
             if left_out is not None:
                 log.info("malformed SIP from %s:%d: %s%s", addr[0], addr[1], str(exc)[:120],
                          f" ({left_out} more from it not logged)" if left_out else "")  # fmt: skip
-            self._answer_malformed(data, addr, str(exc))
+            self._answer_malformed(data, addr, exc)
             return
         try:
             if isinstance(message, SipResponse):
@@ -184,6 +189,12 @@ class SipEndpoint(asyncio.DatagramProtocol):
             if existing.last_response is not None:
                 self.send(existing.last_response, existing.source)
             return
+        if (
+            request.method != "CANCEL"  # belongs to an INVITE already let in
+            and tag_of(request.get("To") or "") is None  # in-dialog: a call already taken
+            and not self._within_rate(request, addr)
+        ):
+            return
         tx = ServerTransaction(request, addr)
         self._server_tx[key] = tx
         loop = asyncio.get_running_loop()
@@ -193,6 +204,26 @@ class SipEndpoint(asyncio.DatagramProtocol):
             self._invites[invite_key] = tx
             loop.call_later(TIMEOUT_64T1 + 5, self._invites.pop, invite_key, None)
         self.on_request(request, addr)
+
+    def _within_rate(self, request: SipRequest | None, addr: tuple[str, int]) -> bool:
+        """The source's rate limit: True to go on; else a stateless 503 was sent (or, past
+        the hard cap, nothing) and the request is done with."""
+        verdict = self.limiter.check(addr[0], time.monotonic())
+        if verdict is Verdict.ACCEPT:
+            return True
+        left_out = self._limit_log.allow(addr[0], time.monotonic())
+        if left_out is not None:
+            more = f" ({left_out} more not logged)" if left_out else ""
+            log.warning("SIP source %s over its rate limit (%g/s): refusing%s",
+                        addr[0], self.limiter.rate, more)  # fmt: skip
+        if verdict is Verdict.REFUSE and request is not None:
+            self._discarded("rate_limited")
+            refused = response_to(request, 503, "Service Unavailable (request rate)")
+            refused.add("Retry-After", str(self.limiter.retry_after))
+            self.send(refused, addr)  # stateless: never retransmitted (section 21.5.4)
+        else:
+            self._discarded("dropped")
+        return False
 
     def respond(
         self,
@@ -249,9 +280,14 @@ class SipEndpoint(asyncio.DatagramProtocol):
                 else:
                     self._refusing.pop(addr[0], None)
 
-    def _answer_malformed(self, data: bytes, addr: tuple[str, int], reason: str) -> None:
-        """400 to a request we could not parse, if it carries enough to answer at all."""
+    def _answer_malformed(self, data: bytes, addr: tuple[str, int], exc: SipParseError) -> None:
+        """400 (or 505) to a request we could not parse, if it carries enough to answer at
+        all; never to a response or an ACK (section 17.1.1.3: no response to an ACK), nor
+        past the source's rate limit (a 503 would need the headers we could not read)."""
         if not self._allowed(addr) or data.startswith(b"SIP/"):
+            return
+        if self.limiter.check(addr[0], time.monotonic()) is not Verdict.ACCEPT:
+            self._discarded("dropped")
             return
         text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
         head = text.split("\n\n", 1)[0].split("\n")
@@ -259,7 +295,8 @@ class SipEndpoint(asyncio.DatagramProtocol):
             return
         wanted = {"via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
                   "call-id": "Call-ID", "i": "Call-ID", "cseq": "CSeq"}  # fmt: skip
-        response = SipResponse(status=400, reason=f"Bad Request ({reason[:80]})")
+        status = exc.status
+        response = SipResponse(status=status, reason=f"{REASONS[status]} ({str(exc)[:80]})")
         found: set[str] = set()
         for line in head[1:]:
             name, colon, value = line.partition(":")
