@@ -59,17 +59,16 @@ class Endpointer:
     # The model failed on this call: the fixed rule from then on.
     failed: bool = field(default=False, init=False)
 
-    @property
-    def active(self) -> bool:
-        return uses_turn_model(self.config, self.model) and not self.failed
-
     def on_frame(self, *, judge: bool) -> SpeechEnd | None:
         """The speech_end to act on now, if the endpointer ends the open segment here.
 
-        `judge` False (a segment the bot talks through): the fixed rule, no model run."""
-        if not self.active:
-            return None
+        `judge` False (a segment the bot talks through), or a failed model: the fixed rule
+        (the segmenter itself would wait `turn_max_silence_ms`)."""
+        if not uses_turn_model(self.config, self.model):
+            return None  # the segmenter's own min_silence_ms rule is the fixed rule
         segmenter = self.segmenter
+        if self.failed:
+            judge = False
         pause = segmenter.pause_start
         if pause != self.pause:
             self._drop()  # speech resumed, or the segment ended: that verdict is moot

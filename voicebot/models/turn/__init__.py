@@ -13,8 +13,8 @@ import logging
 
 import numpy as np
 
-from voicebot.models.turn.features import SAMPLE_RATE
 from voicebot.models.turn.base import TurnModel
+from voicebot.models.turn.features import SAMPLE_RATE
 from voicebot.models.turn.runner import BatchedTurnModel
 from voicebot.models.turn.smart_turn import SmartTurn
 

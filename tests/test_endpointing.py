@@ -1,0 +1,224 @@
+"""End of turn in the agent: the fixed silence rule against the turn model (agent/endpointing.py).
+
+Whole calls through `simulate_call` in virtual time. Stub turn models (fixed answers at a
+fixed cost) test the endpointer's logic exactly; the real Smart Turn model is used on human
+speech where the point is what the model hears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from tests import audiogen, human_speech
+from tests.engines import ScriptedSTT
+from voicebot.agent.config import AgentConfig
+from voicebot.agent.simulator import SimulationResult, simulate_call
+from voicebot.models.base import Engines
+from voicebot.models.llm.scripted import ScriptedLanguageModel
+from voicebot.models.tts.espeak import EspeakTextToSpeech
+from voicebot.models.turn import SmartTurn, load_turn_model
+from voicebot.models.turn.weights import SMART_TURN_V3
+from voicebot.models.vad import SpeechSegmenter, VadParams
+
+SR = 16000
+FIXED = AgentConfig(greeting=None, vad_event_interval_ms=0, endpointing="fixed")
+SMART = FIXED.model_copy(update={"endpointing": "smart_turn"})
+
+
+class StubTurnModel:
+    """Answers `p` after `cost_s` (charged by the virtual clock); keeps what it was given."""
+
+    name = "stub-turn"
+
+    def __init__(self, p: float, cost_s: float = 0.05, fail: bool = False) -> None:
+        self.p, self.cost_s, self.fail = p, cost_s, fail
+        self.inputs: list[np.ndarray] = []
+
+    async def probability(self, audio: np.ndarray) -> float:
+        self.inputs.append(audio)
+        await asyncio.sleep(self.cost_s)
+        if self.fail:
+            raise RuntimeError("turn model exploded")
+        return self.p
+
+
+@pytest.fixture(scope="module")
+def engines() -> Engines:
+    return Engines(ScriptedSTT(), ScriptedLanguageModel.from_file(), EspeakTextToSpeech())
+
+
+def _fresh(engines: Engines) -> Engines:
+    return Engines(ScriptedSTT(), engines.llm, engines.tts)
+
+
+def run(audio: np.ndarray, engines: Engines, config: AgentConfig, turn_model=None,
+        **kw) -> SimulationResult:  # fmt: skip
+    return asyncio.run(
+        simulate_call(audio, _fresh(engines), config=config, turn_model=turn_model, **kw)
+    )
+
+
+def ends(result: SimulationResult) -> list[dict]:
+    return [e for e in result.events if e["type"] == "speech_end"]
+
+
+def paused(first: np.ndarray, second: np.ndarray, pause_s: float) -> np.ndarray:
+    gap = np.zeros(int(pause_s * SR), np.int16)
+    lead, tail = np.zeros(SR // 2, np.int16), np.zeros(4 * SR, np.int16)
+    return np.concatenate([lead, first, gap, second, tail])
+
+
+def generated_paused(pause_s: float = 0.8) -> np.ndarray:
+    return paused(audiogen.trimmed_speech("my number is four five"),
+                  audiogen.trimmed_speech("seven two"), pause_s)  # fmt: skip
+
+
+def vad_end(result: SimulationResult) -> float:
+    """Where the VAD's first segment stopped (its onset + duration): the turn's speech end
+    as the segmenter saw it, before any wait."""
+    start = next(e for e in result.events if e["type"] == "speech_start")
+    return start["onset"] + ends(result)[0]["duration"]
+
+
+# -- the segmenter's part ----------------------------------------------------------------
+
+
+def test_segmenter_ends_at_a_pause_only_when_asked() -> None:
+    seg = SpeechSegmenter(VadParams(min_silence_ms=2000))
+    window = np.ones(512, np.int16)
+    for _ in range(10):
+        seg.push(window, 0.9)
+    assert seg.pause_start is None and seg.end_at_pause() is None  # speech goes on
+    for _ in range(7):
+        seg.push(window, 0.1)
+    assert seg.pause_start == pytest.approx(10 * 512 / SR)
+    assert len(seg.audio_so_far()) == 17 * 512  # the pause so far included
+    end = seg.end_at_pause()
+    assert end is not None and end.end == pytest.approx(10 * 512 / SR)
+    assert end.t == pytest.approx(17 * 512 / SR) and len(end.audio) == 10 * 512
+    assert not seg.in_speech and seg.end_at_pause() is None
+
+
+# -- the endpointer's logic, with stub models ----------------------------------------------
+
+
+def test_a_pause_judged_unfinished_is_one_turn_and_two_with_the_fixed_rule(engines) -> None:
+    audio = generated_paused(0.8)
+    assert len(ends(run(audio, engines, FIXED))) == 2
+    model = StubTurnModel(0.1)
+    result = run(audio, engines, SMART, model)
+    assert len(ends(result)) == 1
+    # Asked at the mid-sentence pause and again at the end; each time on the turn so far.
+    assert len(model.inputs) == 2 and len(model.inputs[1]) > len(model.inputs[0])
+    # Judged unfinished at the end too: the longest wait ends it.
+    decided = ends(result)[0]["t"] - vad_end(result)
+    assert decided == pytest.approx(SMART.turn_max_silence_ms / 1000, abs=0.07)
+
+
+def test_a_turn_judged_complete_ends_after_min_silence_plus_model_time(engines) -> None:
+    audio = paused(audiogen.trimmed_speech("What time do you open on Saturday?"),
+                   np.zeros(0, np.int16), 0.0)  # fmt: skip
+    smart = run(audio, engines, SMART, StubTurnModel(0.9, cost_s=0.05))
+    fixed = run(audio, engines, FIXED)
+    wait = ends(smart)[0]["t"] - vad_end(smart)
+    # 200 ms of VAD silence (7 windows of 32 ms), 50 ms of model, up to a frame to act.
+    assert 0.2 <= wait <= 0.224 + 0.05 + 0.02 + 1e-6
+    assert ends(fixed)[0]["t"] - vad_end(fixed) >= 0.5
+    assert ends(smart)[0]["t"] < ends(fixed)[0]["t"] - 0.2
+
+
+def test_speech_resuming_before_the_verdict_continues_the_turn(engines) -> None:
+    # The model would say "complete", but only after the caller has talked on.
+    result = run(generated_paused(0.6), engines, SMART, StubTurnModel(0.99, cost_s=0.9))
+    assert len(ends(result)) == 1
+
+
+def test_failing_turn_model_falls_back_to_the_fixed_rule(engines) -> None:
+    result = run(generated_paused(0.8), engines, SMART, StubTurnModel(0.1, fail=True))
+    assert len(ends(result)) == 2  # what the fixed 500 ms rule does with a 0.8 s pause
+    errors = [e for e in result.events if e["type"] == "error"]
+    assert len(errors) == 1 and "turn model" in errors[0]["message"]
+    assert result.end_reason != "error"
+
+
+def test_no_turn_model_means_the_fixed_rule(engines, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("VOICEBOT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(SmartTurn, "_shared", None)
+    model = load_turn_model()
+    assert model is None
+    assert len(ends(run(generated_paused(0.8), engines, SMART, model))) == 2
+
+
+def test_barge_in_does_not_wait_for_the_turn_model(engines) -> None:
+    question = audiogen.trimmed_speech("What is the balance on my account?")
+    again = audiogen.trimmed_speech("No wait, I need something else entirely.", "en-gb")
+    audio = np.zeros(9 * SR, np.int16)
+    audio[SR // 2 : SR // 2 + len(question)] = question
+    audio[5 * SR : 5 * SR + len(again)] = again
+    texts = ["what is the balance on my account", "no wait I need something else"]
+    latencies = []
+    for config, model in ((FIXED, None), (SMART, StubTurnModel(0.9, cost_s=0.3))):
+        result = asyncio.run(simulate_call(
+            audio, Engines(ScriptedSTT(texts), engines.llm, engines.tts), config=config,
+            turn_model=model,
+        ))  # fmt: skip
+        latencies.append(next(e for e in result.events if e["type"] == "interrupted"))
+    assert latencies[0]["t"] == latencies[1]["t"]
+    assert latencies[0]["latency_ms"] == latencies[1]["latency_ms"]
+
+
+# -- the real model on human speech ----------------------------------------------------------
+
+
+def _human_or_skip() -> tuple[dict[str, np.ndarray], object]:
+    if not human_speech.available() or not SMART_TURN_V3.cached().is_file():
+        pytest.skip("human speech or smart-turn model not fetched: run `make setup`")
+    model = load_turn_model()
+    assert model is not None
+    return {r.key: r.samples() for r in human_speech.recordings()}, model
+
+
+def test_human_mid_sentence_pause_is_one_turn_with_smart_turn(engines) -> None:
+    speech, model = _human_or_skip()
+    sentence = speech["librivox-0920"]
+    at = int(3.84 * SR)  # "... he might have been made | still more respectable than he was"
+    audio = paused(sentence[:at], sentence[at:], 0.8)
+    try:
+        assert len(ends(run(audio, engines, SMART, model))) == 1
+    finally:
+        model.close()
+    assert len(ends(run(audio, engines, FIXED))) == 2
+
+
+class TimedTurnModel:
+    """The real runner, with the time each verdict took (what the virtual clock charges)."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.name, self.seconds = inner, inner.name, []
+
+    async def probability(self, audio: np.ndarray) -> float:
+        began = time.perf_counter()
+        try:
+            return await self.inner.probability(audio)
+        finally:
+            self.seconds.append(time.perf_counter() - began)
+
+
+def test_human_complete_utterance_ends_within_min_silence_plus_model_time(engines) -> None:
+    speech, model = _human_or_skip()
+    audio = paused(speech["cards-003"], np.zeros(0, np.int16), 0.0)  # "seven of clubs"
+    timed = TimedTurnModel(model)
+    try:
+        smart = run(audio, engines, SMART, timed)
+    finally:
+        model.close()
+    fixed = run(audio, engines, FIXED)
+    assert len(ends(smart)) == 1 and len(timed.seconds) == 1
+    wait = ends(smart)[0]["t"] - vad_end(smart)
+    # 200 ms of VAD silence (7 windows), the model's own time, up to a frame to act on it.
+    assert wait <= 0.224 + timed.seconds[0] + 0.02 + 1e-6
+    assert ends(fixed)[0]["t"] - vad_end(fixed) >= 0.5
