@@ -148,8 +148,10 @@ class SipCall(Leg):
         except OSError as exc:
             self._final(503, "Service Unavailable (no RTP port)", 10)
             raise LegSetupError(str(exc)) from exc
-        if offer is not None and offer.on_hold:
-            self.rtp.send_enabled = False
+        if offer is not None:
+            self.rtp.set_ptime(offer.send_ptime)  # RFC 3264 6.1: what the caller receives
+            if offer.on_hold:
+                self.rtp.send_enabled = False
         ringing = response_to(invite, 180, to_tag=self.local_tag)
         ringing.add("Contact", gateway.contact)
         gateway.endpoint.respond(invite, ringing, self.source)
@@ -279,6 +281,7 @@ class SipCall(Leg):
             endpoint.respond(request, response_to(request, 491, "Request Pending"), addr)
             return
         self.rtp.send_enabled = not offer.on_hold and offer.port != 0
+        self.rtp.set_ptime(offer.send_ptime)
         if not offer.on_hold:
             self.rtp.relatch((offer.address, offer.port))
         if self.echo_canceller is not None:
@@ -301,6 +304,7 @@ class SipCall(Leg):
         try:
             answer = parse_offer(sdp)
             self.rtp.set_codec(choose_codec(answer), answer.telephone_event_pt)
+            self.rtp.set_ptime(answer.send_ptime)  # the answer's ptime: what it receives
         except (SdpError, ValueError) as exc:
             raise LegSetupError(f"SDP answer in the ACK: {exc}") from exc
         self.rtp.relatch((answer.address, answer.port))

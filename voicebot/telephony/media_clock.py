@@ -4,13 +4,15 @@ A clock per call costs a timer, a task switch and a VAD future per call per tick
 spreads the calls' work over the whole 20 ms so nothing can be done for several at once.
 Here one task wakes every 20 ms (monotonic, no drift) and moves every call one tick:
 
-1. one payload per call from its jitter buffer (a loss is concealed), G.711-decoded for
-   all calls in one table lookup and taken to 16 kHz in one `resample_many`;
+1. 20 ms of payload per call from its jitter buffer (cut from packets of any ptime; a loss
+   is concealed), G.711-decoded for all calls in one table lookup and taken to 16 kHz in
+   one `resample_many`;
 2. the agent's frame step in two halves (`CallSession.begin_frame` / `finish_frame`) with
    one VAD request for all the windows due, run on the VAD thread while the loop goes on
    receiving packets;
 3. each call's bot frame (or silence) down to 8 kHz in one `resample_many` and encoded in
-   one lookup, ready to be sent first thing in the next tick: the packets leave right on
+   one lookup, ready to be sent first thing in the next tick (as packets of the call's
+   ptime: a 40 ms call sends on every second tick, a 10 ms one twice): they leave right on
    the tick, whatever the tick's work took (that work varies with the VAD thread's wait
    for a core), so the bot's RTP keeps a steady 20 ms pace.
 
@@ -221,13 +223,10 @@ def _caller_frames(legs: list[MediaLeg]) -> np.ndarray:
     pcm8 = np.empty((len(legs), SAMPLES_PER_PACKET), np.int16)
     rows: dict[bool, tuple[list[int], list[bytes]]] = {True: ([], []), False: ([], [])}
     for i, leg in enumerate(legs):
-        payload = leg.rtp.jitter.pop()
+        payload = leg.rtp.read_tick()  # 20 ms, whatever the caller's packet size
         if payload is None:
             pcm8[i] = leg.rtp.conceal()
             continue
-        if len(payload) != SAMPLES_PER_PACKET:  # another ptime than the 20 ms we answer
-            pad = _SILENCE[leg.ulaw][:1]
-            payload = payload[:SAMPLES_PER_PACKET].ljust(SAMPLES_PER_PACKET, pad)
         index, payloads = rows[leg.ulaw]
         index.append(i)
         payloads.append(payload)

@@ -4,6 +4,9 @@ A SIP trunk offers `m=audio <port> RTP/AVP <pts>` with static payload types 0 (P
 8 (PCMA) and usually `telephone-event` (RFC 4733) dynamic. We answer with one codec — the
 first of the caller's list we support, as RFC 3264 section 6.1 prefers the offerer's order —
 plus telephone-event if offered, and mirror the direction (hold: sendonly -> recvonly).
+Packetisation (RFC 4566 `a=ptime` / `a=maxptime`, RFC 3264 section 6.1): the offer's ptime
+is what the offerer wants to receive; we send that (within maxptime, 10-200 ms; 20 when
+absent or unreadable) and state the same in the answer, since we decode any size.
 
 Our own parser rather than aiortc's `SessionDescription.parse` (which the WebRTC leg uses):
 that one checks its input with `assert` (gone under `python -O`, and an AssertionError is
@@ -19,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 PCMU, PCMA = 0, 8
+DEFAULT_PTIME, MIN_PTIME, MAX_PTIME = 20, 10, 200  # ms
 STATIC_CODECS = {PCMU: "PCMU", PCMA: "PCMA"}
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 _ANSWER_DIRECTION = {
@@ -56,6 +60,17 @@ class AudioOffer:
     direction: str = "sendrecv"
     media: list[MediaLine] = field(default_factory=list)
     index: int = 0  # which of `media` this stream is
+    ptime: int | None = None  # a=ptime (ms), media level, else session level
+    maxptime: int | None = None
+
+    @property
+    def send_ptime(self) -> int:
+        """The packet time we send (RFC 3264 6.1: the offerer's wish, at most its maxptime),
+        kept within what makes sense for G.711 on a 20 ms clock's output buffer."""
+        ptime = self.ptime or DEFAULT_PTIME
+        if self.maxptime:
+            ptime = min(ptime, self.maxptime)
+        return max(MIN_PTIME, min(ptime, MAX_PTIME))
 
     def codec_name(self, pt: int) -> str | None:
         if pt in self.rtpmap:
@@ -92,6 +107,7 @@ def parse_offer(sdp: str) -> AudioOffer:
         raise SdpError("SDP must begin with v=0")
     session_address: str | None = None
     session_direction = "sendrecv"
+    session_times: dict[str, int] = {}
     media: list[MediaLine] = []
     audio: AudioOffer | None = None
     in_audio = False
@@ -129,6 +145,11 @@ def parse_offer(sdp: str) -> AudioOffer:
                 m = re.match(r"([0-9]{1,3})\s+(\S+)", arg)
                 if m:
                     audio.rtpmap[int(m.group(1))] = m.group(2)
+            elif name in ("ptime", "maxptime") and (ms := _milliseconds(arg)) is not None:
+                if not media:
+                    session_times[name] = ms
+                elif in_audio and audio is not None:
+                    setattr(audio, name, ms)
     if audio is None:
         kinds = ", ".join(f"{m.kind} {m.proto} port {m.port}" for m in media) or "none"
         if not media:
@@ -141,7 +162,18 @@ def parse_offer(sdp: str) -> AudioOffer:
         audio.address = session_address
     if audio.direction == "sendrecv" and session_direction != "sendrecv":
         audio.direction = session_direction
+    audio.ptime = audio.ptime or session_times.get("ptime")
+    audio.maxptime = audio.maxptime or session_times.get("maxptime")
     return audio
+
+
+def _milliseconds(text: str) -> int | None:
+    """A ptime value (RFC 4566: a number of ms; "20.0" seen in the wild); None for anything
+    else ("²", "abc", 0): the attribute is only a recommendation, so it is ignored."""
+    match = re.fullmatch(r"\s*([0-9]{1,4})(?:\.[0-9]{1,3})?\s*", text)
+    if match is None or int(match.group(1)) == 0:
+        return None
+    return int(match.group(1))
 
 
 def _connection_address(value: str) -> str:
@@ -187,7 +219,7 @@ def build_answer(
         lines += [
             f"m=audio {port} RTP/AVP {' '.join(str(p) for p in pts)}",
             *lines_extra,
-            "a=ptime:20",
+            f"a=ptime:{offer.send_ptime}",
             f"a={_ANSWER_DIRECTION[offer.direction]}",
         ]
     return "\r\n".join(lines) + "\r\n"
