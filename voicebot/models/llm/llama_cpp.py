@@ -6,6 +6,10 @@ time on the model's own worker thread. Each generation lives entirely in that th
 streams its pieces back to the event loop; a reply cut off by barge-in sets a stop flag the
 thread checks between tokens, so the generator is closed by the thread that runs it and the
 next generation cannot start before this one has really stopped.
+
+Decoding is set for a phone line (bench/llm_facts_bench.py measured it): greedy, a repeat
+penalty, at most `max_sentences` sentences with loops cut (`shaping.py`), generation
+stopped as soon as the reply is complete.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from voicebot.models.base import ChatMessage, EngineError, LlmOutput, TextDelta
 from voicebot.models.executor import model_worker
+from voicebot.models.llm.shaping import shape_reply
 from voicebot.models.weights import SMOLLM2_GGUF
 
 _DONE = object()
@@ -31,7 +36,9 @@ class LlamaCppLanguageModel:
         n_ctx: int = 2048,
         threads: int = 2,
         max_tokens: int = 96,
-        temperature: float = 0.2,
+        temperature: float = 0.0,
+        repeat_penalty: float = 1.3,
+        max_sentences: int = 2,
     ) -> None:
         try:
             from llama_cpp import Llama
@@ -43,16 +50,25 @@ class LlamaCppLanguageModel:
         self.name = f"llama.cpp-{Path(path).stem}"
         self.max_tokens = max_tokens
         self.temperature = temperature
+        self.repeat_penalty = repeat_penalty
+        self.max_sentences = max_sentences
         self._worker = model_worker("llama")
         try:
             # Loaded on its worker so threads llama.cpp starts inherit its lower priority.
             self._llm = self._worker.submit(
-                Llama, model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False, seed=0
-            ).result()
+                # n_threads_batch too: it defaults to every core, for the prompt.
+                Llama, model_path=str(path), n_ctx=n_ctx, n_threads=threads,
+                n_threads_batch=threads, verbose=False, seed=0,
+            ).result()  # fmt: skip
         except (OSError, ValueError) as exc:
             raise EngineError(f"cannot load GGUF model {path}: {exc}") from exc
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
+        if self.max_sentences:
+            return shape_reply(self._generate(messages), self.max_sentences)
+        return self._generate(messages)
+
+    async def _generate(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
         chat = [{"role": m.role, "content": m.content} for m in messages]
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -69,7 +85,7 @@ class LlamaCppLanguageModel:
             try:
                 chunks = self._llm.create_chat_completion(
                     messages=chat, stream=True, max_tokens=self.max_tokens,
-                    temperature=self.temperature,
+                    temperature=self.temperature, repeat_penalty=self.repeat_penalty,
                 )  # fmt: skip
                 try:
                     for chunk in chunks:
