@@ -23,6 +23,7 @@ from voicebot.models.llm.scripted import ScriptedLanguageModel
 from voicebot.models.tts.espeak import EspeakTextToSpeech
 from voicebot.telephony.gateway import SipGateway
 from voicebot.telephony.message import SipResponse, parse_message, tag_of
+from voicebot.telephony.ratelimit import SourceLimiter, Verdict
 from voicebot.telephony.ua import MAX_RETRANSMITTING_REFUSALS
 
 SDP = (
@@ -327,3 +328,67 @@ def test_refusals_to_one_source_are_not_an_amplifier() -> None:
             peer.transport.close()  # type: ignore[union-attr]
 
     asyncio.run(main())
+
+
+def test_source_limiter_buckets() -> None:
+    """Burst, then 503s at the sustained rate, then silence; refilled with time."""
+    limiter = SourceLimiter(rate=10, burst=20)
+    verdicts = [limiter.check("192.0.2.1", 100.0) for _ in range(50)]
+    assert verdicts.count(Verdict.ACCEPT) == 20
+    assert verdicts.count(Verdict.REFUSE) == 10  # one second's worth of 503s
+    assert verdicts[30:] == [Verdict.DROP] * 20
+    assert limiter.check("192.0.2.2", 100.0) is Verdict.ACCEPT  # others are not affected
+    assert limiter.check("192.0.2.1", 100.5) is Verdict.ACCEPT  # 5 tokens back after 0.5 s
+    assert limiter.retry_after == 1
+    assert SourceLimiter(rate=0, burst=1).check("192.0.2.1", 0.0) is Verdict.ACCEPT
+    small = SourceLimiter(rate=1, burst=1, max_sources=2)
+    for ip in ("a", "b", "c"):
+        small.check(ip, 0.0)
+    assert small.check("a", 0.0) is Verdict.ACCEPT  # forgotten (oldest): bounded memory
+    defaults = Settings().sip
+    assert defaults.source_burst >= 100 and defaults.source_rate >= 10  # a trunk's burst
+
+
+def test_a_flooding_source_is_refused_and_others_still_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """OPTIONS flood from 127.0.0.2: its burst answered, then 503 + Retry-After at the
+    source rate, then nothing; meanwhile a call from 127.0.0.1 is set up and ended."""
+
+    async def main() -> None:
+        async with sip_gateway(source_rate=10, source_burst=20) as gateway:
+            loop = asyncio.get_running_loop()
+            _, flooder = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.2", 0))
+            caller, media = await _peer(), await _peer()
+            for i in range(200):  # in bursts the socket buffer holds (the kernel drops more)
+                flooder.send(request("OPTIONS", gateway.port, flooder), gateway.port)
+                if i % 20 == 19:
+                    await asyncio.sleep(0.002)
+            call_id = "flood-neighbour"
+            caller.send(request("INVITE", gateway.port, caller, call_id=call_id,
+                                body=SDP.format(port=media.port)), gateway.port)  # fmt: skip
+            ok = await caller.response()
+            assert ok.status == 200
+            to_tag = tag_of(ok.get("To") or "")
+            caller.send(request("ACK", gateway.port, caller, call_id=call_id, to_tag=to_tag,
+                                cseq="1 ACK"), gateway.port)  # fmt: skip
+            await asyncio.sleep(0.5)
+            answers = [parse_message(d) for d, _ in _drain(flooder.received)]
+            codes = [m.status for m in answers if isinstance(m, SipResponse)]
+            assert 20 <= codes.count(200) <= 25, codes.count(200)
+            assert 10 <= codes.count(503) <= 15, codes.count(503)
+            assert len(codes) < 50  # the other ~150 were dropped unanswered
+            refusal = next(m for m in answers if isinstance(m, SipResponse) and m.status == 503)
+            assert refusal.get("Retry-After") and tag_of(refusal.get("To") or "")
+            caller.send(request("BYE", gateway.port, caller, call_id=call_id, to_tag=to_tag,
+                                cseq="2 BYE"), gateway.port)  # fmt: skip
+            assert (await caller.response()).status == 200
+            discarded = gateway.manager.metrics.sip_discarded
+            assert discarded.labels("dropped")._value.get() >= 140
+            for peer in (flooder, caller, media):
+                peer.transport.close()  # type: ignore[union-attr]
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
+    _no_tracebacks(caplog)
+    assert len([r for r in caplog.records if "rate limit" in r.getMessage()]) == 1
