@@ -6,7 +6,9 @@ hold/unhold), ACK, BYE, CANCEL (487 to the INVITE), OPTIONS (trunk keep-alives),
 no capacity 486/503 with Retry-After, sources outside the allow-list 403. Responses go
 back to where the request came from (RFC 3581 rport behaviour), not to a registrar.
 Final responses to INVITE are retransmitted until ACK (section 17.2.1 timer G, and
-section 13.3.1.4 for 2xx), retransmitted requests get the same response again.
+section 13.3.1.4 for 2xx), retransmitted requests get the same response again. New
+requests outside a dialog, and the 400s to malformed datagrams, count against their
+source's rate limit (`ratelimit.py`: a stateless 503, then silence).
 Client side: BYE and REFER inside a dialog, REGISTER with digest auth (`register.py`),
 retransmitted over UDP per section 17.1.2 (timer E) until a final response.
 """
