@@ -42,6 +42,15 @@ class AgentConfig(BaseModel):
     turn_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="P(complete) at which the turn ends at the pause"
     )
+    # Background talk or noise that the VAD takes for speech (agent/floor_guard.py): a
+    # segment voiced this long (pauses not counted) is transcribed; with no words it is
+    # cut, and windows no louder than it are silence until the background goes quiet.
+    max_wordless_segment_ms: int = Field(
+        4_000, ge=0, description="0 = off; a segment voiced this long with no words is not a turn"
+    )
+    noise_floor_margin_db: float = Field(
+        3.0, ge=0.0, le=20.0, description="above the background's level speech must be"
+    )
 
     @model_validator(mode="after")
     def _turn_silences(self) -> AgentConfig:

@@ -52,6 +52,7 @@ from voicebot.agent.events import (
     TurnLatency,
     VadLevel,
 )
+from voicebot.agent.floor_guard import FloorGuard
 from voicebot.agent.input_stages import InputStages, VadLevels, check_frame
 from voicebot.agent.lifetime import Lifetime
 from voicebot.agent.output import SpeechOutput
@@ -135,6 +136,7 @@ class CallSession:
             self.config, vad.segmenter, setup.turn_model, self.clock,
             vad_params.min_silence_ms, self._engine_calls.error,
         )  # fmt: skip
+        self._floor_guard = FloorGuard(self.config, vad.segmenter, self._engine_calls)
         self._conversation = Conversation(self.config)
         self._speculator = Speculator(
             self.config, vad.segmenter, self._conversation, self._engine_calls, lambda: self.t
@@ -255,6 +257,9 @@ class CallSession:
         end = self._endpointer.on_frame(judge=not self._ignore_segment)
         if end is not None:
             self._on_vad_event(end)
+        noise = self._floor_guard.on_frame(windows, judge=not self._ignore_segment)
+        if noise is not None:
+            self._on_vad_event(noise)
         self._speculator.on_frame(listening=self._state is AgentState.LISTENING)
         self._input.sent(self._tick_output())
 
@@ -269,7 +274,8 @@ class CallSession:
         await self._replies.stop()
         speculation_task = await self._speculator.stop()
         verdict = self._endpointer.stop()
-        tasks = [t for t in (self._turns.task, speculation_task, verdict) if t is not None]
+        check = self._floor_guard.stop()
+        tasks = [t for t in (self._turns.task, speculation_task, verdict, check) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:

@@ -96,6 +96,14 @@ class _Phase(enum.Enum):
     SPEECH = "speech"
 
 
+def window_dbfs(window: np.ndarray) -> float:
+    """RMS level of int16 (or float in [-1, 1]) samples in dBFS."""
+    x = window.astype(np.float64)
+    if window.dtype == np.int16:
+        x /= 32768.0
+    return float(10 * np.log10(np.dot(x, x) / max(1, len(x)) + 1e-12))
+
+
 class SpeechSegmenter:
     """Streaming state machine over (window, probability) pairs of one stream."""
 
@@ -106,6 +114,9 @@ class SpeechSegmenter:
         self.sample_rate = sample_rate
         self.window_samples = window_samples
         self._prefix_samples = self.params.prefix_padding_ms * sample_rate // 1000
+        # Windows quieter than this (dBFS) count as silence whatever the model says: set by
+        # the agent once a long segment proved to be background talk, not the caller.
+        self.level_floor_dbfs: float | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -117,6 +128,7 @@ class SpeechSegmenter:
         self._audio_start_sample = 0
         self._segment: list[np.ndarray] = []
         self._silence_from: int | None = None  # window index where trailing silence began
+        self._voiced_windows = 0  # of the open (or starting) segment, at or over deactivation
 
     @property
     def in_speech(self) -> bool:
@@ -142,6 +154,26 @@ class SpeechSegmenter:
         if self._phase is not _Phase.SPEECH or self._silence_from is None:
             return None
         return self._time(self._silence_from)
+
+    @property
+    def onset(self) -> float | None:
+        """Where the open segment began (stream seconds): identifies it; None outside speech."""
+        return self._time(self._onset_index) if self._phase is _Phase.SPEECH else None
+
+    @property
+    def voiced_ms(self) -> float:
+        """How much of the open segment the model scored as speech, pauses left out (0
+        outside speech): background talk runs on, a caller's turn has pauses."""
+        if self._phase is not _Phase.SPEECH:
+            return 0.0
+        return self._ms(self._voiced_windows)
+
+    def cut(self) -> SpeechEnd | None:
+        """End the open segment now, pause or not (it proved not to be the caller's turn);
+        None outside speech."""
+        if self._phase is not _Phase.SPEECH:
+            return None
+        return self._end_segment(t=self._time(self._window_index))
 
     def audio_so_far(self) -> np.ndarray | None:
         """The open segment's audio from its prefix up to now, the pause so far included
@@ -178,7 +210,13 @@ class SpeechSegmenter:
         p = self.params
         k = self._window_index
         self._window_index += 1
+        if self.level_floor_dbfs is not None and window_dbfs(window) < self.level_floor_dbfs:
+            probability = 0.0
         events: list[SegmenterEvent] = [VadProbability(self._time(k + 1), float(probability))]
+        if self._phase is _Phase.SILENCE:
+            self._voiced_windows = 0
+        if probability >= p.deactivation_threshold:
+            self._voiced_windows += 1
 
         if self._phase is _Phase.SILENCE:
             if probability >= p.activation_threshold:
