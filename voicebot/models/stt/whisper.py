@@ -17,8 +17,10 @@ faster-whisper's 2.4, more words than the audio can hold, or the token budget us
 a flagged decode is redone on a longer window (`RETRY_PAD_SECONDS` of silence), and then on
 the full 30 s one, which the model was trained on and whose answer is taken. Only flagged
 decodes pay for the longer windows (bench/stt_bench.py: "STT on human speech").
-Penalties (`no_repeat_ngram_size`, `repetition_penalty`) were tried as the retry and
-rejected: they also forbid what callers do repeat ("five five" -> "5").
+Penalties were tried as the retry and rejected: they also forbid what callers do repeat
+("five five" -> "5" with `repetition_penalty=1.2`, "5 5 5" with `no_repeat_ngram_size=3`,
+tiny.en) and still loop on longer phrases ("go forward 10 meters. Go forward 10 metres.
+Go"); so did timestamps (tiny.en loops with them too) and beam search (it loops more).
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ from voicebot.models.weights import whisper_base_dir, whisper_tiny_en_dir
 SAMPLE_RATE = 16_000
 MAX_SECONDS = 30.0
 PAD_SECONDS = 2.0
-# Short clips loop on windows up to 8-14 s (tiny.en, one to three words) and not beyond
-# (bench/stt_bench.py); a digit repeated three or four times can loop further: the full
-# window catches those.
+# Tried on the human short clips (tests/short_utterances): one to four words loop on
+# windows up to 8 s (tiny.en; base up to 4-6 s) and not from 10 s on; a digit said three or
+# four times loops up to 14 s: the full window after this one catches those.
 RETRY_PAD_SECONDS = 10.0
 # Whisper invents words on near-silence ("Thank you.", "you"): a decode the model itself
 # rates as probably not speech, and poorly, is dropped.
