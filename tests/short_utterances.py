@@ -1,6 +1,7 @@
 """Short human utterances for the Whisper loop tests and bench/stt_bench.py: the six short
-recordings of `tests.human_speech`, the words cut out of two of them at their pauses, and
-two digit strings spliced from the "five five" recording.
+recordings of `tests.human_speech` and its digit string ("two nine three four zero"), the
+words cut out of two of them at their pauses, and two digit strings spliced from the "five
+five" recording.
 
 Short clips are where Whisper's trimmed encoder window loops ("ten of clubs" -> "10 of clubs
 10 of clubs 10 of clubs"), and callers say many of them (a digit, yes/no, a card). Every
@@ -55,6 +56,8 @@ def short_utterances() -> list[Utterance]:
     recs = _by_key()
     out = [Utterance(r.key, "short", r.transcript, r.samples()) for r in recs.values()
            if r.kind == "short"]  # fmt: skip
+    digits = human_speech.DIGITS
+    out.append(Utterance(digits.key, "short", digits.transcript, digits.samples()))
     pieces: dict[str, np.ndarray] = {}
     for key, source, start, end, words in CUTS:
         pieces[key] = _cut(recs[source].samples(), start, end)
@@ -71,6 +74,11 @@ def read_utterances() -> list[Utterance]:
     """The LibriVox sentences as they are."""
     return [Utterance(r.key, r.kind, r.transcript, r.samples())
             for r in human_speech.recordings("read")]  # fmt: skip
+
+
+def available() -> bool:
+    """True when set-up has fetched every recording these are made of."""
+    return human_speech.available() and human_speech.DIGITS.member.cached().is_file()
 
 
 def all_utterances() -> list[Utterance]:

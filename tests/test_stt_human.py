@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests import human_speech
 from tests.short_utterances import Utterance, read_utterances, short_utterances
+from tests.short_utterances import available as short_utterances_available
 from tests.wer import excess_repeat, normalise, wer, word_errors
 from voicebot.models.stt import whisper
 from voicebot.models.stt.whisper import WhisperSpeechToText, first_copy, loop_reason
 
 needs_speech = pytest.mark.skipif(
-    not human_speech.available(), reason="human recordings not fetched (make setup)"
+    not short_utterances_available(), reason="human recordings not fetched (make setup)"
 )
 
 LOOPS = [  # what Whisper wrote on the trimmed window for these clips, and kinds alike
@@ -71,6 +71,8 @@ def test_normaliser_spells_numbers_and_drops_punctuation() -> None:
     assert normalise("10 of clubs.") == ["ten", "of", "clubs"]
     assert normalise("5-5") == normalise("5, 5.") == ["five", "five"]
     assert normalise("Mr. Dashwood, ill-disposed") == ["mister", "dashwood", "ill", "disposed"]
+    assert normalise("29340") == ["two", "nine", "three", "four", "zero"]
+    assert normalise("0794") == ["zero", "seven", "nine", "four"]
     assert normalise("1,500 and 2.5") == normalise("one thousand five hundred and two point five")
     assert wer("ten of clubs", "10 of clubs 10 of clubs 10 of clubs") == 2.0
     assert word_errors("five five", "5 5") == (0, 2)

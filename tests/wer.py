@@ -3,8 +3,9 @@ and bench/stt_bench.py.
 
 Whisper writes "10 of clubs", "5-5", "Mr. John Dashwood", "ill-disposed"; the references
 (tests/human_speech) say "ten of clubs", "five five", "mister john dashwood", "ill
-disposed". `normalise` maps both to the same words first: lower case, punctuation and
-hyphens off, numbers spelled out, the few titles Whisper abbreviates written in full.
+disposed", and "29340" for "two nine three four zero". `normalise` maps both to the same
+words first: lower case, punctuation and hyphens off, numbers spelled out (five digits or
+more, or a leading 0, digit by digit), the few titles Whisper abbreviates written in full.
 A loop that says a word more often than the speaker did (`excess_repeat`) is told apart
 from a misheard word by the reference, not by the engine's own loop detector.
 """
@@ -36,17 +37,21 @@ def number_words(n: int) -> list[str]:
 
 
 def _spell_numbers(text: str) -> str:
-    # "1,000" is a thousand; "5,5" (digits read one by one) is two numbers.
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
-
     def spell(m: re.Match[str]) -> str:
         whole, frac = m.group(1), m.group(2)
-        words = number_words(int(whole)) if len(whole) < 10 else [_ONES[int(d)] for d in whole]
+        if "," in whole:  # "1,500": grouped, so said as a number
+            words = number_words(int(whole.replace(",", "")))
+        elif len(whole) >= 5 or (len(whole) > 1 and whole[0] == "0"):
+            # "29340", "0794": a digit string (phone, account, code), said digit by digit
+            words = [_ONES[int(d)] for d in whole]
+        else:
+            words = number_words(int(whole))
         if frac:
             words += ["point", *(_ONES[int(d)] for d in frac)]
         return " " + " ".join(words) + " "
 
-    return re.sub(r"(\d+)(?:\.(\d+))?", spell, text)
+    # "5,5" (digits read one by one) is two numbers, "1,500" one.
+    return re.sub(r"(\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.(\d+))?", spell, text)
 
 
 def normalise(text: str) -> list[str]:
