@@ -118,11 +118,6 @@ class JitterBuffer:
         self._next = (self._next + 1) & 0xFFFF
         return payload
 
-    def reset(self) -> None:
-        """A new sequence space (the stream's SSRC changed): start over, counts kept."""
-        self._packets.clear()
-        self._next = None
-        self._started = False
 
 
 class RtpSession(asyncio.DatagramProtocol):
@@ -187,11 +182,10 @@ class RtpSession(asyncio.DatagramProtocol):
                 return
         elif self._latched:
             self._moving = None  # the latched source is alive: no rebinding under way
-            if packet.ssrc != self._remote_ssrc:
-                # The same address with a new SSRC (an SBC or PBX restarting the stream,
-                # e.g. after a transfer): trusted, a new sequence space.
+            if packet.payload_type == self.payload_type:
+                # The audio's SSRC is the stream's (an SBC may restart it, e.g. after a
+                # transfer); telephone-events may come with an SSRC of their own.
                 self._remote_ssrc = packet.ssrc
-                self.jitter.reset()
         if packet.payload_type == self.te_pt:
             digit = self._dtmf.packet(packet.timestamp, packet.payload)
             if digit is not None:
