@@ -4,8 +4,8 @@ The engine (`voicebot.models.stt.whisper`) encodes each caller segment plus 2 s 
 instead of Whisper's 30 s window, and short clips then loop ("ten of clubs" -> "10 of
 clubs 10 of clubs 10 of clubs"). This bench runs, for Whisper base and tiny.en, on the
 human recordings of `tests/human_speech` (pocketsphinx test data: card names, "go forward
-ten meters", LibriVox sentences) and the short clips cut and spliced from them
-(`tests/short_utterances`):
+ten meters", LibriVox sentences, a digit string) and the short clips cut and spliced from
+them (`tests/short_utterances`):
 
 - trimmed: one decode on the segment + 2 s, as it comes out;
 - trimmed + rate guard: the engine before the loop detector (a decode with more than 3 +
@@ -152,7 +152,8 @@ def render(res: dict[str, Any]) -> str:
         f"{res['threads']} threads, greedy; {res['reps']} repetitions per clip (CPU: median).",
         "",
         "Speech: the 11 human recordings of `tests/human_speech` (pocketsphinx 5.1.1 test "
-        'data: 5 spoken card names, "go forward ten meters", 5 LibriVox sentences) and, cut '
+        'data: 5 spoken card names, "go forward ten meters", 5 LibriVox sentences), its digit '
+        'string `tidigits/dhd.2934z.raw` ("two nine three four zero") and, cut '
         "and spliced from them at their pauses (`tests/short_utterances`), the three cards of "
         'cards-005 and the two words of "five five" one by one, and "five five five" / '
         '"five five five five". Short = 1-3.5 s (cards, command, digits), read = the '
