@@ -14,6 +14,9 @@ them (`tests/short_utterances`):
 - full: one decode on the 30 s window (what faster-whisper does);
 - guarded: the engine as it is (trimmed, `loop_reason` -> segment + 10 s -> 30 s).
 
+Each on the recordings as they are (wideband) and through a telephone line (8 kHz G.711
+µ-law and back), as SIP callers arrive.
+
 Per model and variant: WER per kind (short / read) and overall, pooled over words after
 `tests.wer.normalise` (lower case, punctuation and hyphens off, numbers spelled out,
 "Mr." -> "mister"); loops, two ways: decodes the engine's detector flags, and transcripts
@@ -29,6 +32,7 @@ over the repetitions, WER and loops those of the first (the decodes are determin
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import sys
 import time
@@ -41,6 +45,8 @@ from bench import common
 from bench.common import fmt, md_table
 from tests.short_utterances import Utterance, all_utterances
 from tests.wer import excess_repeat, word_errors
+from voicebot.audio.g711 import ulaw_decode, ulaw_encode
+from voicebot.audio.resample import resample_whole
 from voicebot.models.stt import whisper
 from voicebot.models.stt.whisper import WhisperSpeechToText
 
@@ -48,6 +54,13 @@ SR = whisper.SAMPLE_RATE
 MODELS = ("base", "tiny.en")
 VARIANTS = ("trimmed", "rate guard", "full", "guarded")
 KINDS = ("short", "read")
+CHANNELS = ("wideband", "phone")
+
+
+def phone(pcm: Any) -> Any:
+    """A SIP caller's line: 8 kHz G.711 µ-law and back to 16 kHz (what the agent hears)."""
+    narrow = resample_whole(pcm, SR, 8000)
+    return resample_whole(ulaw_decode(ulaw_encode(narrow)), 8000, SR)
 
 
 def timed(stt: WhisperSpeechToText, pcm: Any) -> tuple[list[whisper.DecodePass], float, float]:
@@ -63,7 +76,9 @@ def final_text(passes: list[whisper.DecodePass]) -> str:
     return whisper.first_copy(last.text) if last.loop == "length" else last.text
 
 
-def run_model(model: str, utts: list[Utterance], reps: int, log: common.StderrLog) -> list[dict]:
+def run_model(
+    model: str, utts: list[Utterance], reps: int, log: common.StderrLog, run: str
+) -> list[dict]:
     """Every clip through the three measured variants, `reps` times, interleaved."""
     engines = {
         "trimmed": WhisperSpeechToText(model, loop_guard=False),
@@ -105,7 +120,7 @@ def run_model(model: str, utts: list[Utterance], reps: int, log: common.StderrLo
             v["excess_repeat"] = excess_repeat(u.transcript, v["text"])
         g = row["guarded"]
         windows = [p["window_s"] for p in g["passes"]]
-        log(f"{model} {u.key}: trimmed {row['trimmed']['text']!r} -> guarded {g['text']!r} "
+        log(f"{run} {u.key}: trimmed {row['trimmed']['text']!r} -> guarded {g['text']!r} "
             f"(windows {windows}, {g['cpu_s']:.2f} s CPU)")  # fmt: skip
         rows.append(row)
     return rows
@@ -157,7 +172,9 @@ def render(res: dict[str, Any]) -> str:
         "and spliced from them at their pauses (`tests/short_utterances`), the three cards of "
         'cards-005 and the two words of "five five" one by one, and "five five five" / '
         '"five five five five". Short = 1-3.5 s (cards, command, digits), read = the '
-        "LibriVox sentences (3-7 s). Variants: **trimmed** = one decode on segment + "
+        "LibriVox sentences (3-7 s). Line: wideband = the recordings as they are (16 kHz); "
+        "phone = through a SIP caller's line (16 -> 8 kHz, G.711 µ-law, -> 16 kHz). "
+        "Variants: **trimmed** = one decode on segment + "
         f"{whisper.PAD_SECONDS:g} s; **rate guard** = the engine before this work (trimmed, "
         "redone on 30 s when over 3 + 6 words/s or out of tokens; cost = the sum when "
         "redone); **full** = the 30 s window; **guarded** = the engine now (trimmed; a decode "
@@ -169,17 +186,18 @@ def render(res: dict[str, Any]) -> str:
         "often than the speaker did (judged against the reference, not by the detector).",
         "",
     ]
-    header = ["model", "variant", "WER short", "WER read", "WER all", "flagged first / taken",
-              "loops (short + read)", "decodes / utt", "CPU s / utt short", "CPU s / utt read",
-              "CPU s / utt all", "wall s / utt (shared)"]  # fmt: skip
+    header = ["model (line)", "variant", "WER short", "WER read", "WER all",
+              "flagged first / taken", "loops (short + read)", "decodes / utt",
+              "CPU s / utt short", "CPU s / utt read", "CPU s / utt all",
+              "wall s / utt (shared)"]  # fmt: skip
     table = []
-    for model in res["models"]:
+    for run in res["runs"]:
         for variant in VARIANTS:
-            s = res["summary"][model][variant]
+            s = res["summary"][run][variant]
             a = s["all"]
             loops = " + ".join(str(s[k]["excess_repeat"]) for k in KINDS if k in s)
             table.append([
-                model, variant, *(pc(s[k]["wer"]) if k in s else "-" for k in KINDS),
+                run, variant, *(pc(s[k]["wer"]) if k in s else "-" for k in KINDS),
                 pc(a["wer"]), f"{a['first_flagged']} / {a['final_flagged']}", loops,
                 fmt(a["decodes"], 2), *(fmt(s[k]["cpu_s"], 2) if k in s else "-" for k in KINDS),
                 fmt(a["cpu_s"], 2), fmt(a["wall_s"], 2),
@@ -187,11 +205,11 @@ def render(res: dict[str, Any]) -> str:
     n = {k: sum(r["kind"] == k for r in next(iter(res["rows"].values()))) for k in KINDS}
     out += [f"### WER, loops and cost ({n['short']} short + {n['read']} read clips)", "",
             md_table(header, table), ""]  # fmt: skip
-    for model in res["models"]:
-        s = {v: res["summary"][model][v]["all"] for v in VARIANTS}
+    for run in res["runs"]:
+        s = {v: res["summary"][run][v]["all"] for v in VARIANTS}
         loops = {v: s[v]["excess_repeat"] for v in VARIANTS}
         out.append(
-            f"- {model}: guarded {loops['guarded']} loops (trimmed {loops['trimmed']}, rate "
+            f"- {run}: guarded {loops['guarded']} loops (trimmed {loops['trimmed']}, rate "
             f"guard {loops['rate guard']}), WER {pc(s['guarded']['wer'])} % (full window "
             f"{pc(s['full']['wer'])} %) at {s['guarded']['cpu_s'] / s['full']['cpu_s']:.2f}x "
             f"the full window's CPU per utterance ({s['guarded']['cpu_s']:.2f} vs "
@@ -199,13 +217,13 @@ def render(res: dict[str, Any]) -> str:
         )
     out.append("")
 
-    out += ["### Short clips, transcript by transcript", "",
+    out += ["### Short clips, transcript by transcript (wideband)", "",
             "Windows = the encoder windows (s) the guarded engine decoded.", ""]  # fmt: skip
     header = ["clip", "s", "said"]
     for model in res["models"]:
         header += [f"{model} trimmed", f"{model} guarded", "windows"]
     table = []
-    for i, row in enumerate(next(iter(res["rows"].values()))):
+    for i, row in enumerate(res["rows"][res["models"][0]]):
         if row["kind"] != "short":
             continue
         cells = [row["key"], f"{row['seconds']:.2f}", row["said"]]
@@ -249,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "reps": args.reps,
         "threads": 2,
         "models": list(models),
+        "runs": [],
         "machine": common.machine_info(
             ["faster-whisper", "ctranslate2", "numpy"], loadavg_at_start=common.loadavg()
         ),
@@ -256,10 +275,16 @@ def main(argv: list[str] | None = None) -> int:
         "summary": {},
     }
     for model in models:
-        log(f"{model}: {len(utts)} clips x {len(VARIANTS)} variants x {args.reps}")
-        rows = run_model(model, utts, args.reps, log)
-        res["rows"][model] = rows
-        res["summary"][model] = {v: summary(rows, v) for v in VARIANTS}
+        for channel in CHANNELS:
+            run = model if channel == "wideband" else f"{model} {channel}"
+            clips = utts if channel == "wideband" else [
+                dataclasses.replace(u, samples=phone(u.samples)) for u in utts
+            ]  # fmt: skip
+            log(f"{run}: {len(clips)} clips x {len(VARIANTS)} variants x {args.reps}")
+            rows = run_model(model, clips, args.reps, log, run)
+            res["runs"].append(run)
+            res["rows"][run] = rows
+            res["summary"][run] = {v: summary(rows, v) for v in VARIANTS}
     return common.finish(res, render, args, log)
 
 
