@@ -124,11 +124,11 @@ def loop_reason(text: str, seconds: float) -> str | None:
 def first_copy(text: str) -> str:
     """`text` cut where its loop starts over (for a decode that ran out of tokens looping:
     what came before the second copy is the best guess of what was said)."""
-    spans = [m.span() for m in _WORD.finditer(text.lower())]
-    repeat = longest_repeat([text.lower()[a:b] for a, b in spans])
+    matches = list(_WORD.finditer(text))
+    repeat = longest_repeat([m.group().lower() for m in matches])
     if repeat is None or not repeat.is_loop:
         return text
-    return text[: spans[repeat.start + repeat.period][0]].rstrip(" ,;-")
+    return text[: matches[repeat.start + repeat.period].start()].rstrip(" ,;-")
 
 
 @dataclass(frozen=True)
