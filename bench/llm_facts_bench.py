@@ -167,7 +167,7 @@ class System:
     model: str
     settings: str
     llm: LanguageModel
-    raw_prompt: bool  # True: the facts prompt goes in; False: the engine makes its own
+    prompt: str  # "facts": profile.system_prompt(); "sentences": sentence_prompt(); "engine"
     results: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -187,10 +187,13 @@ async def ask(llm: LanguageModel, messages: list[ChatMessage]) -> dict[str, Any]
 
 
 async def run_system(sys_: System, profile: BusinessProfile, log: StderrLog) -> dict[str, Any]:
-    system_msg = profile.system_prompt() if sys_.raw_prompt else (
-        "You are a friendly, concise phone assistant. Answer in one or two short sentences "
-        "of plain spoken English, with no lists, markup or emoji."
-    )  # fmt: skip  (the agent's default prompt: the front desk brings its own)
+    system_msg = {
+        "facts": profile.system_prompt(),
+        "sentences": sentence_prompt(profile),
+        # the agent's default prompt: the front desk brings its own
+        "engine": "You are a friendly, concise phone assistant. Answer in one or two short "
+                  "sentences of plain spoken English, with no lists, markup or emoji.",
+    }[sys_.prompt]  # fmt: skip
     warm = await ask(sys_.llm, [ChatMessage("system", system_msg), ChatMessage("user", "Hello")])
     known = profile.numbers()
     for q in QUESTIONS:
@@ -215,6 +218,23 @@ async def run_system(sys_: System, profile: BusinessProfile, log: StderrLog) -> 
         "cpu_max": max(r["cpu_s"] for r in rs),
         "replies": rs,
     }  # fmt: skip
+
+
+def sentence_prompt(profile: BusinessProfile) -> str:
+    """The other prompt tried: every fact as the sentence a receptionist would say, one a
+    line, each day's hours apart (small models mix up days in a one-line week)."""
+    days = [f"On {d.capitalize()} we are closed." if profile.day_hours(d) == "closed"
+            else f"On {d.capitalize()} we are open from {profile.day_hours(d)}"
+            for d in ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+                      "sunday")]  # fmt: skip
+    facts = [*days, f"Our address is {profile.address}.", f"Our phone number is {profile.phone}.",
+             *(f"{s.name.capitalize()} costs {s.price}." for s in profile.services),
+             *(t.reply for t in profile.topics if t.action is None)]  # fmt: skip
+    return (
+        f"You are the receptionist of {profile.business} on the phone. Answer the caller in "
+        "one short sentence, using only these facts. If they do not answer the question, say "
+        "you don't know.\n" + "\n".join(facts)
+    )
 
 
 OLD = {"temperature": 0.2, "repeat_penalty": 1.0, "max_tokens": 96, "max_sentences": 0}
@@ -298,20 +318,24 @@ async def main_async(args: Any, log: StderrLog) -> dict[str, Any]:
     res: dict[str, Any] = {"systems": [], "threads": args.threads,
                            "loadavg_at_start": loadavg(), "notes": NOTES}  # fmt: skip
     for name, path in models:
-        grid = [("old", OLD), ("tuned", TUNED)]
+        grid = [("old", OLD, "facts"), ("tuned", TUNED, "facts")]
+        if not args.quick and not name.endswith("-base"):
+            grid.append(("tuned, sentence facts", TUNED, "sentences"))
         if name == "smollm2-135m" and not args.quick:
-            grid += [("tuned, rp 1.0", {**TUNED, "repeat_penalty": 1.0}),
-                     ("tuned, rp 1.3", {**TUNED, "repeat_penalty": 1.3})]
-        for label, settings in grid:
+            grid += [("tuned, rp 1.0", {**TUNED, "repeat_penalty": 1.0}, "facts"),
+                     ("tuned, rp 1.3", {**TUNED, "repeat_penalty": 1.3}, "facts")]
+        for label, settings, prompt in grid:
+            if args.only and label not in args.only:
+                continue
             llm = LlamaCppLanguageModel(path, threads=args.threads, **settings)
-            s = System(f"{name} ({label})", name, _settings_text(settings), llm, True)
+            s = System(f"{name} ({label})", name, _settings_text(settings), llm, prompt)
             row = await run_system(s, profile, log)
             row["show_replies"] = name == "smollm2-135m" and label == "old"
             res["systems"].append(row)
             if name == "smollm2-135m" and label == "tuned":
                 desk = FrontDeskLanguageModel(profile, llm)
                 d = System("frontdesk + smollm2-135m (tuned)", "frontdesk", "profile + "
-                           + _settings_text(settings), desk, False)  # fmt: skip
+                           + _settings_text(settings), desk, "engine")  # fmt: skip
                 row = await run_system(d, profile, log)
                 row["default"] = row["show_replies"] = True
                 res["systems"].append(row)
@@ -339,6 +363,7 @@ def main() -> int:
     parser.add_argument("--gguf", action="append", help="NAME=PATH of another GGUF to run")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
     parser.add_argument("--from-json", type=Path, help="no runs: render a saved --json")
+    parser.add_argument("--only", action="append", help="run only this setting label")
     args = parser.parse_args()
     if args.from_json:
         return rerender(args.from_json, render, args.results)

@@ -278,3 +278,23 @@ def test_factory_builds_the_front_desk_without_an_llm() -> None:
     assert llm.llm is None
     text, _ = run(llm, "How much is a filling?")
     assert text == "A filling costs 120 dollars."
+
+
+def test_factory_builds_the_default_front_desk_over_llama() -> None:
+    """The front desk builds its llama.cpp model through the same engine cache (it once
+    deadlocked there: a plain lock taken twice)."""
+    import threading
+
+    from voicebot.models.factory import build_llm
+    from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
+
+    built: list[object] = []
+    worker = threading.Thread(target=lambda: built.append(build_llm(EngineSettings())),
+                              daemon=True)  # fmt: skip
+    worker.start()
+    worker.join(timeout=300)  # a hang fails the test instead of the whole run
+    assert built, "build_llm did not return"
+    (llm,) = built
+    assert isinstance(llm, FrontDeskLanguageModel)
+    assert isinstance(llm.llm, LlamaCppLanguageModel)
+    assert llm.llm.max_sentences == 2

@@ -18,7 +18,7 @@ from voicebot.models.executor import set_engine_nice
 log = logging.getLogger("voicebot.models")
 
 _cache: dict[str, object] = {}
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: the front desk builds its inner LLM through it
 
 
 def _cached(key: str, build):  # type: ignore[no-untyped-def]

@@ -37,7 +37,7 @@ class LlamaCppLanguageModel:
         threads: int = 2,
         max_tokens: int = 96,
         temperature: float = 0.0,
-        repeat_penalty: float = 1.3,
+        repeat_penalty: float = 1.1,
         max_sentences: int = 2,
     ) -> None:
         try:
