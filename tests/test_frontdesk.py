@@ -228,8 +228,16 @@ def test_shape_reply_passes_actions_through() -> None:
 
 
 def test_numbers_in_reads_digits_and_words() -> None:
-    assert numbers_in("eighty-five dollars, 9:30, two hundred and fifty") == [85, 9, 30, 200, 50]
+    assert numbers_in("eighty-five dollars, 9:30, two hundred and fifty") == [85, 9, 30, 250]
+    assert numbers_in("five five five, twenty four hours, one hundred and twenty") == [
+        5, 5, 5, 24, 120]  # fmt: skip
     assert numbers_in("one of our dentists") == []
+
+
+def test_an_llm_reply_with_the_profiles_numbers_in_words_is_kept() -> None:
+    fake = FakeLlm("Teeth whitening is two hundred and fifty dollars. Eighty-five for a clean.")
+    text, _ = run(FrontDeskLanguageModel(PROFILE, fake), "tell me more")
+    assert text == fake.reply
 
 
 # -- the profile and the settings ------------------------------------------------------------------

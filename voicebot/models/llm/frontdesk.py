@@ -73,7 +73,7 @@ def _any(patterns: Sequence[re.Pattern[str]], text: str) -> bool:
 
 _HOURS = _patterns([
     "open", "opening", "close", "closing", "closed", "hours", "what time", "until", "shut",
-    "when are you", "when can i come", "working", "available",
+    "when are you", "when can i come",
 ])  # fmt: skip
 _ADDRESS = _patterns([
     "address", "located", "location", "where are you", "where is", "where's", "directions",
@@ -82,7 +82,7 @@ _ADDRESS = _patterns([
 _PHONE = _patterns(["phone", "telephone", "your number", "phone number", "call you", "number"])
 _PRICE = _patterns([
     "how much", "price", "pricing", "cost", "charge", "fee", "expensive", "cheap", "rate",
-    "pay", "dollar", "afford",
+    "dollar", "afford",
 ])  # fmt: skip
 _OFFER = _patterns(["do you do", "do you offer", "do you have", "can you do", "can i get"])
 _WEEKEND = _patterns(["weekend"])
@@ -249,25 +249,34 @@ _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "sev
 
 
 def numbers_in(text: str) -> list[int]:
-    """The numbers `text` states, in digits or words ("eighty-five" -> 85, "9:30" -> 9, 30)."""
+    """The numbers `text` states, in digits or words: "eighty-five" -> 85, "two hundred and
+    fifty" -> 250, "9:30" -> 9, 30, "five five five" -> 5, 5, 5."""
     out: list[int] = []
-    words = normalise(text.replace(":", " ")).split()
-    i = 0
-    while i < len(words):
-        w = words[i]
+    total, current, last = 0, 0, ""  # last: "", "unit", "tens", "scale" (in a number)
+
+    def flush() -> None:
+        nonlocal total, current, last
+        if last:
+            out.append(total + current)
+        total, current, last = 0, 0, ""
+
+    for w in normalise(text.replace(":", " ")).split():
         if w.isdigit():
+            flush()
             out.append(int(w))
-        elif w in _TENS:
-            value = _TENS[w]
-            if i + 1 < len(words) and words[i + 1] in _UNITS and _UNITS[words[i + 1]] < 10:
-                value += _UNITS[words[i + 1]]
-                i += 1
-            out.append(value)
-        elif w in _UNITS:
-            out.append(_UNITS[w])
-        elif w in ("hundred", "thousand") and out:
-            out[-1] *= 100 if w == "hundred" else 1000
-        i += 1
+        elif w in _TENS or w in _UNITS:
+            value, kind = (_TENS[w], "tens") if w in _TENS else (_UNITS[w], "unit")
+            if last == "unit" or (last == "tens" and (kind == "tens" or value >= 10)):
+                flush()  # "five five", "twenty thirty": a new number
+            current += value
+            last = kind
+        elif w == "hundred":
+            current, last = (current or 1) * 100, "scale"
+        elif w == "thousand":
+            total, current, last = total + (current or 1) * 1000, 0, "scale"
+        elif not (w == "and" and last == "scale"):
+            flush()
+    flush()
     return out
 
 
@@ -425,7 +434,8 @@ class FrontDeskLanguageModel:
         self.max_sentences = max_sentences
         self.name = f"frontdesk+{llm.name}" if llm is not None else "frontdesk"
         self._known_numbers = profile.numbers()
-        self.last_topic: str | None = None  # what answered the last turn (for benches, logs)
+        # What answered the last turn, for benches and logs (with calls at once: any one's).
+        self.last_topic: str | None = None
 
     def invents(self, sentence: str) -> bool:
         """A number the profile does not state: a made-up price, time or date."""
