@@ -161,7 +161,8 @@ def render(res: dict[str, Any]) -> str:
         f"Machine: {m['nproc']} CPUs, {m['cpu_model']}; **shared with other work** (load "
         f"average at start {load}, at end "
         f"{' / '.join(f'{x:.2f}' for x in res['loadavg_at_end'])}), so cost is given as "
-        f"process CPU seconds and wall time is only indicative. Python {m['python']}, "
+        "process CPU seconds (all threads: with 2 of them, wall can be lower) and wall time "
+        f"is only indicative. Python {m['python']}, "
         f"faster-whisper {m['packages']['faster-whisper']}, ctranslate2 "
         f"{m['packages']['ctranslate2']}, numpy {m['packages']['numpy']}; Whisper int8, "
         f"{res['threads']} threads, greedy; {res['reps']} repetitions per clip (CPU: median).",
