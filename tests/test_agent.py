@@ -251,6 +251,10 @@ def test_llm_failure_speaks_fallback(tts, mode: str) -> None:
     said = [e["text"] for e in result.events if e["type"] == "bot_text"]
     assert said == ["Sorry, could you repeat that?"]
     assert result.end_reason == "caller_hangup"
+    # The wait is still attributed: the LLM never wrote a sentence, the fallback was spoken.
+    latency = first(result, "turn_latency")
+    assert latency["llm_start"] is not None and latency["llm_first_sentence"] is None
+    assert latency["first_audio_sent"] == first(result, "bot_text")["t"]
 
 
 def test_tts_failure_is_reported_and_the_call_survives(llm) -> None:

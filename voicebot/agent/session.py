@@ -377,7 +377,7 @@ class CallSession:
         # The reply is fully played (or produced nothing).
         spoken = self._conversation.spoken
         if reply.failed and not spoken and reply.uses_llm:
-            self._replies.start(texts=[self.config.fallback_text])
+            self._replies.start(texts=[self.config.fallback_text], times=reply.times)
             return None
         if spoken:
             self._conversation.commit_assistant(spoken, interrupted=False)

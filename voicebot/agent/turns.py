@@ -77,7 +77,7 @@ class Turns:
             self.task = None
             self.audio = None
             conversation.forget_turn()
-            self.replies.start(texts=[self.config.fallback_text])
+            self.replies.start(texts=[self.config.fallback_text], times=times)
             return
         self.audio = None
         conversation.unanswered.audio = []
