@@ -5,14 +5,22 @@ Rules, side by side in one run, each through the real agent (`simulate_call`, vi
 Silero VAD, the agent's `Endpointer`):
 
 - fixed 500 ms: `agent.endpointing = "fixed"`, `vad.min_silence_ms = 500` (the old default);
-- smart-turn: `agent.endpointing = "smart_turn"` with its defaults (model asked at a 200 ms
-  pause; a turn judged complete ends there, an unfinished one waits up to 2 s);
+- smart-turn with the defaults (`agent.endpointing = "smart_turn"`: the model asked at a
+  200 ms pause; P >= `turn_threshold` 0.9 ends the turn there, otherwise it waits up to
+  `turn_max_silence_ms` 1.5 s), with its first defaults (0.5 / 2 s), and 0.9 / 2 s;
 - LiveKit default: LiveKit Agents' default endpointing is mode "fixed", min_delay 0.5 s,
   max_delay 3 s, where max_delay only applies when a turn-detector model says "unlikely";
   its default (VAD) turn detection with the Silero plugin's min_silence_duration 0.55 s
-  behaves as max(VAD silence, min_delay) = a fixed 550 ms silence rule, run here as that;
-- smart-turn 500/3000: the turn model with LiveKit's min/max delays (what LiveKit's timing
-  would do with this turn model in its place), for reference.
+  behaves as max(VAD silence, min_delay) = a fixed 550 ms silence rule, run here as that.
+
+Variants, replayed (`probe_pauses`, `replay`): every pause of every case is probed once,
+through the segmenter the agent runs on the same VAD probabilities, with the model asked at
+200, 400, 500, 600, 800, 1000, 1200 and 1400 ms of silence on the turn's audio so far (its
+measured time charged as the virtual clock does); rules are then replayed over those
+verdicts: a threshold x longest-wait sweep, second looks, a bar that falls as the pause
+grows, a wait that depends on the first P, and the model with LiveKit's 0.5 / 3 s timing.
+The rules also run through the agent are replayed too, to show how far the replay agrees.
+What follows a cut-off is not re-probed (the agent would start a new segment there).
 
 Caller audio (no bot speech in the way: the STT stub hears nothing, so no turn is answered):
 
@@ -43,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -62,7 +71,7 @@ from voicebot.models.base import Engines, Transcript
 from voicebot.models.llm.scripted import ScriptedLanguageModel
 from voicebot.models.tts.espeak import EspeakTextToSpeech
 from voicebot.models.turn import BatchedTurnModel, SmartTurn
-from voicebot.models.vad import SileroVad, VadParams
+from voicebot.models.vad import SileroVad, SpeechSegmenter, VadParams
 
 SECTION = "## End of turn"
 SR = 16_000
@@ -97,22 +106,71 @@ GENERATED_COMPLETE = (
 )
 
 
+_DEFAULTS = AgentConfig()
+
+
 @dataclass(frozen=True)
 class Rule:
     key: str
     label: str
     endpointing: str
     min_silence_ms: int = 500  # vad.min_silence_ms (the fixed rule)
-    turn_min_silence_ms: int = 200
-    turn_max_silence_ms: int = 2000
+    turn_min_silence_ms: int = _DEFAULTS.turn_min_silence_ms
+    turn_max_silence_ms: int = _DEFAULTS.turn_max_silence_ms
+    turn_threshold: float = _DEFAULTS.turn_threshold
 
 
+DEFAULT_LABEL = (
+    f"smart-turn, defaults (P >= {_DEFAULTS.turn_threshold} at "
+    f"{_DEFAULTS.turn_min_silence_ms} ms, max {_DEFAULTS.turn_max_silence_ms / 1000:g} s)"
+)
 RULES = (
     Rule("fixed500", "fixed 500 ms silence", "fixed"),
-    Rule("smart_turn", "smart-turn (200 ms / 2 s)", "smart_turn"),
     Rule("livekit", "LiveKit default (VAD 0.55 s, min 0.5 / max 3 s)", "fixed", 550),
-    Rule("smart_lk", "smart-turn with LiveKit's 0.5 / 3 s", "smart_turn", 500, 500, 3000),
-)
+    Rule("smart_turn", DEFAULT_LABEL, "smart_turn"),
+    Rule("smart_v1", "smart-turn, first defaults (P >= 0.5 at 200 ms, max 2 s)", "smart_turn",
+         turn_max_silence_ms=2000, turn_threshold=0.5),
+    Rule("smart_2s", "smart-turn, P >= 0.9 at 200 ms, max 2 s", "smart_turn",
+         turn_max_silence_ms=2000, turn_threshold=0.9),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An endpointing rule replayed from the probed probabilities (`probe_pauses`).
+
+    `looks`: (silence ms, threshold) pairs: the model is asked when the pause reaches each
+    silence and the turn ends if P >= that threshold; `max_ms`: the longest wait. `grey`:
+    (P, ms): a first verdict of at least P (but under the bar) waits only ms instead."""
+
+    key: str
+    label: str
+    looks: tuple[tuple[int, float], ...]
+    max_ms: int
+    grey: tuple[float, int] | None = None
+
+
+SWEEP_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+SWEEP_MAX_MS = (800, 1000, 1200, 1500, 2000)
+VARIANTS = (
+    Variant("second_same", "P >= 0.9 at 200 ms, asked again at 600 ms (P >= 0.9), max 1.5 s",
+            ((200, 0.9), (600, 0.9)), 1500),
+    Variant("second_low", "P >= 0.9 at 200 ms, asked again at 600 ms with a lower bar (0.5), "
+            "max 1.5 s", ((200, 0.9), (600, 0.5)), 1500),
+    Variant("falling", "bar falling with the pause: 0.9 at 200 ms, 0.7 at 500, 0.5 at 800, "
+            "0.3 at 1200, max 1.5 s", ((200, 0.9), (500, 0.7), (800, 0.5), (1200, 0.3)), 1500),
+    Variant("every_200", "P >= 0.9 at 200 ms and every 200 ms after, max 1.5 s",
+            tuple((ms, 0.9) for ms in range(200, 1500, 200)), 1500),
+    Variant("grey_1s", "P >= 0.9 at 200 ms; P 0.3-0.9 waits 1 s, P < 0.3 waits 2 s",
+            ((200, 0.9),), 2000, (0.3, 1000)),
+    Variant("grey_800", "P >= 0.9 at 200 ms; P 0.1-0.9 waits 0.8 s, P < 0.1 waits 1.5 s",
+            ((200, 0.9),), 1500, (0.1, 800)),
+    Variant("smart_lk", "smart-turn with LiveKit's timing: P >= 0.5 at 500 ms, max 3 s",
+            ((500, 0.5),), 3000),
+)  # fmt: skip
+# Silences (ms) at which every pause is probed: every look above, and the sweep's 200 ms.
+PROBE_MS = tuple(sorted({200, *(ms for v in VARIANTS for ms, _ in v.looks)}))
+PROBE_MAX_MS = 3200  # the probe's segmenter: longer than any wait replayed
 
 
 @dataclass
@@ -126,7 +184,8 @@ class Case:
 
 
 class NoSTT:
-    """Hears nothing: no turn is answered, so no bot speech changes the caller's timeline."""
+    """Hears nothing: no turn is answered, so no bot speech changes the caller's timeline
+    (the floor guard, which would take such wordless segments for background talk, is off)."""
 
     name = "none"
 
@@ -204,7 +263,10 @@ def _config(rule: Rule) -> tuple[AgentConfig, VadParams]:
         greeting=None, vad_event_interval_ms=0, speculative_stt=False,
         endpointing=rule.endpointing,  # type: ignore[arg-type]
         turn_min_silence_ms=rule.turn_min_silence_ms,
-        turn_max_silence_ms=rule.turn_max_silence_ms,
+        turn_max_silence_ms=rule.turn_max_silence_ms, turn_threshold=rule.turn_threshold,
+        # The STT stub hears no words: the floor guard would cut every segment voiced 4 s as
+        # background talk. Off: this measures the end-of-turn rule alone.
+        max_wordless_segment_ms=0,
     )  # fmt: skip
     return config, VadParams(min_silence_ms=rule.min_silence_ms)
 
@@ -259,13 +321,119 @@ def _summary(rows: list[dict[str, Any]], costs: list[tuple[int, float]], probs: 
     return out
 
 
+WINDOW_S = 512 / SR  # one VAD window: the segmenter's time step
+FRAME_S = 0.02  # the agent polls the endpointer once a frame
+
+
+def probe_pauses(cases: list[Case], vad: SileroVad, model: SmartTurn) -> list[dict[str, Any]]:
+    """Every pause of every case with P(complete) at each of `PROBE_MS` silences.
+
+    The segmenter the agent runs, on the same VAD probabilities (bit for bit), held open up
+    to `PROBE_MAX_MS`; the model asked synchronously on the turn's audio so far, as the
+    endpointer would at that silence, and its wall time kept (what the virtual clock
+    charges). One segment per case: what follows a cut is not re-probed."""
+    out = []
+    for case in cases:
+        segmenter = SpeechSegmenter(VadParams(min_silence_ms=PROBE_MAX_MS))
+        w = segmenter.window_samples
+        pauses: list[dict[str, Any]] = []
+        for k, p in enumerate(vad.probabilities(case.audio)):
+            segmenter.push(case.audio[k * w : (k + 1) * w], float(p))
+            start = segmenter.pause_start
+            if start is None:
+                continue
+            if not pauses or pauses[-1]["start"] != start:
+                pauses.append({"start": start, "silence_ms": 0.0, "looks": []})
+            pause = pauses[-1]
+            silence = pause["silence_ms"] = segmenter.trailing_silence_ms
+            asked = {look[0] for look in pause["looks"]}
+            due = [ms for ms in PROBE_MS if ms <= silence and ms not in asked]
+            if due:
+                began = time.perf_counter()
+                prob = model.probability(segmenter.audio_so_far())  # type: ignore[arg-type]
+                cost = time.perf_counter() - began
+                t = (k + 1) * WINDOW_S
+                pause["looks"] += [(ms, t, round(prob, 4), round(cost, 4)) for ms in due]
+        out.append({
+            "case": case.key, "kind": case.kind, "source": case.source,
+            "pause_s": case.pause_s, "true_end": case.true_end, "pauses": pauses,
+        })  # fmt: skip
+    return out
+
+
+def _event_time(t: float) -> float:
+    """A decision at call time t: acted on at the next frame, stamped with the segmenter's
+    last window time (what `speech_end.t` says)."""
+    frame = math.ceil(t / FRAME_S - 1e-9) * FRAME_S
+    return math.floor(frame / WINDOW_S + 1e-9) * WINDOW_S
+
+
+def replay(probe: list[dict[str, Any]], variant: Variant) -> list[dict[str, Any]]:
+    """The rows `_run_case` would give for `variant`, from the probed probabilities."""
+    bars = dict(variant.looks)
+    rows = []
+    for case in probe:
+        ends = []
+        for i, pause in enumerate(case["pauses"]):
+            last = i == len(case["pauses"]) - 1
+            resumed = math.inf if last else pause["start"] + pause["silence_ms"] / 1000
+            wait, end, first = variant.max_ms, None, True
+            for ms, t, p, cost in pause["looks"]:
+                if ms not in bars or ms >= wait:
+                    continue
+                decided = _event_time(math.ceil(t / FRAME_S - 1e-9) * FRAME_S + cost)
+                if decided >= resumed:
+                    break  # the caller spoke on before the verdict: it is dropped
+                if p >= bars[ms]:
+                    end = decided
+                    break
+                if first and variant.grey is not None and p >= variant.grey[0]:
+                    wait = variant.grey[1]
+                    if pause["silence_ms"] >= wait:
+                        end = max(decided, pause["start"] + math.ceil(wait / 32) * WINDOW_S)
+                        break
+                first = False
+            if end is None and pause["silence_ms"] >= wait:
+                end = pause["start"] + math.ceil(wait / 32) * WINDOW_S
+            if end is not None:
+                ends.append((end, last))
+        rows.append({
+            "case": case["case"], "kind": case["kind"], "source": case["source"],
+            "pause_s": case["pause_s"], "turns": len(ends),
+            "cut_off": any(not last for _, last in ends),
+            "latency_ms": (ends[-1][0] - case["true_end"]) * 1000 if ends else None,
+        })  # fmt: skip
+    return rows
+
+
+def _replay_all(probe: list[dict[str, Any]]) -> dict[str, Any]:
+    sweep = {}
+    for threshold in SWEEP_THRESHOLDS:
+        for max_ms in SWEEP_MAX_MS:
+            v = Variant(f"{threshold}/{max_ms}", "", ((200, threshold),), max_ms)
+            s = _summary(replay(probe, v), [], [])
+            sweep[v.key] = {"threshold": threshold, "max_ms": max_ms, **_brief(s)}
+    variants = {}
+    for v in VARIANTS:
+        s = _summary(replay(probe, v), [], [])
+        variants[v.key] = {"label": v.label, "variant": dataclasses.asdict(v), **_brief(s)}
+    return {"probe_ms": PROBE_MS, "sweep": sweep, "variants": variants, "pauses": probe}
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    a = summary["all"]
+    return {"cut_offs": a["cut_offs"], "pause_cases": a["pause_cases"],
+            "complete_split": a["complete_split"], "latency_ms": a["latency_ms"],
+            "by_pause": summary["by_pause"]}  # fmt: skip
+
+
 async def _concurrent(cases: list[Case], engines: Engines, vad: SileroVad, calls: int
                       ) -> dict[str, Any]:  # fmt: skip
     """`calls` of the smart-turn runs at a time on one shared runner: batch sizes, CPU."""
     costs: list[tuple[int, float]] = []
     runner = BatchedTurnModel(SmartTurn.shared(), on_batch=lambda n, s: costs.append((n, s)))
     model = CountingTurnModel(runner)
-    rule = RULES[1]
+    rule = next(r for r in RULES if r.key == "smart_turn")
     began = time.perf_counter()
     for k in range(0, len(cases), calls):
         await asyncio.gather(*(_run_case(c, rule, engines, vad, model)
@@ -296,14 +464,75 @@ async def run(quick: bool, log: common.StderrLog) -> dict[str, Any]:
         model = CountingTurnModel(runner)
         rows = [await _run_case(case, rule, engines, vad, model) for case in cases]
         runner.close()
-        res["rules"][rule.key] = {"label": rule.label, "rule": dataclasses.asdict(rule),
-                                  **_summary(rows, costs, model.probabilities), "rows": rows}
+        res["rules"][rule.key] = {
+            "label": rule.label,
+            "rule": dataclasses.asdict(rule),
+            **_summary(rows, costs, model.probabilities),
+            "rows": rows,
+        }
         s = res["rules"][rule.key]["all"]
         log(f"{rule.key}: {s['cut_offs']}/{s['pause_cases']} cut off, "
             f"latency p50 {fmt(s['latency_ms']['p50'], 0)} ms")  # fmt: skip
+    began = time.perf_counter()
+    res["replay"] = _replay_all(probe_pauses(cases, vad, SmartTurn.shared()))
+    log(f"probe and replay: {time.perf_counter() - began:.0f} s")
+    for key, v in res["replay"]["variants"].items():
+        log(
+            f"replay {key}: {v['cut_offs']}/{v['pause_cases']} cut off, "
+            f"latency p50 {fmt(v['latency_ms']['p50'], 0)} p90 {fmt(v['latency_ms']['p90'], 0)}"
+        )
     res["concurrent"] = await _concurrent(cases, engines, vad, calls=8)
     log(f"concurrent: {res['concurrent']}")
     return res
+
+
+def _replay_tables(rep: dict[str, Any], rules: dict[str, Any]) -> list[str]:
+    """The replayed variants: the threshold x longest-wait sweep, the other rules, and the
+    replay of the rules also run through the agent (how far to trust the replay)."""
+
+    def cell(v: dict[str, Any]) -> str:
+        lat = v["latency_ms"]
+        return f"{v['cut_offs']} · {fmt(lat['p50'], 0)} / {fmt(lat['p90'], 0)}"
+
+    sweep = rep["sweep"]
+    grid = [[f"P >= {t}", *(cell(sweep[f"{t}/{m}"]) for m in SWEEP_MAX_MS)]
+            for t in SWEEP_THRESHOLDS]  # fmt: skip
+    pauses = list(next(iter(rep["variants"].values()))["by_pause"])
+    others = []
+    for v in rep["variants"].values():
+        lat = v["latency_ms"]
+        others.append([v["label"], f"{v['cut_offs']}/{v['pause_cases']}",
+                       *(str(v["by_pause"][p]["cut_offs"]) for p in pauses),
+                       fmt(lat["p50"], 0), fmt(lat["p90"], 0), fmt(lat["mean"], 0),
+                       fmt(lat["max"], 0)])  # fmt: skip
+    check = []
+    for r in rules.values():
+        rule = r["rule"]
+        if rule["endpointing"] != "smart_turn" or rule["turn_min_silence_ms"] != 200:
+            continue
+        key = f"{rule['turn_threshold']}/{rule['turn_max_silence_ms']}"
+        if key not in sweep:
+            continue
+        a = r["all"]
+        check.append([r["label"], f"{a['cut_offs']} · {fmt(a['latency_ms']['p50'], 0)} / "
+                      f"{fmt(a['latency_ms']['p90'], 0)}", cell(sweep[key])])  # fmt: skip
+    return [
+        "### Variants, replayed from the probed probabilities", "",
+        "Every pause of every case, probed once: the segmenter the agent runs, on the same "
+        f"VAD probabilities, held open {PROBE_MAX_MS} ms, with the model asked on the turn's "
+        f"audio so far at {', '.join(map(str, rep['probe_ms']))} ms of silence (its measured "
+        "time charged as the agent's virtual clock does); each variant is then replayed over "
+        "those verdicts (`replay` in the script; what follows a cut-off is not re-probed).", "",
+        "Threshold at the 200 ms look x longest wait (`turn_threshold` x "
+        "`turn_max_silence_ms`); each cell: cut-offs of "
+        f"{next(iter(sweep.values()))['pause_cases']} · latency p50 / p90 ms:", "",
+        md_table(["bar", *(f"max {m / 1000:g} s" for m in SWEEP_MAX_MS)], grid),
+        "", "Second looks, a bar that falls as the pause grows, a wait that depends on P:", "",
+        md_table(["variant", "cut-offs", *(f"{p} s" for p in pauses), "latency p50 ms", "p90",
+                  "mean", "max"], others),
+        "", "Replay against the agent (same rule, cut-offs · p50 / p90 ms):", "",
+        md_table(["rule", "through the agent", "replayed"], check),
+    ]  # fmt: skip
 
 
 def render(res: dict[str, Any]) -> str:
@@ -339,13 +568,15 @@ def render(res: dict[str, Any]) -> str:
          f"mean {fmt(conc['batch_size']['mean'], 2)}, max {conc['batch_size']['max']}",
          fmt(conc["cpu_ms_per_inference"]["p50"]), fmt(conc["cpu_ms_per_inference"]["p90"])],
     ]  # fmt: skip
+    replayed = _replay_tables(res["replay"], rules)
     fixed, st = rules["fixed500"]["all"], rules["smart_turn"]["all"]
     verdict = (
         f"smart-turn cuts callers off on {st['cut_offs']} of {st['pause_cases']} mid-sentence "
         f"pauses against {fixed['cut_offs']} for the fixed 500 ms rule "
         f"({st['cut_offs'] / max(1, fixed['cut_offs']):.0%} of them; goal: under 50 %), with a "
         f"median end-of-turn decision {fmt(st['latency_ms']['p50'], 0)} ms after the true end "
-        f"of speech against {fmt(fixed['latency_ms']['p50'], 0)} ms (mean "
+        f"of speech against {fmt(fixed['latency_ms']['p50'], 0)} ms, p90 "
+        f"{fmt(st['latency_ms']['p90'], 0)} vs {fmt(fixed['latency_ms']['p90'], 0)} ms (mean "
         f"{fmt(st['latency_ms']['mean'], 0)} vs {fmt(fixed['latency_ms']['mean'], 0)} ms)."
     )
     return "\n".join([
@@ -366,6 +597,7 @@ def render(res: dict[str, Any]) -> str:
         md_table(["rule", *(f"{p} s" for p in pauses)], by_pause),
         "", "### End-of-turn latency by speaker (complete utterances, ms)", "",
         md_table(["rule", "speech", "n", "p50", "p90", "max"], lat_rows),
+        "", *replayed,
         "", "### Turn model cost", "",
         md_table(["load", "inferences", "model runs", "batch sizes", "CPU ms / inference p50",
                   "p90"], cost_rows),

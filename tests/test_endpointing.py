@@ -132,6 +132,30 @@ def test_a_turn_judged_complete_ends_after_min_silence_plus_model_time(engines) 
     assert ends(smart)[0]["t"] < ends(fixed)[0]["t"] - 0.2
 
 
+@pytest.mark.parametrize(("p", "turns"), [(0.8, 1), (0.95, 2)])
+def test_only_a_verdict_over_the_bar_ends_the_turn_at_a_pause(engines, p, turns) -> None:
+    # The default bar is high (0.9): "probably complete" (0.8) at a mid-sentence pause waits.
+    assert SMART.turn_threshold == 0.9
+    result = run(generated_paused(0.8), engines, SMART, StubTurnModel(p))
+    assert len(ends(result)) == turns
+
+
+def test_the_bar_is_a_setting(engines) -> None:
+    low = SMART.model_copy(update={"turn_threshold": 0.5})
+    assert len(ends(run(generated_paused(0.8), engines, low, StubTurnModel(0.8)))) == 2
+
+
+@pytest.mark.parametrize(("pause_s", "turns"), [(1.2, 1), (1.8, 2)])
+def test_an_unfinished_turn_waits_up_to_the_longest_pause(engines, pause_s, turns) -> None:
+    # Judged unfinished at every pause: a pause shorter than turn_max_silence_ms (1.5 s)
+    # continues the turn, a longer one ends it, and the end waits the same 1.5 s.
+    assert SMART.turn_max_silence_ms == 1500
+    result = run(generated_paused(pause_s), engines, SMART, StubTurnModel(0.1))
+    assert len(ends(result)) == turns
+    decided = ends(result)[0]["t"] - vad_end(result)
+    assert decided == pytest.approx(1.5, abs=0.07)
+
+
 def test_speech_resuming_before_the_verdict_continues_the_turn(engines) -> None:
     # The model would say "complete", but only after the caller has talked on.
     result = run(generated_paused(0.6), engines, SMART, StubTurnModel(0.99, cost_s=0.9))
@@ -193,6 +217,20 @@ def test_human_mid_sentence_pause_is_one_turn_with_smart_turn(engines) -> None:
     finally:
         model.close()
     assert len(ends(run(audio, engines, FIXED))) == 2
+
+
+def test_human_digit_string_pause_judged_probably_complete_waits(engines) -> None:
+    # "five five | seven of clubs": at the pause the model says P ~0.83 ("five five" could
+    # be a whole answer). Under the default bar of 0.9 it is one turn; the first default
+    # (0.5) cut the caller off.
+    speech, model = _human_or_skip()
+    audio = paused(speech["cards-004"], speech["cards-003"], 0.8)
+    low = SMART.model_copy(update={"turn_threshold": 0.5})
+    try:
+        assert len(ends(run(audio, engines, SMART, model))) == 1
+        assert len(ends(run(audio, engines, low, model))) == 2
+    finally:
+        model.close()
 
 
 class TimedTurnModel:

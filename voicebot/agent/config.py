@@ -32,15 +32,18 @@ class AgentConfig(BaseModel):
     # End of turn (agent/endpointing.py): "fixed" ends a turn after vad.min_silence_ms of
     # silence; "smart_turn" asks the turn model at each pause of turn_min_silence_ms: a turn
     # it judges complete ends there, one it judges unfinished waits up to turn_max_silence_ms.
+    # Defaults from bench/endpointing_bench.py: a high bar (0.9; real ends mostly score
+    # ~0.98) cuts fewer callers off than 0.5, and 1.5 s bounds the wait on an end the model
+    # misjudges as unfinished (the tail of end-of-turn latency).
     endpointing: Literal["fixed", "smart_turn"] = "smart_turn"
     turn_min_silence_ms: int = Field(
         200, ge=32, le=5_000, description="pause at which the turn model is asked"
     )
     turn_max_silence_ms: int = Field(
-        2_000, ge=100, le=10_000, description="longest pause inside an unfinished turn"
+        1_500, ge=100, le=10_000, description="longest pause inside an unfinished turn"
     )
     turn_threshold: float = Field(
-        0.5, ge=0.0, le=1.0, description="P(complete) at which the turn ends at the pause"
+        0.9, ge=0.0, le=1.0, description="P(complete) at which the turn ends at the pause"
     )
     # Background talk or noise that the VAD takes for speech (agent/floor_guard.py): a
     # segment voiced this long (pauses not counted) is transcribed; with no words it is

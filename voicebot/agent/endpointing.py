@@ -10,6 +10,14 @@ the segment ends at that pause, judged unfinished it runs on, and speech resumin
 `turn_max_silence_ms` continues the same turn. If the model fails, this call goes back to
 the fixed rule. It only ever ends a caller's segment: barge-in (speech_start) never waits
 for it.
+
+One verdict per pause, with a high bar (default 0.9: at real ends the model is near-certain,
+P ~0.98, while "probably complete", 0.5-0.9, is mostly a caller in mid-sentence). Measured
+and not kept (bench/endpointing_bench.py): asking again later in a long pause, or lowering
+the bar as the pause grows, cuts more callers off than it saves waits, because the model's P
+rises with the trailing silence on mid-sentence pauses as much as on finished turns; a wait
+that depends on the first P does the same. The price of the bar is the tail: a finished turn
+the model misjudges waits `turn_max_silence_ms`.
 """
 
 from __future__ import annotations
@@ -83,9 +91,7 @@ class Endpointer:
                 return None
             audio = segmenter.audio_so_far()
             assert self.model is not None and audio is not None
-            self.verdict = asyncio.ensure_future(
-                self.clock.call(self.model.probability(audio))
-            )
+            self.verdict = asyncio.ensure_future(self.clock.call(self.model.probability(audio)))
             return None
         if not self.verdict.done():
             return None
