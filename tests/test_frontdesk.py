@@ -223,8 +223,10 @@ def test_shape_reply_passes_actions_through() -> None:
     async def go() -> list[LlmOutput]:
         return [p async for p in shape_reply(source(), 2)]
 
-    assert asyncio.run(go()) == [TextDelta("Transferring you now."), CallAction("transfer",
-                                                                                "sip:x@y")]
+    assert asyncio.run(go()) == [
+        TextDelta("Transferring you now."),
+        CallAction("transfer", "sip:x@y"),
+    ]
 
 
 def test_numbers_in_reads_digits_and_words() -> None:

@@ -239,11 +239,12 @@ class BusinessProfile:
 
 # -- numbers, to catch invented facts ----------------------------------------------------------
 
+# "one" is left out: "one of our dentists" is no claim.
 _UNITS = {
     "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
     "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
     "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19,
-}  # fmt: skip  ("one" is left out: "one of our dentists" is no claim)
+}  # fmt: skip
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
          "eighty": 80, "ninety": 90}  # fmt: skip
 
@@ -291,7 +292,7 @@ class Answer:
 
 
 def _article(name: str) -> str:
-    """"a cleaning", "an exam", "teeth whitening" (a plural takes none)."""
+    """The name with its article: "a cleaning", "an exam", "teeth whitening"."""
     first = name.split()[0].lower()
     if first.endswith("s") or first in ("teeth", "the"):
         return name
@@ -311,9 +312,7 @@ class FrontDesk:
     """The caller's words -> the profile's answer, or None (not one of its topics).
     `weekday`: today's day (0 = Monday), for "are you open today"."""
 
-    def __init__(
-        self, profile: BusinessProfile, weekday: Callable[[], int] | None = None
-    ) -> None:
+    def __init__(self, profile: BusinessProfile, weekday: Callable[[], int] | None = None) -> None:
         self.profile = profile
         self._weekday = weekday or (lambda: datetime.date.today().weekday())
 
