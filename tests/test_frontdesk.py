@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from voicebot.config.settings import Settings
@@ -308,3 +309,38 @@ def test_factory_builds_the_default_front_desk_over_llama() -> None:
     assert isinstance(llm, FrontDeskLanguageModel)
     assert isinstance(llm.llm, LlamaCppLanguageModel)
     assert llm.llm.max_sentences == 2
+
+
+# -- in a call: the agent needs nothing special --------------------------------------------------
+
+
+def test_a_call_through_the_agent_hears_the_profiles_answers() -> None:
+    """Two caller turns through the real agent (virtual time): a topic answered from the
+    profile, then a question handed to the (fake) LLM, whose loop is cut; the greeting is
+    the profile's, as the settings give it."""
+    from tests import audiogen
+    from tests.engines import ScriptedSTT
+    from voicebot.agent.config import AgentConfig
+    from voicebot.agent.simulator import simulate_call
+    from voicebot.models.base import Engines
+    from voicebot.models.tts.espeak import EspeakTextToSpeech
+
+    sr = 16_000
+    audio = np.zeros(14 * sr, np.int16)
+    for start, text in ((3.5, "How much is a cleaning?"), (8.5, "Are you a robot?")):
+        clip = audiogen.trimmed_speech(text, "en-us")
+        audio[int(start * sr) : int(start * sr) + len(clip)] = clip
+    fake = FakeLlm("I am a helpful receptionist. I am a helpful receptionist. Bye.")
+    desk = FrontDeskLanguageModel(PROFILE, fake)
+    stt = ScriptedSTT(["How much is a cleaning?", "Are you a robot?"])
+    greeting = Settings().agent.greeting
+    config = AgentConfig(greeting=greeting, vad_event_interval_ms=0)
+    result = asyncio.run(
+        simulate_call(audio, Engines(stt, desk, EspeakTextToSpeech()), config=config)
+    )
+    said = [e["text"] for e in result.events if e["type"] == "bot_text"]
+    assert said[0].startswith("Thank you for calling Bright Smile Dental.")
+    assert "A cleaning costs 85 dollars." in said
+    assert said.count("I am a helpful receptionist.") == 1
+    assert not any("Bye" in s for s in said)
+    assert len(fake.asked) >= 1 and "85 dollars" in fake.asked[-1][0].content
