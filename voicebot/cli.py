@@ -107,11 +107,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from voicebot.models.factory import build_engines, warm_up
     from voicebot.models.weights import ModelUnavailableError
 
-    settings = load_settings()
     for name in ("stt", "llm", "tts"):
         value = getattr(args, name)
-        if value:
-            setattr(settings.engines, name, value)
+        if value:  # as settings, read with the rest: the greeting follows the LLM engine
+            os.environ[f"VOICEBOT_ENGINES__{name.upper()}"] = value
+    settings = load_settings()
     try:
         caller = read_wav_canonical(args.file)
     except WavError as exc:
