@@ -114,17 +114,13 @@ def test_rfc4733_dtmf_becomes_dtmf_events(sip_gw, workdir, voice) -> None:
 
 def test_barge_in_over_sip_silences_the_bot(sip_gw, workdir, voice) -> None:
     question = voice.synthesize_sync("What is the balance on my account?")
-    interruption = voice.synthesize_sync("Stop, stop, I need to talk to somebody about my order.")
+    # One breath: with "Stop, stop," first, an end-of-turn model may rightly end the turn at
+    # that pause and the bot answer it before the caller goes on (a second barge-in).
+    interruption = voice.synthesize_sync("I need to talk to somebody about my order.")
     audio = place(10.0, (0.3, question), (5.0, interruption))
     events, _, packets = run_call(sip_gw, workdir, "barge", audio, "PCMU", 10_500)
     barge = [e for e in events if e["type"] == "interrupted"]
-    assert barge and 0 < barge[0]["latency_ms"] <= 150
-    # An end-of-turn model may end the caller's turn at the pause after "Stop, stop," and
-    # the rest of the sentence then interrupts the reply being prepared (THINKING, no audio
-    # yet): only the first interruption was over the bot's voice.
-    for later in barge[1:]:
-        states_before = [e["state"] for e in events[: events.index(later)] if e["type"] == "state"]
-        assert states_before[-1] == "THINKING", "a later barge-in over the bot's voice"
+    assert len(barge) == 1 and 0 < barge[0]["latency_ms"] <= 150
     # Bot audio on the call timeline: packet k of ours left at tick k (t = 0.02 k).
     ts0 = packets[0].timestamp
     position = {(p.timestamp - ts0) % 2**32 // 160: p for p in packets if p.payload_type == 0}
