@@ -63,7 +63,8 @@ def test_a_turn_over_the_websocket(gw: Gateway, voice: PiperTextToSpeech) -> Non
 
 def test_barge_in_clears_and_silences_the_bot(gw: Gateway, voice: PiperTextToSpeech) -> None:
     question = voice.synthesize_sync("What is the balance on my account?")
-    interruption = voice.synthesize_sync("Stop, stop, I want to speak to somebody else about it.")
+    # One breath (see test_sip): "Stop, stop," alone may rightly end a turn at its pause.
+    interruption = voice.synthesize_sync("I want to speak to somebody else about my order.")
     audio = place(14.0, (0.5, question), (5.5, interruption))
     got = asyncio.run(gateway_client.call(gw.ws, audio))
     assert len(got.of("interrupted")) == 1
