@@ -13,11 +13,13 @@ Measured from the caller's side of the wire, per turn:
   (send time of the first voiced block) -> the last audible bot audio before the bot goes
   quiet (no audible audio for 0.5 s);
 - **WER** of the final transcripts (the server's events log) against what was said.
-Where the time goes, per turn, from the server's `turn_latency` event (call time, mapped to
-the caller's clock by the call's first frame): VAD lag (true end -> where the VAD puts the
-end), the silence rule (-> speech_end), the STT, LLM (first sentence) and TTS (its audio)
-waits after speech_end, and the out path (first frame sent -> first audible arrival:
-transport, jitter buffers, the voice's leading silence).
+Where the time goes, per turn, from the server's `turn_latency` event: the end-of-turn
+rule (where the VAD puts the end of speech -> speech_end: the smart-turn pause and verdict,
+or its longest wait when it judged the turn unfinished), the STT, LLM (first sentence) and
+TTS (its audio) waits after speech_end, the server's whole answer (speech_end -> first frame
+sent) and the rest (voice-to-voice minus those two: the VAD's own lag behind the true end,
+the transport and jitter buffers, the voice's leading silence; the two clocks are aligned
+only to a VAD window, so the VAD lag and the out path are not told apart).
 
 The virtual-time bench (bench/latency_bench.py) is a lower bound of these figures.
 
@@ -45,12 +47,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import common
 from bench.live_callers import FRAME_16K, CallerLink, RtcLink, SipLink, WsLink
 from tests import wer
+from voicebot.agent.config import AgentConfig
 
 AUDIBLE_RMS = 200.0  # int16 RMS, about -44 dBFS: the bot's voice, not its silence
 QUIET_AFTER_REPLY_S = 1.2  # no audible bot audio this long: the reply is over
 BARGE_AFTER_S = 1.0  # a barge-in trial starts this far into the audible reply
 BARGE_QUIET_S = 0.5  # the bot has stopped when it is quiet this long
 REPLY_TIMEOUT_S = 20.0
+# An end-of-turn wait this long: the turn model judged the turn unfinished and its longest
+# wait ended it.
+LONGEST_WAIT_MS = AgentConfig().turn_max_silence_ms - 100.0
 GENERATED = (
     "What time do you open on Saturday?",
     "I would like to book an appointment for next week.",
@@ -208,6 +214,8 @@ class Caller:
             self._first_audible(turn)
             await self._silence_until(lambda: False, random.uniform(0.3, 0.8))
         for turn in self.run.turns:
+            if turn.barge_in and not self._bot_audible_at(turn.true_onset):
+                turn.barge_in = False  # the reply was late or over: nothing to talk over
             if turn.barge_in:
                 turn.bot_stopped = self._bot_stop(turn)
         self.run.server_call_id = self._call_id()
@@ -217,11 +225,13 @@ class Caller:
         heard = self._audible_since(turn.true_end - 0.02)
         turn.first_audible = heard[0] if heard else None
 
+    def _bot_audible_at(self, t: float) -> bool:
+        heard = self._audible_since(t - 0.2)
+        return bool(heard) and heard[0] <= t + 0.1
+
     def _bot_stop(self, turn: Turn) -> float | None:
         """The last audible bot audio after the caller's onset before a quiet gap."""
         heard = self._audible_since(turn.true_onset - 0.2)
-        if not heard or heard[0] > turn.true_onset + 0.1:
-            return turn.true_onset  # it was quiet already: nothing to stop
         for a, b in itertools.pairwise(heard):
             if b - a >= BARGE_QUIET_S:
                 return a
@@ -302,6 +312,7 @@ def stage_breakdown(run: CallRun, turn: Turn) -> dict[str, float] | None:
         "tts_wait": max(0.0, (s["tts_wait_ms"] or 0.0) - (s["llm_wait_ms"] or 0.0)),
         "server_answer": answer,
         "out_path": v2v - vad_lag - silence - answer,
+        "rest": v2v - silence - answer,
         "speculative": float(bool(s["speculative"])),
     }
 
@@ -388,9 +399,6 @@ def summarise(runs: list[CallRun]) -> dict[str, Any]:
         "barge_in_never_stopped": never_stopped,
         "wer": errors["words"] / max(1, errors["ref"]),
         "wer_by_kind": {k: v["words"] / max(1, v["ref"]) for k, v in by_kind.items()},
-        "stages_p50_ms": {
-            k: common.pct([s[k] for s in stages], 50) for k in (stages[0] if stages else {})
-        },
         "speculative_share": (sum(s["speculative"] for s in stages) / len(stages))
         if stages
         else None,
@@ -398,6 +406,42 @@ def summarise(runs: list[CallRun]) -> dict[str, Any]:
 
 
 UTTERANCES: list[Utterance] = []
+
+
+def barge_in_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """Barge-in figures from a row's turns; a trial where the bot was already quiet at the
+    caller's onset (saved runs mark it by `bot_stopped` == `true_onset`) is no trial."""
+    trials = [t for c in row["calls"] for t in c["turns"] if t["barge_in"]
+              and t["bot_stopped"] != t["true_onset"]]  # fmt: skip
+    values = [t["barge_in_ms"] for t in trials if t["barge_in_ms"] is not None]
+    return {
+        "barge_in_ms": {
+            "p50": common.pct(values, 50),
+            "p90": common.pct(values, 90),
+            "max": max(values, default=None),
+            "n": len(values),
+        },
+        "barge_in_trials": len(trials),
+        "barge_in_never_stopped": sum(t["bot_stopped"] is None for t in trials),
+    }
+
+
+def stage_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """Medians of the per-turn stages and the count of longest waits, from a row's turns
+    (so a saved run renders with the current columns)."""
+    stages = []
+    for call in row["calls"]:
+        for turn in call["turns"]:
+            st = turn.get("stages_ms")
+            if st is not None and turn.get("voice_to_voice_ms") is not None:
+                stages.append({**st, "rest": turn["voice_to_voice_ms"] - st["silence_rule"]
+                               - st["server_answer"]})  # fmt: skip
+    keys = stages[0].keys() if stages else ()
+    return {
+        "stages_p50_ms": {k: common.pct([s[k] for s in stages], 50) for k in keys},
+        "longest_waits": sum(s["silence_rule"] >= LONGEST_WAIT_MS for s in stages),
+        "turns_with_stages": len(stages),
+    }
 
 
 def render(res: dict[str, Any]) -> str:
@@ -421,6 +465,7 @@ def render(res: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in res["rows"]:
+        row["summary"].update(barge_in_summary(row))
         s = row["summary"]
         v, b, w = s["v2v_ms"], s["barge_in_ms"], s["wer_by_kind"]
         lines.append(
@@ -437,25 +482,29 @@ def render(res: dict[str, Any]) -> str:
         "Where the time goes (median ms per turn, from the server's `turn_latency`; the "
         "medians of the parts need not add up to the median of the whole):",
         "",
-        "| transport | calls | VAD lag | silence rule | STT wait | LLM first sentence | TTS "
-        "first audio | server: speech_end -> first frame | out path | speculation adopted |",
+        "| transport | calls | end-of-turn rule | turns at its longest wait | STT wait | LLM "
+        "first sentence | TTS first audio | server: speech_end -> first frame | rest: VAD lag + "
+        "transport | speculation adopted |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in res["rows"]:
+        row["summary"].update(stage_summary(row))
         st = row["summary"]["stages_p50_ms"]
         share = row["summary"]["speculative_share"]
         cells = [
             common.fmt(st.get(k), 0)
             for k in (
-                "vad_lag",
                 "silence_rule",
                 "stt_wait",
                 "llm_wait",
                 "tts_wait",
                 "server_answer",
-                "out_path",
+                "rest",
             )
         ]
+        cells.insert(
+            1, f"{row['summary']['longest_waits']} of {row['summary']['turns_with_stages']}"
+        )
         lines.append(
             f"| {row['transport']} | {row['summary']['calls']} | "
             + " | ".join(cells)
