@@ -144,6 +144,33 @@ def test_llama_cpp_streams_a_reply() -> None:
     assert "".join(p.text for p in pieces).strip()
 
 
+def test_llama_replies_queued_behind_another_count_as_engine_backlog(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from voicebot.models import executor
+    from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
+
+    now = [100.0]
+    backlog = executor.EngineBacklog(clock=lambda: now[0])
+    monkeypatch.setattr(executor, "ENGINE_BACKLOG", backlog)
+    llm = LlamaCppLanguageModel(max_tokens=48, max_sentences=0)
+    msgs = [ChatMessage("system", "Answer at length."), ChatMessage("user", "Tell me a story.")]
+
+    async def main() -> float:
+        first = llm.stream(msgs)
+        await anext(first)  # generating on the model's only thread
+        second = llm.stream(msgs)
+        waiting = asyncio.create_task(anext(second))
+        await asyncio.sleep(0.05)
+        now[0] += 2.0  # two seconds pass while the second reply waits for the thread
+        queued = backlog.wait_s()
+        await first.aclose()  # frees the thread
+        await waiting
+        await second.aclose()
+        return queued
+
+    assert asyncio.run(main()) >= 2.0
+    assert backlog.wait_s() >= 2.0  # the wait stays on record after it started
+
+
 def test_scripted_engine_matches_intents(tmp_path: Path) -> None:
     llm = ScriptedLanguageModel.from_file()
     assert llm.respond("I want to speak to a human")[1] == CallAction(

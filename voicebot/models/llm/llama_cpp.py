@@ -20,6 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from voicebot.models import executor
 from voicebot.models.base import ChatMessage, EngineError, LlmOutput, TextDelta
 from voicebot.models.executor import model_worker
 from voicebot.models.llm.shaping import shape_reply
@@ -78,7 +79,13 @@ class LlamaCppLanguageModel:
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        # Counted like every other engine call's wait for its thread (ENGINE_BACKLOG): a
+        # queue of replies behind one model is what makes admission refuse new calls.
+        backlog = executor.ENGINE_BACKLOG
+        ticket = backlog.submitted()
+
         def generate() -> None:
+            backlog.started(ticket)
             if stop.is_set():
                 deliver(_DONE)
                 return
@@ -111,3 +118,4 @@ class LlamaCppLanguageModel:
                 yield TextDelta(str(item))
         finally:
             stop.set()
+            backlog.abandoned(ticket)
