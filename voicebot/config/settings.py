@@ -124,8 +124,8 @@ class ServerSettings(BaseModel):
     events_log: Path | None = Field(None, description="append every call event here (JSONL)")
     max_engine_wait_s: float = Field(
         3.0, ge=0,
-        description="refuse new calls while STT/TTS requests wait longer than this for their"
-        " model (the machine carries no more conversations; 0 = never refuse on it)",
+        description="refuse new calls while STT, TTS or LLM requests wait longer than this for"
+        " their model (the machine carries no more conversations; 0 = never refuse on it)",
     )  # fmt: skip
 
 
