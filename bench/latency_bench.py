@@ -1062,6 +1062,11 @@ def render(res: dict[str, Any], cfg: Config, quick: bool) -> str:
     out = [
         SECTION,
         "",
+        "**Virtual time: a lower bound.** What a caller hears on a live call is in 'Live "
+        "calls' (bench/live_bench.py); these figures use the fixed 500 ms end-of-turn rule "
+        "and synthetic voices, and on live calls with human speech the same engines took "
+        "about 0.7-1 s longer (the turn model's waits, the LLM, STT after speech_end).",
+        "",
         f"Run {m['date_utc']} by `bench/latency_bench.py`{' --quick' if quick else ''} in "
         f"{res['total_seconds']:.0f} s. Machine: {m['nproc']} CPUs (`nproc`), {m['cpu_model']}; "
         f"load average at start {' / '.join(map(str, m['loadavg_at_start']))}, at end "
