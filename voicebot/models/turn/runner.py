@@ -5,10 +5,12 @@ turns submitted while a model run is in progress wait and go together in the nex
 (adaptive batching: no timer, so a lone call is never delayed). A request whose caller
 spoke again before its run started is cancelled by the agent and skipped, so a busy
 machine spends nothing on pauses that are already over. Runs happen on one worker thread
-at normal priority, like the VAD's and unlike the STT/LLM/TTS engines' (nice 19): the
-verdict is on the end-of-turn path, and at nice 19 on a busy machine a 60 ms run waited
-400 ms for the CPU (measured). With one thread and one intra-op thread the model takes at
-most one core, so the media loop always has the other.
+at the engines' lower priority (`engines.nice`), like STT/LLM/TTS: at normal priority its
+~60 ms runs took CPU from the shared SIP media clock, and at 50 calls 0.6 % of the bot's
+packets went out late (bench/sip_load.py; 0 % with the model at engine priority). On a busy
+machine a verdict then waits for the CPU (at nice 19 a 60 ms run was measured waiting
+400 ms): the turn ends later, up to `agent.turn_max_silence_ms`, while the audio stays on
+time.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from voicebot.models.executor import model_worker
 from voicebot.models.turn.smart_turn import SmartTurn
 
 
@@ -44,7 +46,7 @@ class BatchedTurnModel:
         self.on_batch = on_batch
         self._pending: list[_Request] = []
         self._running = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turn")
+        self._executor = model_worker("turn")
         self.turns = 0
 
     async def probability(self, audio: np.ndarray) -> float:
