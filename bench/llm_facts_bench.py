@@ -61,11 +61,8 @@ from bench.common import (  # noqa: E402
     rerender,
 )
 from voicebot.models.base import CallAction, ChatMessage, LanguageModel, TextDelta  # noqa: E402
-from voicebot.models.llm.frontdesk import (  # noqa: E402
-    BusinessProfile,
-    FrontDeskLanguageModel,
-    numbers_in,
-)
+from voicebot.models.llm.business_profile import BusinessProfile, numbers_in  # noqa: E402
+from voicebot.models.llm.frontdesk import FrontDeskLanguageModel  # noqa: E402
 from voicebot.models.llm.shaping import repeated_run, split_sentence  # noqa: E402
 
 

@@ -13,12 +13,8 @@ import pytest
 from voicebot.config.settings import Settings
 from voicebot.models.base import CallAction, ChatMessage, EngineError, LlmOutput, TextDelta
 from voicebot.models.config import EngineSettings
-from voicebot.models.llm.frontdesk import (
-    BusinessProfile,
-    FrontDesk,
-    FrontDeskLanguageModel,
-    numbers_in,
-)
+from voicebot.models.llm.business_profile import BusinessProfile, numbers_in
+from voicebot.models.llm.frontdesk import FrontDesk, FrontDeskLanguageModel
 from voicebot.models.llm.shaping import ReplyShaper, repeated_run, shape_reply
 
 PROFILE = BusinessProfile.from_file()

@@ -158,7 +158,7 @@ class Settings(BaseSettings):
         # The front desk greets as its business profile says, unless a greeting was set.
         if self.engines.llm == "frontdesk" and "greeting" not in self.agent.model_fields_set:
             from voicebot.models.base import EngineError
-            from voicebot.models.llm.frontdesk import BusinessProfile
+            from voicebot.models.llm.business_profile import BusinessProfile
 
             try:
                 profile = BusinessProfile.from_file(self.engines.business_profile)

@@ -97,7 +97,7 @@ def _load_llama() -> None:
 
 
 def _load_frontdesk() -> None:
-    from voicebot.models.llm.frontdesk import BusinessProfile
+    from voicebot.models.llm.business_profile import BusinessProfile
 
     BusinessProfile.from_file()
     _load_llama()

@@ -98,7 +98,8 @@ def _llama(cfg: EngineSettings) -> LanguageModel | None:
 
 
 def _frontdesk(cfg: EngineSettings) -> LanguageModel:
-    from voicebot.models.llm.frontdesk import BusinessProfile, FrontDeskLanguageModel
+    from voicebot.models.llm.business_profile import BusinessProfile
+    from voicebot.models.llm.frontdesk import FrontDeskLanguageModel
 
     profile = BusinessProfile.from_file(cfg.business_profile)
     inner: LanguageModel | None = None
