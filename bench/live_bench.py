@@ -48,6 +48,7 @@ from bench import common
 from bench.live_callers import FRAME_16K, CallerLink, RtcLink, SipLink, WsLink
 from tests import wer
 from voicebot.agent.config import AgentConfig
+from voicebot.audio.frames import block_dbfs
 
 AUDIBLE_RMS = 200.0  # int16 RMS, about -44 dBFS: the bot's voice, not its silence
 QUIET_AFTER_REPLY_S = 1.2  # no audible bot audio this long: the reply is over
@@ -79,9 +80,7 @@ def voiced_bounds(x: np.ndarray, floor_db: float = -40.0) -> tuple[int, int]:
     """First and last (exclusive) sample of 10 ms blocks within 35 dB of the loudest one and
     above `floor_db` dBFS: speech, not the recording's room noise."""
     block = 160
-    n = len(x) // block
-    frames = x[: n * block].astype(np.float64).reshape(n, block) / 32768.0
-    db = 10 * np.log10(np.mean(frames * frames, axis=1) + 1e-12)
+    db = block_dbfs(x, block)
     active = np.flatnonzero(db > max(db.max() - 35.0, floor_db))
     return int(active[0] * block), int((active[-1] + 1) * block)
 

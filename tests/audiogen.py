@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voicebot.audio.frames import block_dbfs
 from voicebot.audio.wav import read_wav_canonical
 
 SR = 16_000
@@ -53,10 +54,7 @@ def espeak(text: str, voice: str = "en-us", speed: int = 165, pitch: int = 50) -
 def speech_bounds(clean: np.ndarray, floor_db: float = -50.0) -> tuple[int, int]:
     """First and last sample (exclusive) of 10 ms blocks above `floor_db` dBFS on a clean signal."""
     block = SR // 100
-    n = len(clean) // block
-    x = clean[: n * block].astype(np.float64).reshape(n, block) / 32768.0
-    rms_db = 10 * np.log10(np.mean(x * x, axis=1) + 1e-12)
-    active = np.flatnonzero(rms_db > floor_db)
+    active = np.flatnonzero(block_dbfs(clean, block) > floor_db)
     if not len(active):
         raise ValueError("no speech in signal")
     return int(active[0] * block), int((active[-1] + 1) * block)

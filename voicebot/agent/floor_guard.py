@@ -25,23 +25,16 @@ import numpy as np
 
 from voicebot.agent.config import AgentConfig
 from voicebot.agent.engine_calls import EngineCalls
+from voicebot.audio.frames import block_dbfs
 from voicebot.models.base import Transcript
 from voicebot.models.vad import SpeechEnd, SpeechSegmenter
 from voicebot.models.vad.segmenter import window_dbfs
 
 log = logging.getLogger("voicebot.agent")
 
-BLOCK = 320  # 20 ms: the unit the background's level is measured in
 LOUD_PERCENTILE = 90  # the background's loud end: most of it stays under the floor
 LIFT_BELOW_DB = 10.0  # the background has gone when it is this far under the floor...
 LIFT_AFTER_MS = 1_500.0  # ...for this long
-
-
-def block_levels(audio: np.ndarray) -> np.ndarray:
-    """dBFS of each 20 ms block of int16 `audio`."""
-    n = len(audio) // BLOCK
-    x = audio[: n * BLOCK].astype(np.float64).reshape(n, BLOCK) / 32768.0
-    return 10 * np.log10(np.mean(x * x, axis=1) + 1e-12)
 
 
 @dataclass(eq=False)
@@ -107,7 +100,7 @@ class FloorGuard:
         end = self.segmenter.cut()
         if end is None or audio is None:
             return end
-        levels = block_levels(audio)
+        levels = block_dbfs(audio)  # per 20 ms: the unit the background's level is taken in
         if len(levels):
             loud_end = float(np.percentile(levels, LOUD_PERCENTILE))
             floor = loud_end + self.config.noise_floor_margin_db

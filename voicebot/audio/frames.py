@@ -22,6 +22,13 @@ def pcm16_to_float(samples: np.ndarray) -> np.ndarray:
     return np.asarray(samples, dtype=np.int16).astype(np.float32) / _INT16_SCALE
 
 
+def block_dbfs(samples: np.ndarray, block: int = FRAME_SAMPLES) -> np.ndarray:
+    """RMS level (dBFS) of each whole `block` of int16 samples; a shorter tail is left out."""
+    n = len(samples) // block
+    x = pcm16_to_float(samples[: n * block]).astype(np.float64).reshape(n, block)
+    return 10 * np.log10(np.mean(x * x, axis=1) + 1e-12)
+
+
 def float_to_pcm16(samples: np.ndarray) -> np.ndarray:
     """float samples in [-1, 1] -> int16, rounded to nearest and clipped (never wraps)."""
     scaled = np.rint(np.asarray(samples, dtype=np.float64) * _INT16_SCALE)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from voicebot.audio.frames import block_dbfs
+
 
 @dataclass(frozen=True)
 class VadParams:
@@ -97,11 +99,8 @@ class _Phase(enum.Enum):
 
 
 def window_dbfs(window: np.ndarray) -> float:
-    """RMS level of int16 (or float in [-1, 1]) samples in dBFS."""
-    x = window.astype(np.float64)
-    if window.dtype == np.int16:
-        x /= 32768.0
-    return float(10 * np.log10(np.dot(x, x) / max(1, len(x)) + 1e-12))
+    """RMS level of one int16 window in dBFS."""
+    return float(block_dbfs(window, len(window))[0]) if len(window) else -120.0
 
 
 class SpeechSegmenter:
