@@ -45,7 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
-from bench.live_callers import FRAME_16K, CallerLink, RtcLink, SipLink, WsLink
+from bench.live_callers import FRAME_16K, CallEndedByBotError, CallerLink, RtcLink, SipLink, WsLink
 from tests import wer
 from voicebot.agent.config import AgentConfig
 from voicebot.audio.frames import block_dbfs
@@ -135,6 +135,7 @@ class CallRun:
     turns: list[Turn] = field(default_factory=list)
     server_call_id: str | None = None
     sip_call_id: str | None = None
+    ended_by_bot: bool = False
     error: str | None = None
 
 
@@ -192,6 +193,19 @@ class Caller:
 
             return check
 
+        try:
+            await self._converse(reply_over)
+        except CallEndedByBotError:
+            self.run.ended_by_bot = True  # it hung up (a "bye" topic): the script stops here
+        for turn in self.run.turns:
+            if turn.barge_in and not self._bot_audible_at(turn.true_onset):
+                turn.barge_in = False  # the reply was late or over: nothing to talk over
+            if turn.barge_in:
+                turn.bot_stopped = self._bot_stop(turn)
+        self.run.server_call_id = self._call_id()
+        await self.link.close()
+
+    async def _converse(self, reply_over: Any) -> None:
         # The greeting: silence until it has been heard and has ended.
         await self._silence_until(reply_over(self.run.t0), 15.0)
         await self._silence_until(lambda: False, 0.3)
@@ -212,13 +226,6 @@ class Caller:
             await self._silence_until(reply_over(turn.true_end), REPLY_TIMEOUT_S)
             self._first_audible(turn)
             await self._silence_until(lambda: False, random.uniform(0.3, 0.8))
-        for turn in self.run.turns:
-            if turn.barge_in and not self._bot_audible_at(turn.true_onset):
-                turn.barge_in = False  # the reply was late or over: nothing to talk over
-            if turn.barge_in:
-                turn.bot_stopped = self._bot_stop(turn)
-        self.run.server_call_id = self._call_id()
-        await self.link.close()
 
     def _first_audible(self, turn: Turn) -> None:
         heard = self._audible_since(turn.true_end - 0.02)
@@ -361,12 +368,30 @@ async def run_calls(
     return runs
 
 
-def summarise(runs: list[CallRun]) -> dict[str, Any]:
+def call_rows(runs: list[CallRun]) -> list[dict[str, Any]]:
+    """The calls as saved in the JSON: every turn with its figures and stage breakdown."""
+    return [
+        {
+            **asdict(r),
+            "turns": [
+                {
+                    **asdict(t),
+                    "voice_to_voice_ms": t.voice_to_voice_ms,
+                    "barge_in_ms": t.barge_in_ms,
+                    "stages_ms": stage_breakdown(r, t),
+                }
+                for t in r.turns
+            ],
+        }
+        for r in runs
+    ]
+
+
+def summarise(runs: list[CallRun], row: dict[str, Any]) -> dict[str, Any]:
+    """A row's figures; barge-in and stages from its saved calls (`row`), as a re-render
+    computes them."""
     turns = [(r, t) for r in runs for t in r.turns]
     v2v = [t.voice_to_voice_ms for _, t in turns if t.voice_to_voice_ms is not None]
-    barge = [t.barge_in_ms for _, t in turns if t.barge_in_ms is not None]
-    barge_trials = sum(t.barge_in for _, t in turns)
-    never_stopped = sum(t.barge_in and t.bot_stopped is None for _, t in turns)
     no_answer = sum(t.first_audible is None for _, t in turns)
     errors = {"words": 0, "ref": 0}
     by_kind: dict[str, dict[str, int]] = {}
@@ -376,7 +401,6 @@ def summarise(runs: list[CallRun]) -> dict[str, Any]:
         for bucket in (errors, by_kind.setdefault(t.kind, {"words": 0, "ref": 0})):
             bucket["words"] += err
             bucket["ref"] += words
-    stages = [b for r, t in turns if (b := stage_breakdown(r, t)) is not None]
     return {
         "calls": len(runs),
         "calls_failed": sum(r.error is not None for r in runs),
@@ -388,19 +412,10 @@ def summarise(runs: list[CallRun]) -> dict[str, Any]:
             "max": max(v2v, default=None),
             "n": len(v2v),
         },
-        "barge_in_ms": {
-            "p50": common.pct(barge, 50),
-            "p90": common.pct(barge, 90),
-            "max": max(barge, default=None),
-            "n": len(barge),
-        },
-        "barge_in_trials": barge_trials,
-        "barge_in_never_stopped": never_stopped,
         "wer": errors["words"] / max(1, errors["ref"]),
         "wer_by_kind": {k: v["words"] / max(1, v["ref"]) for k, v in by_kind.items()},
-        "speculative_share": (sum(s["speculative"] for s in stages) / len(stages))
-        if stages
-        else None,
+        **barge_in_summary(row),
+        **stage_summary(row),
     }
 
 
@@ -440,6 +455,9 @@ def stage_summary(row: dict[str, Any]) -> dict[str, Any]:
         "stages_p50_ms": {k: common.pct([s[k] for s in stages], 50) for k in keys},
         "longest_waits": sum(s["silence_rule"] >= LONGEST_WAIT_MS for s in stages),
         "turns_with_stages": len(stages),
+        "speculative_share": (
+            sum(s["speculative"] for s in stages) / len(stages) if stages else None
+        ),
     }
 
 
@@ -566,34 +584,15 @@ async def bench(args: Any, log: common.StderrLog) -> dict[str, Any]:
                         run.server_call_id = call_id
                         if call_id in by_call:
                             attach_server_events(run, by_call[call_id])
-                    summary = summarise(runs)
+                    row = {"transport": transport, "concurrency": concurrency,
+                           "calls": call_rows(runs)}  # fmt: skip
+                    summary = row["summary"] = summarise(runs, row)
                     log(
                         f"  v2v p50 {common.fmt(summary['v2v_ms']['p50'], 0)} ms, barge-in p50 "
                         f"{common.fmt(summary['barge_in_ms']['p50'], 0)} ms, "
                         f"WER {summary['wer']:.1%}"
                     )
-                    res["rows"].append(
-                        {
-                            "transport": transport,
-                            "concurrency": concurrency,
-                            "summary": summary,
-                            "calls": [
-                                {
-                                    **asdict(r),
-                                    "turns": [
-                                        {
-                                            **asdict(t),
-                                            "voice_to_voice_ms": t.voice_to_voice_ms,
-                                            "barge_in_ms": t.barge_in_ms,
-                                            "stages_ms": stage_breakdown(r, t),
-                                        }
-                                        for t in r.turns
-                                    ],
-                                }
-                                for r in runs
-                            ],
-                        }
-                    )
+                    res["rows"].append(row)
             res["server_log_problems"] = [
                 ln for ln in gw.log().splitlines() if " ERROR " in ln or "Traceback" in ln
             ][:20]

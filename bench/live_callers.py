@@ -31,6 +31,10 @@ from voicebot.audio.resample import StreamingResampler
 FRAME_16K = 320
 
 
+class CallEndedByBotError(Exception):
+    """The bot ended the call (WebSocket closed, a BYE from the bot)."""
+
+
 def level(pcm: np.ndarray) -> float:
     """RMS of int16 samples (in int16 units)."""
     if not len(pcm):
@@ -92,7 +96,12 @@ class WsLink:
             pass
 
     async def send(self, frame16k: np.ndarray) -> None:
-        await self._ws.send(frame16k.astype("<i2").tobytes())
+        import websockets
+
+        try:
+            await self._ws.send(frame16k.astype("<i2").tobytes())
+        except websockets.ConnectionClosed as exc:
+            raise CallEndedByBotError from exc
 
     async def close(self) -> None:
         import contextlib
@@ -144,6 +153,7 @@ class SipLink:
         self._up = StreamingResampler(8000, 16000)
         self._cseq = 1
         self._invite = ""
+        self._hung_up = False
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
@@ -226,6 +236,7 @@ class SipLink:
             self._responses.put_nowait(text)
         elif text.startswith("BYE "):
             # The bot hung up: 200 OK to its BYE (RFC 3261 section 15.1.2).
+            self._hung_up = True
             head = text.split("\r\n\r\n", 1)[0].split("\r\n")
             keep = [
                 ln
@@ -250,6 +261,8 @@ class SipLink:
         self.heard.add(time.monotonic(), self._up.process(pcm8))
 
     async def send(self, frame16k: np.ndarray) -> None:
+        if self._hung_up:
+            raise CallEndedByBotError
         if self._rtp is None or self._remote_rtp is None:
             return
         codes = ulaw_encode(self._down.process(frame16k))
@@ -263,7 +276,7 @@ class SipLink:
     async def close(self) -> None:
         self._cseq += 1
         bye = self._request("BYE")
-        for _ in range(4):
+        for _ in range(0 if self._hung_up else 4):
             self._send_sip(bye)
             try:
                 response = await asyncio.wait_for(self._responses.get(), 0.5)
@@ -293,10 +306,10 @@ class RtcLink:
         self._readers: list[asyncio.Task[None]] = []
 
     async def open(self) -> None:
-        import httpx
-        from aiortc import RTCPeerConnection, RTCSessionDescription
+        from aiortc import RTCPeerConnection
         from aiortc.mediastreams import MediaStreamError
 
+        from tests.webrtc_client import negotiate
         from voicebot.gateway.webrtc.media import frame_to_mono
         from voicebot.gateway.webrtc.signalling import use_loopback_only
 
@@ -324,14 +337,7 @@ class RtcLink:
             self._readers.append(asyncio.create_task(read()))
 
         pc.addTrack(_QueueTrack(self._mic))
-        await pc.setLocalDescription(await pc.createOffer())
-        async with httpx.AsyncClient(timeout=30) as http:
-            response = await http.post(
-                f"{self._base_url}/webrtc/offer",
-                json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type},
-            )
-        response.raise_for_status()
-        await pc.setRemoteDescription(RTCSessionDescription(**response.json()))
+        await negotiate(pc, self._base_url)
 
     async def send(self, frame16k: np.ndarray) -> None:
         self._mic.put_nowait(self._up.process(frame16k))

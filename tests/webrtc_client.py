@@ -67,6 +67,20 @@ class RtcReceived:
         return resample_whole(np.concatenate([a for _, a in self.audio]), 48000, 16000)
 
 
+async def negotiate(pc: RTCPeerConnection, base_url: str) -> int:
+    """Offer over `POST /webrtc/offer` (non-trickle) and apply the answer; returns the
+    answer's HTTP status (an error status raises)."""
+    await pc.setLocalDescription(await pc.createOffer())
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(
+            f"{base_url}/webrtc/offer",
+            json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type},
+        )
+    response.raise_for_status()
+    await pc.setRemoteDescription(RTCSessionDescription(**response.json()))
+    return response.status_code
+
+
 async def rtc_call(base_url: str, audio16k: np.ndarray, *, seconds: float) -> RtcReceived:
     use_loopback_only()
     got = RtcReceived()
@@ -97,15 +111,7 @@ async def rtc_call(base_url: str, audio16k: np.ndarray, *, seconds: float) -> Rt
         readers.append(asyncio.create_task(read()))
 
     pc.addTrack(WavTrack(audio16k))
-    await pc.setLocalDescription(await pc.createOffer())
-    async with httpx.AsyncClient(timeout=30) as http:
-        response = await http.post(
-            f"{base_url}/webrtc/offer",
-            json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type},
-        )
-    got.answer_status = response.status_code
-    response.raise_for_status()
-    await pc.setRemoteDescription(RTCSessionDescription(**response.json()))
+    got.answer_status = await negotiate(pc, base_url)
     await asyncio.sleep(seconds)
     await pc.close()
     for reader in readers:
@@ -120,13 +126,6 @@ async def connect_and_leave(base_url: str, hold_s: float = 0.3) -> None:
     pc = RTCPeerConnection()
     pc.createDataChannel("events")
     pc.addTrack(WavTrack(np.zeros(16000, np.int16)))
-    await pc.setLocalDescription(await pc.createOffer())
-    async with httpx.AsyncClient(timeout=30) as http:
-        response = await http.post(
-            f"{base_url}/webrtc/offer",
-            json={"sdp": pc.localDescription.sdp, "type": pc.localDescription.type},
-        )
-    response.raise_for_status()
-    await pc.setRemoteDescription(RTCSessionDescription(**response.json()))
+    await negotiate(pc, base_url)
     await asyncio.sleep(hold_s)
     await pc.close()
