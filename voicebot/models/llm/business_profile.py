@@ -14,13 +14,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from voicebot.models.base import CallAction, EngineError
+from voicebot.models.llm.yaml_files import load_yaml
 
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 DEFAULT_FALLBACK = (
@@ -152,19 +150,7 @@ class BusinessProfile:
     @classmethod
     def from_file(cls, path: str | Path | None = None) -> BusinessProfile:
         """Load a profile; without a path, the packaged demo (`front_desk.yaml`)."""
-        try:
-            if path is None:
-                text = (
-                    resources.files("voicebot.models.llm")
-                    .joinpath("front_desk.yaml")
-                    .read_text(encoding="utf-8")
-                )
-            else:
-                text = Path(path).read_text(encoding="utf-8")
-            data = yaml.safe_load(text) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise EngineError(f"cannot load business profile {path}: {exc}") from exc
-        return cls.from_dict(data)
+        return cls.from_dict(load_yaml(path, "front_desk.yaml", "business profile"))
 
     def day_hours(self, day: str) -> str:
         return self.hours.get(day, "closed")

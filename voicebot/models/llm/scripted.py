@@ -10,13 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from voicebot.models.base import CallAction, ChatMessage, EngineError, LlmOutput, TextDelta
+from voicebot.models.llm.yaml_files import load_yaml
 
 
 @dataclass(frozen=True)
@@ -78,18 +76,7 @@ class ScriptedLanguageModel:
     @classmethod
     def from_file(cls, path: str | Path | None = None) -> ScriptedLanguageModel:
         """Load a YAML script; without a path, the packaged demo script."""
-        try:
-            if path is None:
-                text = (
-                    resources.files("voicebot.models.llm")
-                    .joinpath("default_script.yaml")
-                    .read_text(encoding="utf-8")
-                )
-            else:
-                text = Path(path).read_text(encoding="utf-8")
-            data = yaml.safe_load(text) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise EngineError(f"cannot load script {path}: {exc}") from exc
+        data = load_yaml(path, "default_script.yaml", "script")
         if not isinstance(data, dict):
             raise EngineError(f"script {path} is not a YAML mapping")
         return cls(data)
