@@ -2,23 +2,24 @@
 
 `BatchedVad` is shared by every live call of the process: windows submitted while a model
 run is in progress wait and go together in the next run, one `SileroVad.run_batch` for all
-calls (adaptive batching: no timer, so a lone call is never delayed, and under load each run
+calls (models.batching: no timer, so a lone call is never delayed, and under load each run
 serves every call that has a window due). Model runs happen on a dedicated thread so the
 event loop keeps moving frames meanwhile.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from voicebot.models.batching import AdaptiveBatcher, BatchRequest
 from voicebot.models.vad.silero import SileroVad, VadStream
+
+Window = tuple[VadStream, np.ndarray]  # one window of one call's stream
 
 
 class VadRunner(Protocol):
@@ -47,11 +48,18 @@ class BatchedVad:
         self.model = model or SileroVad.shared()
         self.on_batch = on_batch
         self.max_batch = max_batch
-        # Requests waiting for the next run: a group of windows (distinct streams) each.
-        self._pending: list[_Request] = []
-        self._running = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
-        self.windows = 0
+        # Each request: a group of windows of distinct streams, as (stream, window) items.
+        self._batcher: AdaptiveBatcher[Window] = AdaptiveBatcher(
+            self._timed_run,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad"),
+            "VAD",
+            self._select,
+        )
+
+    @property
+    def windows(self) -> int:
+        """Windows run so far."""
+        return self._batcher.items_run
 
     async def probability(self, stream: VadStream, window: np.ndarray) -> float:
         return float((await self.probabilities([stream], [window]))[0])
@@ -63,77 +71,32 @@ class BatchedVad:
         media clock submits every call's window of a tick at once."""
         if not streams:
             return np.zeros(0, np.float32)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._pending.append(_Request(streams, windows, future))
-        if not self._running:
-            self._running = True
-            loop.call_soon(self._start_batch)
-        return await future
+        return await self._batcher.submit(list(zip(streams, windows, strict=True)))
 
-    def _start_batch(self) -> None:
+    def _select(
+        self, waiting: list[BatchRequest[Window]]
+    ) -> tuple[list[BatchRequest[Window]], list[BatchRequest[Window]]]:
         # A stream may have one window in a run: its next window needs this one's state.
-        batch: list[_Request] = []
-        rest: list[_Request] = []
+        batch: list[BatchRequest[Window]] = []
+        rest: list[BatchRequest[Window]] = []
         seen: set[int] = set()
         size = 0
-        for request in self._pending:
-            if request.future.cancelled():
-                continue
-            ids = {id(stream) for stream in request.streams}
-            if (batch and size + len(request.streams) > self.max_batch) or ids & seen:
+        for request in waiting:
+            ids = {id(stream) for stream, _ in request.items}
+            if (batch and size + len(request.items) > self.max_batch) or ids & seen:
                 rest.append(request)
                 continue
             seen |= ids
-            size += len(request.streams)
+            size += len(request.items)
             batch.append(request)
-        self._pending = rest
-        if not batch:
-            self._running = False
-            return
-        loop = asyncio.get_running_loop()
-        streams = [stream for request in batch for stream in request.streams]
-        windows = [window for request in batch for window in request.windows]
-        try:
-            run = loop.run_in_executor(self._executor, self._timed_run, streams, windows)
-        except RuntimeError as exc:  # the executor is shut down: nobody may wait forever
-            self._running = False
-            for request in batch + self._pending:
-                if not request.future.done():
-                    request.future.set_exception(exc)
-            self._pending = []
-            return
-        run.add_done_callback(lambda done: self._finish_batch(done, batch))
+        return batch, rest
 
-    def _timed_run(self, streams: list[VadStream], windows: list[np.ndarray]) -> np.ndarray:
+    def _timed_run(self, items: list[Window]) -> np.ndarray:
         began = time.perf_counter()
-        probs = self.model.run_batch(streams, windows)
+        probs = self.model.run_batch([s for s, _ in items], [w for _, w in items])
         if self.on_batch is not None:
-            self.on_batch(len(streams), time.perf_counter() - began)
+            self.on_batch(len(items), time.perf_counter() - began)
         return probs
 
-    def _finish_batch(self, done: asyncio.Future[np.ndarray], batch: list[_Request]) -> None:
-        exc: BaseException | None = (
-            RuntimeError("VAD run cancelled") if done.cancelled() else done.exception()
-        )
-        at = 0
-        for request in batch:
-            n = len(request.streams)
-            self.windows += n
-            if not request.future.done():
-                if exc is not None:
-                    request.future.set_exception(exc)
-                else:
-                    request.future.set_result(done.result()[at : at + n])
-            at += n
-        self._start_batch()
-
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-@dataclass
-class _Request:
-    streams: list[VadStream]
-    windows: list[np.ndarray]
-    future: asyncio.Future[np.ndarray]
+        self._batcher.close()

@@ -15,13 +15,12 @@ time.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
+from voicebot.models.batching import AdaptiveBatcher, BatchRequest
 from voicebot.models.executor import model_worker
 from voicebot.models.turn.smart_turn import SmartTurn
 
@@ -44,37 +43,22 @@ class BatchedTurnModel:
         self.name = self.model.name
         self.max_batch = max_batch
         self.on_batch = on_batch
-        self._pending: list[_Request] = []
-        self._running = False
-        self._executor = model_worker("turn")
-        self.turns = 0
+        self._batcher: AdaptiveBatcher[np.ndarray] = AdaptiveBatcher(
+            self._timed_run, model_worker("turn"), "turn model", self._select
+        )
+
+    @property
+    def turns(self) -> int:
+        """Turns run so far."""
+        return self._batcher.items_run
 
     async def probability(self, audio: np.ndarray) -> float:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[float] = loop.create_future()
-        self._pending.append(_Request(audio, future))
-        if not self._running:
-            self._running = True
-            loop.call_soon(self._start_batch)
-        return await future
+        return float((await self._batcher.submit([audio]))[0])
 
-    def _start_batch(self) -> None:
-        self._pending = [r for r in self._pending if not r.future.done()]
-        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-        if not batch:
-            self._running = False
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            run = loop.run_in_executor(self._executor, self._timed_run, [r.audio for r in batch])
-        except RuntimeError as exc:  # the executor is shut down: nobody may wait forever
-            self._running = False
-            for request in batch + self._pending:
-                if not request.future.done():
-                    request.future.set_exception(exc)
-            self._pending = []
-            return
-        run.add_done_callback(lambda done: self._finish_batch(done, batch))
+    def _select(
+        self, waiting: list[BatchRequest[np.ndarray]]
+    ) -> tuple[list[BatchRequest[np.ndarray]], list[BatchRequest[np.ndarray]]]:
+        return waiting[: self.max_batch], waiting[self.max_batch :]
 
     def _timed_run(self, turns: list[np.ndarray]) -> np.ndarray:
         began = time.thread_time()  # CPU time: what the run costs, not how long it waited
@@ -83,25 +67,5 @@ class BatchedTurnModel:
             self.on_batch(len(turns), time.thread_time() - began)
         return probabilities
 
-    def _finish_batch(self, done: asyncio.Future[np.ndarray], batch: list[_Request]) -> None:
-        exc: BaseException | None = (
-            RuntimeError("turn model run cancelled") if done.cancelled() else done.exception()
-        )
-        for k, request in enumerate(batch):
-            self.turns += 1
-            if request.future.done():
-                continue
-            if exc is not None:
-                request.future.set_exception(exc)
-            else:
-                request.future.set_result(float(done.result()[k]))
-        self._start_batch()
-
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-@dataclass
-class _Request:
-    audio: np.ndarray
-    future: asyncio.Future[float]
+        self._batcher.close()
