@@ -461,9 +461,39 @@ def stage_summary(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _triple(d: dict[str, Any]) -> str:
+    """p50 / p90 / max in ms, the median in bold."""
+    return f"**{common.fmt(d['p50'], 0)}** / {common.fmt(d['p90'], 0)} / {common.fmt(d['max'], 0)}"
+
+
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
-    lines = [
+    for row in res["rows"]:
+        # From the saved calls, so runs saved before a column existed render with it.
+        row["summary"].update(barge_in_summary(row), **stage_summary(row))
+    calls = [
+        [
+            row["transport"], s["calls"], s["turns"], _triple(s["v2v_ms"]), s["no_answer"],
+            f"{_triple(s['barge_in_ms'])} ({s['barge_in_trials']})", s["barge_in_never_stopped"],
+            " / ".join(f"{w:.1%}" for w in (s["wer"], *(s["wer_by_kind"].get(k, 0)
+                                                      for k in ("short", "read", "generated")))),
+            s["calls_failed"],
+        ]
+        for row in res["rows"]
+        for s in [row["summary"]]
+    ]  # fmt: skip
+    stage_keys = ("silence_rule", "stt_wait", "llm_wait", "tts_wait", "server_answer", "rest")
+    stages = [
+        [
+            row["transport"], s["calls"], common.fmt(s["stages_p50_ms"].get("silence_rule"), 0),
+            f"{s['longest_waits']} of {s['turns_with_stages']}",
+            *(common.fmt(s["stages_p50_ms"].get(k), 0) for k in stage_keys[1:]),
+            "-" if s["speculative_share"] is None else f"{s['speculative_share']:.0%}",
+        ]
+        for row in res["rows"]
+        for s in [row["summary"]]
+    ]  # fmt: skip
+    return "\n".join([
         "## Live calls",
         "",
         f"Run {m['date_utc']} by `bench/live_bench.py` in {res['total_seconds'] / 60:.1f} min. "
@@ -476,64 +506,24 @@ def render(res: dict[str, Any]) -> str:
         "",
         __doc__.split("\n\n")[2],
         "",
-        "| transport | calls | turns | voice-to-voice p50 / p90 / max ms | no answer | "
-        "barge-in p50 / p90 / max ms (trials) | never stopped | WER all / short / read / "
-        "generated | calls failed |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in res["rows"]:
-        row["summary"].update(barge_in_summary(row))
-        s = row["summary"]
-        v, b, w = s["v2v_ms"], s["barge_in_ms"], s["wer_by_kind"]
-        lines.append(
-            f"| {row['transport']} | {s['calls']} | {s['turns']} | "
-            f"**{common.fmt(v['p50'], 0)}** / {common.fmt(v['p90'], 0)} / "
-            f"{common.fmt(v['max'], 0)} "
-            f"| {s['no_answer']} | **{common.fmt(b['p50'], 0)}** / {common.fmt(b['p90'], 0)} / "
-            f"{common.fmt(b['max'], 0)} ({s['barge_in_trials']}) | {s['barge_in_never_stopped']} | "
-            f"{s['wer']:.1%} / {w.get('short', 0):.1%} / {w.get('read', 0):.1%} / "
-            f"{w.get('generated', 0):.1%} | {s['calls_failed']} |"
-        )
-    lines += [
+        common.md_table(
+            ["transport", "calls", "turns", "voice-to-voice p50 / p90 / max ms", "no answer",
+             "barge-in p50 / p90 / max ms (trials)", "never stopped",
+             "WER all / short / read / generated", "calls failed"], calls),
         "",
         "Where the time goes (median ms per turn, from the server's `turn_latency`; the "
         "medians of the parts need not add up to the median of the whole):",
         "",
-        "| transport | calls | end-of-turn rule | turns at its longest wait | STT wait | LLM "
-        "first sentence | TTS first audio | server: speech_end -> first frame | rest: VAD lag + "
-        "transport | speculation adopted |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in res["rows"]:
-        row["summary"].update(stage_summary(row))
-        st = row["summary"]["stages_p50_ms"]
-        share = row["summary"]["speculative_share"]
-        cells = [
-            common.fmt(st.get(k), 0)
-            for k in (
-                "silence_rule",
-                "stt_wait",
-                "llm_wait",
-                "tts_wait",
-                "server_answer",
-                "rest",
-            )
-        ]
-        cells.insert(
-            1, f"{row['summary']['longest_waits']} of {row['summary']['turns_with_stages']}"
-        )
-        lines.append(
-            f"| {row['transport']} | {row['summary']['calls']} | "
-            + " | ".join(cells)
-            + f" | {'-' if share is None else f'{share:.0%}'} |"
-        )
-    return "\n".join(lines)
+        common.md_table(
+            ["transport", "calls", "end-of-turn rule", "turns at its longest wait", "STT wait",
+             "LLM first sentence", "TTS first audio", "server: speech_end -> first frame",
+             "rest: VAD lag + transport", "speculation adopted"], stages),
+    ])  # fmt: skip
 
 
 async def bench(args: Any, log: common.StderrLog) -> dict[str, Any]:
     from tests.gateway_server import gateway
     from tests.servers import free_port
-    from voicebot.agent.config import AgentConfig
     from voicebot.models.config import EngineSettings
 
     UTTERANCES[:] = utterances()
