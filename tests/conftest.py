@@ -39,3 +39,23 @@ def utterances() -> list[np.ndarray]:
 def conversation(utterances: list[np.ndarray]) -> audiogen.Conversation:
     """~20 s: four utterances with 1.2-2 s pauses, known true segments."""
     return audiogen.compose(utterances, gaps_s=[1.5, 2.0, 1.2])
+
+
+@pytest.fixture(scope="session")
+def postgres_url():  # type: ignore[no-untyped-def]
+    """One PostgreSQL server for the session (tests/postgres.py); each user makes its own
+    database or cleans its tables."""
+    from tests.postgres import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):  # type: ignore[no-untyped-def]
+    """The records database of a test: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'records.db'}"
+    from tests.postgres import fresh_database
+
+    return fresh_database(request.getfixturevalue("postgres_url"))

@@ -41,6 +41,7 @@ def gateway(tmp_path: Path, **env: str) -> Iterator[Gateway]:
         "VOICEBOT_SIP_PORT": "0",
         "VOICEBOT_ENGINES__LLM": "scripted",
         "VOICEBOT_AGENT__GREETING": "",
+        "VOICEBOT_DATA_DIR": str(tmp_path / "data"),  # call records and recordings
         **env,
     }
     log_path = tmp_path / f"gateway-{port}.log"

@@ -29,10 +29,12 @@ class CallActions:
         control: CallControl | None,
         end: Callable[[str], None],
         on_error: ErrorHandler,
+        on_transferred: Callable[[str], None] = lambda target: None,
     ) -> None:
         self._control = control
         self._end = end
         self._on_error = on_error
+        self._on_transferred = on_transferred
         # None unless an action is being carried out by the transport: from the end of the
         # reply that asked for it until the control call returns or fails. The session is
         # not idle meanwhile.
@@ -40,6 +42,8 @@ class CallActions:
 
     def perform(self, action: CallAction) -> None:
         if self._control is None:  # nobody to hand the call to: it ends here
+            if action.kind == "transfer":
+                self._on_transferred(action.target or "")
             self._end("transferred" if action.kind == "transfer" else "bot_hangup")
         else:
             self.pending = action
@@ -49,6 +53,7 @@ class CallActions:
         try:
             if action.kind == "transfer":
                 await control.transfer(action.target or "")
+                self._on_transferred(action.target or "")
                 self._end("transferred")
             else:
                 await control.hangup()

@@ -133,16 +133,27 @@ class BotText(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class Interrupted(Event):
-    """A barge-in: `latency_ms` from speech onset in the audio to output flushed."""
+    """A barge-in: `latency_ms` from speech onset in the audio to output flushed; `heard`:
+    the words of the cut reply the caller heard (the cut sentence up to the word its audio
+    reached), "" if none."""
 
     type: ClassVar[str] = "interrupted"
     latency_ms: float = _rounded(1)
+    heard: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
 class DtmfPressed(Event):
     type: ClassVar[str] = "dtmf"
     digit: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallTransferred(Event):
+    """The bot handed the call to `target` (SIP: the REFER was accepted)."""
+
+    type: ClassVar[str] = "transferred"
+    target: str
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,6 +9,7 @@ Both are synchronous: the sink is silenced in the event-loop turn that saw the s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,8 @@ class SpeechOutput:
     # None while output flows; while paused on a speech candidate, since when (call
     # seconds): set by `hold`, back to None on `release` (the candidate died) or `cut`.
     held_at: float | None = field(default=None, init=False)
+    # Told how many frames the sink dropped unplayed (a recorder silences them).
+    on_unheard: Callable[[int], None] | None = None
 
     def write(self, frame: np.ndarray, utterance: Utterance) -> None:
         self.sink.write(frame)
@@ -52,3 +55,5 @@ class SpeechOutput:
     def _take_back(self) -> None:
         dropped = self.sink.clear()
         self.playout.rewind(dropped, self._last)
+        if dropped and self.on_unheard is not None:
+            self.on_unheard(dropped)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from voicebot.agent.audio_tap import CallAudioTap
 from voicebot.agent.call_actions import CallActions, CallControl
 from voicebot.agent.clock import EngineClock, LiveClock
 from voicebot.agent.config import AgentConfig
@@ -41,6 +42,7 @@ from voicebot.agent.events import (
     BotText,
     CallEnded,
     CallStarted,
+    CallTransferred,
     DtmfPressed,
     ErrorRaised,
     Event,
@@ -56,7 +58,7 @@ from voicebot.agent.floor_guard import FloorGuard
 from voicebot.agent.input_stages import InputStages, VadLevels, check_frame
 from voicebot.agent.lifetime import Lifetime
 from voicebot.agent.output import SpeechOutput
-from voicebot.agent.playout import AudioSink
+from voicebot.agent.playout import AudioSink, Utterance
 from voicebot.agent.replies import Replies
 from voicebot.agent.speculation import Speculator
 from voicebot.agent.turn_timing import StageTimes
@@ -110,6 +112,8 @@ class CallSetup:
     info: dict[str, object] = field(default_factory=dict)
     echo_canceller: EchoCanceller | None = None
     denoiser: NoiseSuppressor | None = None
+    # Both sides of the call on one timeline, for a recording (None: not recorded).
+    audio_tap: CallAudioTap | None = None
 
 
 class CallSession:
@@ -141,8 +145,14 @@ class CallSession:
         self._speculator = Speculator(
             self.config, vad.segmenter, self._conversation, self._engine_calls, lambda: self.t
         )
-        self._output = SpeechOutput(self.sink)
-        self._actions = CallActions(self.control, self.end, self._engine_calls.error)
+        self._tap = setup.audio_tap
+        self._output = SpeechOutput(
+            self.sink, on_unheard=None if self._tap is None else self._tap.unheard
+        )
+        self._actions = CallActions(
+            self.control, self.end, self._engine_calls.error,
+            on_transferred=lambda target: self._publish(CallTransferred, target=target),
+        )  # fmt: skip
         self._replies = Replies(self._engine_calls, self._conversation, self._output.playout)
         self._turns = Turns(
             self.config, self._conversation, self._engine_calls, self._replies,
@@ -154,6 +164,7 @@ class CallSession:
         )  # fmt: skip
         self._state = AgentState.WAITING_FOR_SPEECH
         self._frames_in = 0
+        self._frame_in: np.ndarray | None = None  # this tick's caller frame, for the tap
         # True from a speech_start the bot talked on through (barge_in off) to its speech_end.
         self._ignore_segment = False
 
@@ -245,6 +256,7 @@ class CallSession:
         if it likes) and hands the probabilities to `finish_frame`."""
         pcm = check_frame(frame)
         self._frames_in += 1
+        self._frame_in = pcm
         return self._input.windows(pcm)
 
     def finish_frame(self, windows: list[np.ndarray], probabilities: list[float]) -> None:
@@ -261,7 +273,10 @@ class CallSession:
         if noise is not None:
             self._on_vad_event(noise)
         self._speculator.on_frame(listening=self._state is AgentState.LISTENING)
-        self._input.sent(self._tick_output())
+        sent = self._tick_output()
+        self._input.sent(sent)
+        if self._tap is not None and self._frame_in is not None:
+            self._tap.tick(self._frame_in, sent)
 
     # -- lifetime --------------------------------------------------------------------------
     def _start(self) -> None:
@@ -338,6 +353,7 @@ class CallSession:
         reply = self._replies.cancel()
         self._turns.cancel()
         remainder, stopped_at = self._output.cut(self.t)
+        heard = _heard_text(self._conversation.spoken, remainder) if was_speaking else ""
         if was_speaking and reply is not None:
             # Complete sentences already written are kept even if the LLM was still going:
             # a resume says them (the rest of an unfinished reply is lost with the LLM).
@@ -347,7 +363,7 @@ class CallSession:
                 action=reply.action if reply.llm_done else None,
                 spoken_texts=list(self._conversation.spoken),
             )
-        self._publish(Interrupted, latency_ms=(stopped_at - event.onset) * 1000)
+        self._publish(Interrupted, latency_ms=(stopped_at - event.onset) * 1000, heard=heard)
         self._set_state(AgentState.INTERRUPTED)
         self._set_state(AgentState.LISTENING)
 
@@ -413,3 +429,16 @@ class CallSession:
 
     def _publish(self, kind: type[Event], t: float | None = None, **fields: Any) -> None:
         self.bus.publish(kind(call_id=self.call_id, t=self.t if t is None else t, **fields))
+
+
+def _heard_text(spoken: list[str], remainder: list[Utterance]) -> str:
+    """What the caller heard of a reply cut off: its sentences that started playing, the
+    last one (if cut inside) up to the share of its words its audio had reached."""
+    if not spoken:
+        return ""
+    cut = remainder[0] if remainder and remainder[0].announced else None
+    if cut is None or cut.text != spoken[-1]:
+        return " ".join(spoken)
+    words = cut.text.split()
+    share = cut.position / max(1, len(cut.audio))
+    return " ".join([*spoken[:-1], " ".join(words[: round(len(words) * share)])]).strip()

@@ -173,17 +173,29 @@ def encode_wav(
         tag, bits, payload = WAVE_FORMAT_ALAW, 8, g711.alaw_encode(interleaved).tobytes()
     else:
         raise ValueError(f"unknown WAV encoding {encoding!r}")
+    chunks = _header(tag, channels, sample_rate, bits, len(payload)) + payload
+    if len(payload) & 1:
+        chunks += b"\x00"
+    return chunks
+
+
+def _header(tag: int, channels: int, sample_rate: int, bits: int, data_bytes: int) -> bytes:
+    """RIFF, fmt and data chunk headers for `data_bytes` of samples that follow."""
     block_align = channels * bits // 8
     fmt = struct.pack(
         "<HHIIHH", tag, channels, sample_rate, sample_rate * block_align, block_align, bits
     )
     if tag != WAVE_FORMAT_PCM:
         fmt += struct.pack("<H", 0)  # cbSize: non-PCM fmt chunks carry it
-    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt
-    chunks += b"data" + struct.pack("<I", len(payload)) + payload
-    if len(payload) & 1:
-        chunks += b"\x00"
-    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", data_bytes)
+    riff_size = 4 + len(chunks) + data_bytes + (data_bytes & 1)
+    return b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + chunks
+
+
+def pcm16_header(channels: int, sample_rate: int, data_bytes: int) -> bytes:
+    """The 44-byte header of a PCM16 WAV file (written first, rewritten once the length
+    of a file written as it goes is known)."""
+    return _header(WAVE_FORMAT_PCM, channels, sample_rate, 16, data_bytes)
 
 
 def write_wav(

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -24,6 +25,9 @@ from voicebot.agent.vad_runner import BatchedVad
 from voicebot.audio.denoise import NoiseSuppressor
 from voicebot.audio.echo import EchoCanceller
 from voicebot.calls.metrics import GatewayMetrics
+from voicebot.calls.records.recorder import CallRecorder
+from voicebot.calls.records.recording import CallRecording
+from voicebot.calls.records.service import CallRecords
 from voicebot.config import Settings
 from voicebot.models.base import Engines
 from voicebot.models.executor import ENGINE_BACKLOG, EngineBacklog
@@ -70,13 +74,23 @@ class CallHandle:
     transport: str
     session: CallSession
     started: float = field(default_factory=time.monotonic)
+    recorder: CallRecorder | None = None
+    recording: CallRecording | None = None
 
 
 class CallManager:
-    def __init__(self, settings: Settings, engines: Engines, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engines: Engines,
+        metrics: GatewayMetrics,
+        records: CallRecords | None = None,
+    ) -> None:
         self.settings = settings
         self.engines = engines
         self.metrics = metrics
+        # Every call's record, turns, recording and webhooks (None: records are off).
+        self.records = records
         self.vad_model = SileroVad.shared()
         self.vad = BatchedVad(self.vad_model, on_batch=self._on_vad_batch)
         # None (logged) if the file is missing: turns then end on the fixed silence rule.
@@ -120,7 +134,8 @@ class CallManager:
         self.metrics.vad_window_seconds.observe(seconds / max(1, windows))
 
     def new_call_id(self, transport: str) -> str:
-        return f"{transport}-{int(time.time())}-{next(_ids)}"
+        # Unique across gateways sharing one records store, and across restarts.
+        return f"{transport}-{int(time.time())}-{next(_ids)}-{uuid.uuid4().hex[:8]}"
 
     def count(self, transport: str) -> int:
         """Calls of one transport running or setting up."""
@@ -164,15 +179,21 @@ class CallManager:
         bus.subscribe(self._log_event)
         for subscriber in media.subscribers:
             bus.subscribe(subscriber)
+        recorder, recording = None, None
+        if self.records is not None:
+            recorder, recording = self.records.open_call(call_id, transport)
+            recorder.opened(media.info)
+            bus.subscribe(recorder)
         settings = self.settings
         setup = CallSetup(
             call_id, self.engines, media.sink, bus=bus, config=settings.agent,
             vad_params=settings.vad.params(), vad_model=self.vad_model, vad_runner=self.vad,
             turn_model=self.turn_model,
             control=media.control, info=media.info,
-            echo_canceller=media.echo_canceller, denoiser=media.denoiser,
+            echo_canceller=media.echo_canceller, denoiser=media.denoiser, audio_tap=recording,
         )  # fmt: skip
-        handle = CallHandle(call_id, transport, CallSession(setup))
+        handle = CallHandle(call_id, transport, CallSession(setup), recorder=recorder,
+                            recording=recording)  # fmt: skip
         self._admitted.pop(call_id, None)
         self.calls[call_id] = handle
         log.info("call %s started (%s)", call_id, transport)
@@ -185,6 +206,9 @@ class CallManager:
         if handle is not None:
             log.info("call %s ended: %s after %.1f s", call_id, reason,
                      time.monotonic() - handle.started)  # fmt: skip
+            if self.records is not None and handle.recorder is not None:
+                ended = handle.recorder.end_reason or reason or "error"
+                self.records.finish_call(handle.recorder, handle.recording, ended)
         if not self.active:
             self._idle.set()
 

@@ -112,6 +112,46 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        # Call records and webhooks (calls/records, calls/webhooks); the gauges read their
+        # source when scraped (`watch_records`, `watch_webhooks`).
+        self.records_written = Counter(
+            "voicebot_records_written_total", "Call-record rows committed to the database",
+            registry=self.registry,
+        )
+        self.records_dropped = Counter(
+            "voicebot_records_dropped_total",
+            "Event-log rows shed because the records queue was full (database down too long)",
+            registry=self.registry,
+        )
+        self.records_backlog = Gauge(
+            "voicebot_records_backlog", "Call-record rows waiting to be written",
+            registry=self.registry,
+        )
+        self.database_up = Gauge(
+            "voicebot_database_up", "1 if the last write to the records database succeeded",
+            registry=self.registry,
+        )
+        self.recordings_bytes = Gauge(
+            "voicebot_recordings_bytes", "Disk taken by call recordings", registry=self.registry
+        )
+        self.webhook_deliveries = Counter(
+            "voicebot_webhook_deliveries_total", "Webhook delivery attempts, by outcome"
+            " (delivered, failed = will retry, dead = gave up)", ["outcome"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.webhook_pending = Gauge(
+            "voicebot_webhook_pending", "Webhook deliveries not yet made", registry=self.registry
+        )
+        self.webhook_oldest_pending = Gauge(
+            "voicebot_webhook_oldest_pending_seconds",
+            "Age of the oldest webhook delivery not yet made (0: none)", registry=self.registry,
+        )  # fmt: skip
+        self.webhook_latency = Histogram(
+            "voicebot_webhook_delivery_seconds", "Event committed -> receiver answered 2xx",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600, 3600),
+            registry=self.registry,
+        )  # fmt: skip
+
     def for_call(self, transport: str) -> CallMetrics:
         return CallMetrics(self, transport)
 

@@ -9,6 +9,7 @@ mirror the sections (`[vad]`); env vars win over the file. Every default runs of
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,6 +130,48 @@ class ServerSettings(BaseModel):
     )  # fmt: skip
 
 
+class RecordsSettings(BaseModel):
+    """Call records (calls/records/): every call, its turns and events, in a database.
+
+    The database is `VOICEBOT_DATABASE_URL` (default a SQLite file in `VOICEBOT_DATA_DIR`);
+    recordings are files under `<data dir>/recordings`."""
+
+    enabled: bool = Field(True, description="keep a record of every call")
+    recording: bool = Field(True, description="record each call: stereo WAV, caller left")
+    retention_days: float = Field(
+        30.0, ge=0, description="delete records and recordings older than this (0 = keep)"
+    )
+    queue_size: int = Field(
+        100_000, ge=100,
+        description="record writes held in memory while the database is slow or down; past"
+        " it the oldest calls' events are dropped (counted), never the media path blocked",
+    )  # fmt: skip
+    batch_size: int = Field(500, ge=1, description="writes per database transaction at most")
+
+
+class WebhookSettings(BaseModel):
+    """Webhooks (calls/webhooks/): call events POSTed to `urls`, signed per Standard
+    Webhooks with `secret`, delivered at least once from the database's outbox."""
+
+    urls: list[str] = Field(default_factory=list, description="receivers of every call event")
+    secret: str | None = Field(
+        None, description="whsec_<base64> signing key (Standard Webhooks); required with urls"
+    )
+    timeout_s: float = Field(10.0, gt=0, description="one delivery attempt at most")
+    max_age_h: float = Field(
+        24.0, gt=0, description="retry for this long, then the delivery is dead-lettered"
+    )
+    backoff_base_s: float = Field(1.0, gt=0, description="first retry after about this long")
+    backoff_max_s: float = Field(900.0, gt=0, description="longest wait between two attempts")
+    concurrency: int = Field(8, ge=1, description="deliveries in flight at once")
+
+    @model_validator(mode="after")
+    def _secret_with_urls(self) -> WebhookSettings:
+        if self.urls and not self.secret:
+            raise ValueError("webhooks.secret (whsec_...) is required when webhooks.urls is set")
+        return self
+
+
 class Settings(BaseSettings):
     """All gateway settings. Build with `load_settings()`."""
 
@@ -152,6 +195,16 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
     sip: SipSettings = Field(default_factory=SipSettings)
+    data_dir: Path = Field(Path("data"), description="records and recordings (VOICEBOT_DATA_DIR)")
+    database_url: str | None = Field(
+        None, description="sqlite+aiosqlite:///... or postgresql://...; default a SQLite file"
+        " in data_dir",
+    )  # fmt: skip
+    gateway_id: str | None = Field(
+        None, description="this gateway's name in shared records (default host:port)"
+    )
+    records: RecordsSettings = Field(default_factory=RecordsSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @model_validator(mode="after")
     def _front_desk_greeting(self) -> Settings:
@@ -166,6 +219,25 @@ class Settings(BaseSettings):
                 raise ValueError(str(exc)) from exc
             self.agent.greeting = profile.greeting
         return self
+
+    @property
+    def database(self) -> str:
+        """The records database URL (SQLAlchemy async form): `database_url`, with plain
+        postgresql:// taken as asyncpg, or a SQLite file in `data_dir`."""
+        url = self.database_url
+        if not url:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'voicebot.db').resolve()}"
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):
+                return "postgresql+asyncpg://" + url[len(plain) :]
+        if url.startswith("sqlite:///"):
+            return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+        return url
+
+    @property
+    def gateway_name(self) -> str:
+        """This gateway's name in shared records: `gateway_id`, or host:port."""
+        return self.gateway_id or f"{socket.gethostname()}:{self.port}"
 
     @classmethod
     def settings_customise_sources(

@@ -25,6 +25,7 @@ from voicebot import __version__
 from voicebot.audio.resample import prepare as prepare_resamplers
 from voicebot.calls.manager import CallManager
 from voicebot.calls.metrics import GatewayMetrics
+from voicebot.calls.records.service import CallRecords
 from voicebot.calls.service import Service, ServiceFactory
 from voicebot.config import Settings
 from voicebot.gateway.webrtc.signalling import OfferError, WebRtcGateway
@@ -41,8 +42,18 @@ class GatewayState:
         self.settings = settings
         self.metrics = GatewayMetrics()
         self.manager: CallManager | None = None
+        self.records: CallRecords | None = None
         self.webrtc: WebRtcGateway | None = None
         self.services: list[Service] = []
+
+
+def watch_records(metrics: GatewayMetrics, records: CallRecords) -> None:
+    """The records gauges read the writer when scraped."""
+    writer = records.writer
+    if writer is not None:
+        metrics.records_backlog.set_function(lambda: writer.backlog)
+        metrics.database_up.set_function(lambda: 1.0 if writer.database_up else 0.0)
+    metrics.recordings_bytes.set_function(lambda: records.recording_bytes)
 
 
 def create_app(
@@ -57,7 +68,11 @@ def create_app(
         await asyncio.to_thread(prepare_resamplers, (8000, 24000, 48000))
         if settings.server.warm_up:
             await warm_up(ready)
-        state.manager = CallManager(settings, ready, state.metrics)
+        if settings.records.enabled:
+            state.records = CallRecords(settings, state.metrics)
+            await state.records.start()
+            watch_records(state.metrics, state.records)
+        state.manager = CallManager(settings, ready, state.metrics, records=state.records)
         state.webrtc = WebRtcGateway(state.manager, settings.webrtc)
         for factory in services:
             service = factory(state.manager)
@@ -72,6 +87,8 @@ def create_app(
             for service in state.services:
                 await service.close()
             state.manager.close()
+            if state.records is not None:
+                await state.records.close()
 
     app = FastAPI(title="voicebot", version=__version__, lifespan=lifespan)
     app.state.gateway = state
@@ -93,6 +110,7 @@ def create_app(
             "sip": None,  # the SIP service's status when SIP is on
             **{service.name: service.status() for service in state.services},
             "engine_wait_s": 0.0 if manager is None else round(manager.engine_backlog.wait_s(), 3),
+            "records": None if state.records is None else state.records.status(),
             "tasks": len(asyncio.all_tasks()),
         }
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)

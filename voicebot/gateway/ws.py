@@ -168,7 +168,12 @@ class WebSocketLeg(Leg):
         def forward(event: Event) -> None:
             self.outbox.put(event.to_json())
 
-        return LegMedia(self.sink, subscribers=[forward])
+        client = self.ws.client
+        info: dict[str, object] = {
+            "from": f"{client.host}:{client.port}" if client else None, "to": self.ws.url.path,
+            "user_agent": (self.ws.headers.get("user-agent") or "")[:200] or None,
+        }  # fmt: skip
+        return LegMedia(self.sink, subscribers=[forward], info=info)
 
     async def run(self, session: CallSession) -> str:
         reader = asyncio.create_task(self._read())

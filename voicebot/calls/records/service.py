@@ -1,0 +1,167 @@
+"""CallRecords: the call-records part of a gateway process, from start-up to shutdown.
+
+Place in the flow: the call manager holds one. At start-up it opens and migrates the
+database, closes records a previous run of this gateway left open, and starts the record
+writer, the hourly retention purge and the heartbeat of running calls. For each call the
+manager gets a `CallRecorder` (subscribed to the call's events) and, with recording on, a
+`CallRecording` (the session's audio tap); when the call ends the recording is finished on
+its thread and the record closed with its path. The REST API and the webhook sender use
+`engine` and `files`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from voicebot.calls.records import schema
+from voicebot.calls.records.database import open_database
+from voicebot.calls.records.lost_calls import close_lost_calls
+from voicebot.calls.records.recorder import CallRecorder
+from voicebot.calls.records.recording import CallRecording, RecordingFiles
+from voicebot.calls.records.retention import purge
+from voicebot.calls.records.writer import RecordWriter
+from voicebot.calls.records.writes import utc_now
+from voicebot.config import Settings
+
+log = logging.getLogger("voicebot.records")
+HEARTBEAT_S = 15.0
+RETENTION_EVERY_S = 3600.0
+
+
+class CallRecords:
+    def __init__(self, settings: Settings, metrics: Any = None) -> None:
+        self.settings = settings
+        self.gateway = settings.gateway_name
+        self.metrics = metrics
+        self.engine: AsyncEngine | None = None
+        self.writer: RecordWriter | None = None
+        self.files: RecordingFiles | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._finishing: set[asyncio.Task[None]] = set()
+        self._outbox_listeners: list[Any] = []
+        self.recording_bytes = 0  # disk the recordings take, refreshed every minute
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        settings = self.settings
+        self.engine = await open_database(settings.database)
+        await close_lost_calls(self.engine, settings.webhooks.urls, gateway=self.gateway)
+        if settings.records.recording:
+            self.files = RecordingFiles(settings.data_dir / "recordings")
+        m = self.metrics
+        self.writer = RecordWriter(
+            self.engine, queue_size=settings.records.queue_size,
+            batch_size=settings.records.batch_size, on_outbox=self._outbox_written,
+            on_dropped=(lambda n: m.records_dropped.inc(n)) if m else (lambda n: None),
+            on_written=(lambda n, s: m.records_written.inc(n)) if m else (lambda n, s: None),
+        )  # fmt: skip
+        self.writer.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._heartbeat(), name="records-heartbeat")]
+        if settings.records.retention_days > 0:
+            self._tasks.append(loop.create_task(self._retention(), name="records-retention"))
+
+    async def close(self) -> None:
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.writer is not None:
+            await self.writer.close()
+        if self.files is not None:
+            self.files.close()
+        if self.engine is not None:
+            await self.engine.dispose()
+
+    def on_outbox(self, listener: Any) -> None:
+        """Call `listener()` whenever webhook rows have been committed (wakes the sender)."""
+        self._outbox_listeners.append(listener)
+
+    def _outbox_written(self) -> None:
+        for listener in self._outbox_listeners:
+            listener()
+
+    # -- calls ---------------------------------------------------------------------------------
+    def open_call(self, call_id: str, transport: str) -> tuple[CallRecorder, CallRecording | None]:
+        """The recorder (and recording, if on) of a call about to start."""
+        assert self.writer is not None, "CallRecords.start() first"
+        recorder = CallRecorder(
+            call_id, transport, self.gateway, self.writer.put, self.settings.webhooks.urls,
+            recording_url=f"/v1/calls/{call_id}/recording" if self.files else None,
+        )  # fmt: skip
+        recording = self.files.open(call_id, recorder.started_at) if self.files else None
+        return recorder, recording
+
+    def finish_call(
+        self, recorder: CallRecorder, recording: CallRecording | None, reason: str
+    ) -> None:
+        """Close the call's record once its recording is written (on the writer thread)."""
+        if recording is None:
+            recorder.finished(reason)
+            return
+
+        async def finish() -> None:
+            result: Any = None
+            try:
+                result = await asyncio.wrap_future(recording.finish())
+            except Exception as exc:
+                log.error("call %s: finishing the recording failed: %s", recorder.call_id, exc)
+            recorder.finished(reason, result)
+
+        task = asyncio.get_running_loop().create_task(finish())
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every call that ended has its record committed (tests, shutdown)."""
+        if self._finishing:
+            await asyncio.gather(*list(self._finishing), return_exceptions=True)
+        return self.writer is not None and await self.writer.flush(timeout)
+
+    def status(self) -> dict[str, object]:
+        writer = self.writer
+        return {
+            "database": "up" if writer is None or writer.database_up else "down",
+            "backlog": 0 if writer is None else writer.backlog,
+            "recording_bytes": self.recording_bytes if self.files is not None else None,
+        }
+
+    # -- periodic ------------------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        calls = schema.calls
+        beats = 0
+        while True:
+            if self.files is not None and beats % 4 == 0:
+                try:
+                    self.recording_bytes = await asyncio.to_thread(self.files.disk_bytes)
+                except OSError as exc:
+                    log.warning("recordings disk use not read: %s", exc)
+            beats += 1
+            await asyncio.sleep(HEARTBEAT_S)
+            assert self.engine is not None
+            try:
+                async with self.engine.begin() as connection:
+                    await connection.execute(
+                        update(calls).where(calls.c.gateway == self.gateway,
+                                            calls.c.ended_at.is_(None))
+                        .values(heartbeat_at=utc_now())
+                    )  # fmt: skip
+            except Exception as exc:
+                log.warning("records heartbeat failed: %s", str(exc).splitlines()[0][:200])
+
+    async def _retention(self) -> None:
+        days = self.settings.records.retention_days
+        while True:
+            assert self.engine is not None
+            try:
+                await purge(self.engine, self.files, utc_now() - timedelta(days=days))
+            except Exception as exc:
+                log.warning("retention purge failed: %s", str(exc).splitlines()[0][:200])
+            await asyncio.sleep(RETENTION_EVERY_S)
