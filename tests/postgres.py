@@ -55,11 +55,8 @@ def postgres_server() -> Iterator[str]:
         log.touch()
         shutil.chown(log, "postgres")
     options = f"-h 127.0.0.1 -p {port} -k {sockets} -c fsync=off -c full_page_writes=off"
-    subprocess.run(
-        _as_owner([_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w",
-                   "-t", "60", "start"]),
-        check=True, capture_output=True,
-    )  # fmt: skip
+    _servers[port] = (data, log, options)
+    start_on(port)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -74,11 +71,43 @@ def postgres_server() -> Iterator[str]:
             time.sleep(0.3)
         yield f"postgresql://voicebot@127.0.0.1:{port}/voicebot"
     finally:
-        subprocess.run(
-            _as_owner([_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
-            capture_output=True,
-        )
+        stop_on(port, check=False)
+        _servers.pop(port, None)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# port -> (data directory, log file, server options) of the servers started here.
+_servers: dict[int, tuple[Path, Path, str]] = {}
+
+
+def start_on(port: int) -> None:
+    data, log, options = _servers[port]
+    subprocess.run(
+        _as_owner([_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w",
+                   "-t", "60", "start"]),
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def stop_on(port: int, *, check: bool = True) -> None:
+    data, _, _ = _servers[port]
+    subprocess.run(
+        _as_owner([_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
+        check=check, capture_output=True,
+    )  # fmt: skip
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+def stop(url: str) -> None:
+    """Stop the server of `url` at once (an outage); `start(url)` brings it back."""
+    stop_on(_port(url))
+
+
+def start(url: str) -> None:
+    start_on(_port(url))
 
 
 _databases = iter(range(1, 1_000_000))
