@@ -98,6 +98,11 @@ def create_app(
     async def index() -> FileResponse:
         return FileResponse(str(STATIC_DIR.joinpath("index.html")), media_type="text/html")
 
+    @app.get("/calls", include_in_schema=False)
+    async def call_inspector() -> FileResponse:
+        """The call inspector page; it reads /v1/calls (with the token it asks for)."""
+        return FileResponse(str(STATIC_DIR.joinpath("calls.html")), media_type="text/html")
+
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         manager = state.manager
