@@ -28,6 +28,7 @@ from voicebot.calls.metrics import GatewayMetrics
 from voicebot.calls.records.service import CallRecords
 from voicebot.calls.service import Service, ServiceFactory
 from voicebot.config import Settings
+from voicebot.gateway.calls_api import calls_router
 from voicebot.gateway.webrtc.signalling import OfferError, WebRtcGateway
 from voicebot.gateway.ws import CLOSE_TRY_AGAIN, bearer_ok, websocket_call
 from voicebot.models.base import Engines
@@ -93,6 +94,7 @@ def create_app(
     app = FastAPI(title="voicebot", version=__version__, lifespan=lifespan)
     app.state.gateway = state
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    app.include_router(calls_router(state))
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
