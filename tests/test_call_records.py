@@ -275,3 +275,24 @@ def test_recording_names_stay_inside_the_directory(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         files.path("../../etc/passwd")
     files.close()
+
+
+def test_transcript_search_ignores_case_beyond_ascii(database_url: str) -> None:
+    from voicebot.calls.records.queries import CallFilter, list_calls
+
+    async def main() -> None:
+        engine = await open_database(Settings(database_url=database_url).database)
+        writer = RecordWriter(engine)
+        writer.start()
+        recorder = CallRecorder("ws-fr", "ws", "gw1", writer.put, [])
+        recorder.opened({})
+        recorder(TranscriptReady(call_id="ws-fr", t=1.0, text="Je vais à l'ÉCOLE demain"))
+        recorder.finished("caller_hangup")
+        assert await writer.flush(10)
+        found, _ = await list_calls(engine, CallFilter(q="école"))
+        missing, _ = await list_calls(engine, CallFilter(q="collège"))
+        assert [c["id"] for c in found] == ["ws-fr"] and missing == []
+        await writer.close()
+        await engine.dispose()
+
+    asyncio.run(main())

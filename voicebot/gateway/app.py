@@ -27,8 +27,10 @@ from voicebot.calls.manager import CallManager
 from voicebot.calls.metrics import GatewayMetrics
 from voicebot.calls.records.service import CallRecords
 from voicebot.calls.service import Service, ServiceFactory
+from voicebot.calls.webhooks import WebhookSender
 from voicebot.config import Settings
 from voicebot.gateway.calls_api import calls_router
+from voicebot.gateway.webhooks_api import router as webhooks_router
 from voicebot.gateway.webrtc.signalling import OfferError, WebRtcGateway
 from voicebot.gateway.ws import CLOSE_TRY_AGAIN, bearer_ok, websocket_call
 from voicebot.models.base import Engines
@@ -44,6 +46,7 @@ class GatewayState:
         self.metrics = GatewayMetrics()
         self.manager: CallManager | None = None
         self.records: CallRecords | None = None
+        self.webhooks: WebhookSender | None = None
         self.webrtc: WebRtcGateway | None = None
         self.services: list[Service] = []
 
@@ -55,6 +58,12 @@ def watch_records(metrics: GatewayMetrics, records: CallRecords) -> None:
         metrics.records_backlog.set_function(lambda: writer.backlog)
         metrics.database_up.set_function(lambda: 1.0 if writer.database_up else 0.0)
     metrics.recordings_bytes.set_function(lambda: records.recording_bytes)
+
+
+def watch_webhooks(metrics: GatewayMetrics, sender: WebhookSender) -> None:
+    """The webhook gauges read the sender's figures of its last poll when scraped."""
+    metrics.webhook_pending.set_function(lambda: sender.pending)
+    metrics.webhook_oldest_pending.set_function(sender.oldest_pending_s)
 
 
 def create_app(
@@ -73,6 +82,10 @@ def create_app(
             state.records = CallRecords(settings, state.metrics)
             await state.records.start()
             watch_records(state.metrics, state.records)
+            if settings.webhooks.urls:
+                state.webhooks = WebhookSender.for_records(state.records, state.metrics)
+                await state.webhooks.start()
+                watch_webhooks(state.metrics, state.webhooks)
         state.manager = CallManager(settings, ready, state.metrics, records=state.records)
         state.webrtc = WebRtcGateway(state.manager, settings.webrtc)
         for factory in services:
@@ -88,12 +101,15 @@ def create_app(
             for service in state.services:
                 await service.close()
             state.manager.close()
+            if state.webhooks is not None:
+                await state.webhooks.close()
             if state.records is not None:
                 await state.records.close()
 
     app = FastAPI(title="voicebot", version=__version__, lifespan=lifespan)
     app.state.gateway = state
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    app.include_router(webhooks_router)
     app.include_router(calls_router(state))
 
     @app.get("/", include_in_schema=False)
@@ -118,6 +134,7 @@ def create_app(
             **{service.name: service.status() for service in state.services},
             "engine_wait_s": 0.0 if manager is None else round(manager.engine_backlog.wait_s(), 3),
             "records": None if state.records is None else state.records.status(),
+            "webhooks": None if state.webhooks is None else state.webhooks.status(),
             "tasks": len(asyncio.all_tasks()),
         }
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)

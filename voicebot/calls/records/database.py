@@ -55,8 +55,15 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=5000")
             cursor.close()
+            # SQLite's own lower() folds ASCII only: transcript search ignores case in any
+            # language, as PostgreSQL's does.
+            dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
 
     return engine
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
 def _upgrade(connection: Connection) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from voicebot.calls.records import schema
 from voicebot.calls.records.database import open_database
 from voicebot.calls.records.lost_calls import close_lost_calls
+from voicebot.calls.records.queries import recording_url
 from voicebot.calls.records.recorder import CallRecorder
 from voicebot.calls.records.recording import CallRecording, RecordingFiles
 from voicebot.calls.records.retention import purge
@@ -94,7 +95,7 @@ class CallRecords:
         assert self.writer is not None, "CallRecords.start() first"
         recorder = CallRecorder(
             call_id, transport, self.gateway, self.writer.put, self.settings.webhooks.urls,
-            recording_url=f"/v1/calls/{call_id}/recording" if self.files else None,
+            recording_url=recording_url(call_id) if self.files else None,
         )  # fmt: skip
         recording = self.files.open(call_id, recorder.started_at) if self.files else None
         return recorder, recording
