@@ -109,8 +109,8 @@ def create_app(
     app = FastAPI(title="voicebot", version=__version__, lifespan=lifespan)
     app.state.gateway = state
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
-    app.include_router(webhooks_router)
     app.include_router(calls_router(state))
+    app.include_router(webhooks_router)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
