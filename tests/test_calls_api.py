@@ -52,6 +52,7 @@ from voicebot.calls.records.service import CallRecords
 from voicebot.config import Settings
 from voicebot.gateway.app import create_app
 from voicebot.gateway.calls_api import calls_router
+from voicebot.gateway.errors import use_error_shape
 from voicebot.models.base import Engines
 from voicebot.models.llm.scripted import ScriptedLanguageModel
 from voicebot.models.tts.espeak import EspeakTextToSpeech
@@ -157,6 +158,7 @@ async def api(
     state = SimpleNamespace(settings=settings, records=records,
                             manager=manager or SimpleNamespace(calls={}))  # fmt: skip
     app = FastAPI()
+    use_error_shape(app)
     app.include_router(calls_router(state))
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     transport = httpx.ASGITransport(app=app)
@@ -294,7 +296,7 @@ def test_cursor_pages_have_no_duplicates_or_gaps(database_url: str, tmp_path: Pa
                         base64.urlsafe_b64encode(b"[1,2,3]").decode(), "e30"):  # fmt: skip
                 response = await client.get("/v1/calls", params={"cursor": bad})
                 assert response.status_code == 400, bad
-                assert "cursor" in response.json()["detail"]
+                assert "cursor" in response.json()["error"]
 
     asyncio.run(main())
 
@@ -366,7 +368,7 @@ def test_call_detail_and_transcript_of_sip_call_ids(database_url: str, tmp_path:
             for path in ("/v1/calls/nope@x", "/v1/calls/nope@x/transcript",
                          "/v1/calls/nope@x/recording"):  # fmt: skip
                 missing = await client.get(path)
-                assert missing.status_code == 404 and missing.json()["detail"] == "no such call"
+                assert missing.status_code == 404 and missing.json()["error"] == "no such call"
 
     asyncio.run(main())
 
@@ -427,10 +429,10 @@ def test_recording_whole_and_byte_ranges(database_url: str, tmp_path: Path) -> N
             last_byte = await client.get(url, headers={"Range": f"bytes={size}-{size + 5}"})
             assert last_byte.status_code == 416
 
-            assert (await client.get("/v1/calls/norec/recording")).json()["detail"] == (
+            assert (await client.get("/v1/calls/norec/recording")).json()["error"] == (
                 "this call has no recording")
             live = await client.get("/v1/calls/live/recording")
-            assert live.status_code == 409 and "live" in live.json()["detail"]
+            assert live.status_code == 409 and "live" in live.json()["error"]
 
     asyncio.run(main())
 
@@ -474,7 +476,7 @@ def test_delete_hangs_up_running_calls_erases_ended(database_url: str, tmp_path:
 
             # open in the records but not running here: another gateway's, not erased
             elsewhere = await client.delete("/v1/calls/elsewhere")
-            assert elsewhere.status_code == 409 and "gw-test" in elsewhere.json()["detail"]
+            assert elsewhere.status_code == 409 and "gw-test" in elsewhere.json()["error"]
             assert (await client.delete("/v1/calls/other")).status_code == 204
             assert [c["id"] for c in (await client.get("/v1/calls")).json()["calls"]] == [
                 "elsewhere"]
@@ -509,7 +511,7 @@ def test_bearer_token_and_records_off(tmp_path: Path) -> None:
                                  ("DELETE", "/v1/calls/x")):  # fmt: skip
                 off = await client.request(method, path)
                 assert off.status_code == 503, (method, path)
-                assert "records" in off.json()["detail"]
+                assert "records" in off.json()["error"]
             state.records = records
 
     asyncio.run(main())

@@ -30,6 +30,7 @@ from voicebot.calls.service import Service, ServiceFactory
 from voicebot.calls.webhooks import WebhookSender
 from voicebot.config import Settings
 from voicebot.gateway.calls_api import calls_router
+from voicebot.gateway.errors import use_error_shape
 from voicebot.gateway.webhooks_api import router as webhooks_router
 from voicebot.gateway.webrtc.signalling import OfferError, WebRtcGateway
 from voicebot.gateway.ws import CLOSE_TRY_AGAIN, bearer_ok, websocket_call
@@ -108,6 +109,7 @@ def create_app(
 
     app = FastAPI(title="voicebot", version=__version__, lifespan=lifespan)
     app.state.gateway = state
+    use_error_shape(app)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.include_router(calls_router(state))
     app.include_router(webhooks_router)

@@ -22,10 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from voicebot.calls.manager import CallManager
 from voicebot.calls.records import queries
-from voicebot.calls.records.queries import CallFilter, CursorError
+from voicebot.calls.records.queries import CallFilter
 from voicebot.calls.records.recording import RecordingFiles
 from voicebot.calls.records.retention import erase_call
 from voicebot.calls.records.service import CallRecords
+from voicebot.calls.records.times import CursorError
 from voicebot.config import Settings
 from voicebot.gateway.ws import bearer_ok
 

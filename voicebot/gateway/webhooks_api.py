@@ -15,6 +15,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from voicebot.calls.records.times import CursorError
 from voicebot.calls.records.writes import utc_now
 from voicebot.calls.webhooks import outbox
 from voicebot.gateway.ws import bearer_ok
@@ -57,7 +58,7 @@ async def list_deliveries(
         page, next_cursor = await outbox.list_deliveries(
             engine, status=status, call_id=call_id, limit=limit, cursor=cursor
         )
-    except outbox.CursorError:
+    except CursorError:
         return _error(400, "bad cursor: pass next_cursor of a previous page as it was")
     return JSONResponse({"deliveries": page, "next_cursor": next_cursor})
 

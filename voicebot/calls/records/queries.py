@@ -13,11 +13,8 @@ over the records' engine. SQLAlchemy Core, one code path for SQLite and PostgreS
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -26,14 +23,11 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from voicebot.calls.records import schema
+from voicebot.calls.records.times import as_utc, decode_cursor, encode_cursor, iso
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 _URL_SAFE = "/@:!$&'()*+,;=~-._"  # kept as they are in a call's URL path (SIP Call-IDs)
-
-
-class CursorError(ValueError):
-    """A `cursor` that is not one this API gave out."""
 
 
 @dataclass(frozen=True)
@@ -60,39 +54,6 @@ class CallState:
 
 
 # -- times and cursors --------------------------------------------------------------------------
-def as_utc(moment: datetime | None) -> datetime | None:
-    """Aware UTC; naive values (SQLite's, or a query's without offset) are UTC."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def iso(moment: datetime | None) -> str | None:
-    """ISO 8601 in UTC with `Z` (milliseconds and finer kept as stored)."""
-    value = as_utc(moment)
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-def encode_cursor(started_at: datetime, call_id: str) -> str:
-    moment = as_utc(started_at)
-    assert moment is not None
-    raw = json.dumps([moment.isoformat(), call_id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        started, call_id = json.loads(raw)
-        if not isinstance(started, str) or not isinstance(call_id, str):
-            raise TypeError
-        moment = as_utc(datetime.fromisoformat(started))
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise CursorError("bad cursor: pass next_cursor of a previous page as it was") from exc
-    assert moment is not None
-    return moment, call_id
-
-
 def recording_url(call_id: str) -> str:
     return f"/v1/calls/{quote(call_id, safe=_URL_SAFE)}/recording"
 

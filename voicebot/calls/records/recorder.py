@@ -36,6 +36,7 @@ from voicebot.agent.events import (
     TurnLatency,
     VadLevel,
 )
+from voicebot.calls.records.times import iso
 from voicebot.calls.records.writes import RecordWrite, utc_now, webhook_id
 
 Sink = Callable[[RecordWrite], None]
@@ -46,10 +47,6 @@ class _BotTurn:
     start_s: float
     sentences: list[str] = field(default_factory=list)
     latency: dict[str, Any] | None = None
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
 def _party(info: dict[str, Any], key: str) -> str | None:
@@ -110,7 +107,7 @@ class CallRecorder:
         self._webhook("call.started", {
             "transport": self.transport, "direction": self._direction,
             "from": row["from_uri"], "to": row["to_uri"], "info": info,
-            "gateway": self._gateway, "started_at": _iso(self.started_at),
+            "gateway": self._gateway, "started_at": iso(self.started_at),
         })  # fmt: skip
 
     def finished(self, reason: str, recording: tuple[str, int] | None = None) -> None:
@@ -140,8 +137,8 @@ class CallRecorder:
             update["recording_path"], update["recording_bytes"] = recording
         self._sink(RecordWrite("calls", update, op="update"))
         self._webhook("call.ended", {
-            "reason": reason, "started_at": _iso(self.started_at), "answered_at": _iso(answered),
-            "ended_at": _iso(ended_at), "duration_s": update["duration_s"],
+            "reason": reason, "started_at": iso(self.started_at), "answered_at": iso(answered),
+            "ended_at": iso(ended_at), "duration_s": update["duration_s"],
             "turns": self._turns, "dtmf": self._dtmf, "transfer_target": self._transfer,
             "summary": summary,
             "recording": self._recording_url if recording is not None else None,
@@ -157,7 +154,7 @@ class CallRecorder:
             case CallStarted():
                 self.answered_at = utc_now()
                 self._update(answered_at=self.answered_at)
-                self._webhook("call.answered", {"answered_at": _iso(self.answered_at)})
+                self._webhook("call.answered", {"answered_at": iso(self.answered_at)})
             case SpeechStarted(onset=onset):
                 if self._user_onset is None:
                     self._user_onset = onset
@@ -247,7 +244,7 @@ class CallRecorder:
 
     def _webhook(self, kind: str, data: dict[str, Any]) -> None:
         now = utc_now()
-        payload = {"type": kind, "timestamp": _iso(now),
+        payload = {"type": kind, "timestamp": iso(now),
                    "data": {"call_id": self.call_id, **data}}  # fmt: skip
         seq = self._webhook_seq
         self._webhook_seq += 1

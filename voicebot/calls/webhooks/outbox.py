@@ -10,10 +10,8 @@ through `utc`, because SQLite returns them naive.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import and_, func, literal, or_, select, update
@@ -21,25 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from voicebot.calls.records import schema
+from voicebot.calls.records.times import as_utc, decode_cursor, encode_cursor, iso
 
 Status = Literal["pending", "delivered", "dead"]
 ERROR_CHARS = 500
 
 outbox = schema.outbox
-
-
-def utc(moment: datetime) -> datetime:
-    """Aware UTC; naive values (SQLite's) are UTC already."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    return None if moment is None else utc(moment)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    moment = as_utc(moment)
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +104,7 @@ async def claim(
             row = (await connection.execute(statement)).first()
         if row is not None:
             claimed.append(Delivery(row.id, row.url, row.call_id, row.seq, row.type,
-                                    row.payload, utc(row.created_at), row.attempts))  # fmt: skip
+                                    row.payload, as_utc(row.created_at), row.attempts))  # fmt: skip
     return claimed
 
 
@@ -208,27 +193,9 @@ def _row_json(row: Any) -> dict[str, Any]:
     return {
         "id": row.id, "url": row.url, "call_id": row.call_id, "seq": row.seq,
         "type": row.type, "attempts": row.attempts, "status": row.status,
-        "created_at": _iso(row.created_at), "next_attempt_at": _iso(row.next_attempt_at),
-        "delivered_at": _iso(row.delivered_at), "last_error": row.last_error,
+        "created_at": iso(row.created_at), "next_attempt_at": iso(row.next_attempt_at),
+        "delivered_at": iso(row.delivered_at), "last_error": row.last_error,
     }  # fmt: skip
-
-
-class CursorError(ValueError):
-    """A `cursor` that is not one this API gave out."""
-
-
-def _cursor(created_at: datetime, delivery_id: str) -> str:
-    raw = f"{_iso(created_at)}|{delivery_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _parse_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        moment, delivery_id = raw.split("|", 1)
-        return utc(datetime.fromisoformat(moment.replace("Z", "+00:00"))), delivery_id
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise CursorError("bad cursor") from exc
 
 
 async def list_deliveries(
@@ -246,7 +213,7 @@ async def list_deliveries(
     if call_id is not None:
         query = query.where(outbox.c.call_id == call_id)
     if cursor is not None:
-        after_at, after_id = _parse_cursor(cursor)
+        after_at, after_id = decode_cursor(cursor)
         query = query.where(or_(
             outbox.c.created_at < after_at,
             and_(outbox.c.created_at == after_at, outbox.c.id < after_id),
@@ -256,7 +223,7 @@ async def list_deliveries(
         rows = (await connection.execute(query)).all()
     page = rows[:limit]
     more = len(rows) > limit
-    next_cursor = _cursor(page[-1].created_at, page[-1].id) if more and page else None
+    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if more and page else None
     return [_row_json(row) for row in page], next_cursor
 
 
