@@ -129,7 +129,7 @@ async function loadList(reset, cursor = null) {
     if (!(err instanceof Unauthorized)) $("list-status").textContent = `Could not load calls: ${err.message}`;
     return;
   }
-  if (seq !== view.listSeq && reset) return; // a newer query answered first
+  if (seq !== view.listSeq) return; // a newer query was asked meanwhile
   $("list-status").textContent = "";
   if (reset) view.calls.clear();
   for (const c of page.calls) view.calls.set(c.id, c);
@@ -140,8 +140,11 @@ async function loadList(reset, cursor = null) {
 async function refreshList() {
   // The first page again: new calls come in at the top, live ones get their new state.
   if (document.hidden) return;
+  const seq = view.listSeq;
+  const query = listQuery(null);
   try {
-    const page = await api(listQuery(null));
+    const page = await api(query);
+    if (seq !== view.listSeq || query !== listQuery(null)) return; // the filters changed
     for (const c of page.calls) view.calls.set(c.id, c);
     if (view.calls.size <= page.calls.length) view.cursor = page.next_cursor;
     renderList();
