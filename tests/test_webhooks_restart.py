@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
 
 from tests import gateway_client
@@ -103,8 +104,9 @@ def test_receiver_down_gateway_killed_and_restarted_nothing_lost(
         assert all(len(ids) == 1 for ids in bodies.values()), "one event under two ids"
         first_seen = list(dict.fromkeys(r.id for r in got))
         types = [next(r.type for r in got if r.id == i) for i in first_seen]
-        stamps = [json.loads(next(r.body for r in got if r.id == i))["timestamp"]
-                  for i in first_seen]  # fmt: skip
+        stamps = [datetime.fromisoformat(json.loads(next(
+            r.body for r in got if r.id == i))["timestamp"].replace("Z", "+00:00"))
+            for i in first_seen]  # fmt: skip
         assert stamps == sorted(stamps), "delivered out of the order the events happened"
         assert types[0] == "call.started" and types[1] == "call.answered"
         assert types[-1] == "call.ended" and types.count("call.ended") == 1, types
