@@ -161,6 +161,8 @@ def test_webrtc_call_record_and_recording(records_gw, question) -> None:  # type
     left, right = recording(gw, record).T
     check_left(left, question, 0.8)  # Opus both ways: the same speech, not the same samples
     check_right(right, got.audio16k(), bot["start_s"], 0.8, max_lag_s=0.3)
+    assert record["from"].startswith("127.0.0.1:") and record["to"] == "/webrtc/offer"
+    assert record["info"]["user_agent"].startswith("python-httpx")
 
 
 def test_sip_call_record_and_recording(records_gw, question) -> None:  # type: ignore[no-untyped-def]

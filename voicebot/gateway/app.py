@@ -29,6 +29,7 @@ from voicebot.calls.records.service import CallRecords
 from voicebot.calls.service import Service, ServiceFactory
 from voicebot.calls.webhooks import WebhookSender
 from voicebot.config import Settings
+from voicebot.gateway.caller_info import caller_info
 from voicebot.gateway.calls_api import calls_router
 from voicebot.gateway.errors import use_error_shape
 from voicebot.gateway.webhooks_api import router as webhooks_router
@@ -154,7 +155,7 @@ def create_app(
         if state.webrtc is None:
             return JSONResponse({"error": "try again later: starting"}, status_code=503)
         try:
-            answer = await state.webrtc.answer(await request.body())
+            answer = await state.webrtc.answer(await request.body(), caller_info(request))
         except OfferError as exc:
             return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=exc.headers)
         return JSONResponse(answer)

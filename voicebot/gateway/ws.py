@@ -28,6 +28,7 @@ from voicebot.audio.resample import from_canonical, to_canonical
 from voicebot.calls.leg import Leg, run_leg
 from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia
 from voicebot.calls.pacing import PacedFrames
+from voicebot.gateway.caller_info import caller_info
 
 log = logging.getLogger("voicebot.gateway.ws")
 
@@ -168,12 +169,7 @@ class WebSocketLeg(Leg):
         def forward(event: Event) -> None:
             self.outbox.put(event.to_json())
 
-        client = self.ws.client
-        info: dict[str, object] = {
-            "from": f"{client.host}:{client.port}" if client else None, "to": self.ws.url.path,
-            "user_agent": (self.ws.headers.get("user-agent") or "")[:200] or None,
-        }  # fmt: skip
-        return LegMedia(self.sink, subscribers=[forward], info=info)
+        return LegMedia(self.sink, subscribers=[forward], info=caller_info(self.ws))
 
     async def run(self, session: CallSession) -> str:
         reader = asyncio.create_task(self._read())

@@ -138,10 +138,11 @@ class WebRtcGateway:
         ]
         return RTCConfiguration(iceServers=servers)
 
-    async def answer(self, body: bytes) -> dict[str, str]:
+    async def answer(self, body: bytes, client: dict[str, object] | None = None) -> dict[str, str]:
         """The SDP answer to an offer; the call then runs on its own task. Raises
-        OfferError (a bad offer 400/413, refused 503) instead."""
-        leg = WebRtcLeg(self, parse_offer(body, self.settings.loopback_only))
+        OfferError (a bad offer 400/413, refused 503) instead. `client`: what the HTTP
+        request said of the caller (address, user agent), kept in the call's record."""
+        leg = WebRtcLeg(self, parse_offer(body, self.settings.loopback_only), client or {})
         task = asyncio.create_task(run_leg(self.manager, leg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -166,9 +167,12 @@ class WebRtcLeg(Leg):
 
     transport = "webrtc"
 
-    def __init__(self, gateway: WebRtcGateway, offer: RTCSessionDescription) -> None:
+    def __init__(
+        self, gateway: WebRtcGateway, offer: RTCSessionDescription, client: dict[str, object]
+    ) -> None:
         self.gateway = gateway
         self.offer = offer
+        self.client = client
         self.answer: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
         self.bot = BotAudioTrack()
         self.events = EventChannel()
@@ -203,7 +207,7 @@ class WebRtcLeg(Leg):
             self.answer.set_exception(OfferError(400, reason))
             raise LegSetupError(reason) from exc
         self.answer.set_result({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
-        return LegMedia(self.bot, subscribers=[self.events])
+        return LegMedia(self.bot, subscribers=[self.events], info=dict(self.client))
 
     async def run(self, session: CallSession) -> str:
         self._session = session
