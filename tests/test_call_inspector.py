@@ -7,7 +7,8 @@ each turn's bar at its start on the time axis (geometry from the rendered boxes,
 from the axis ticks), caller bars in the caller lane and bot bars in the bot lane; the
 bubbles say what the API says was said; a click at a turn's start plays the recording from
 there and the playhead follows. The screenshot is checked too: the bars' colours are where
-the bars are. With `VOICEBOT_API_TOKEN` set the page asks for the token, or takes `?token=`.
+the bars are. With `VOICEBOT_API_TOKEN` set the page asks for the token, or takes `?token=`; a
+live call is listed while it runs and gets its recording when it ends.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 import struct
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -377,41 +379,63 @@ def check_dtmf_and_error_markers(page: Any, record: dict[str, Any]) -> None:
 
 
 # -- the token ------------------------------------------------------------------------------------
-def test_the_inspector_with_an_api_token(tmp_path: Path, voice: PiperTextToSpeech) -> None:
+def test_a_live_call_with_an_api_token(tmp_path: Path, voice: PiperTextToSpeech) -> None:
+    """`?token=` in the page's URL; the call shows up while it is live (auto-refresh) and its
+    recording when it has ended. Without a token the page asks for one and keeps it."""
     from playwright.sync_api import sync_playwright
 
-    audio = place(7.0, (0.5, voice.synthesize_sync("What is the balance on my account?")))
+    audio = place(10.0, (0.5, voice.synthesize_sync("What is the balance on my account?")))
     auth = {"Authorization": "Bearer s3cret"}
-    with gateway(tmp_path, VOICEBOT_API_TOKEN="s3cret") as gw:
-        call_id = make_call(gw, audio, headers=auth)
+    with (
+        gateway(tmp_path, VOICEBOT_API_TOKEN="s3cret") as gw,
+        sync_playwright() as pw,
+        ThreadPoolExecutor(1) as caller,
+    ):
         assert httpx.get(f"{gw.http}/v1/calls", timeout=5).status_code == 401
-        record = closed_record(gw, call_id, headers=auth)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-            try:
-                # ?token= in the page's URL: the list, the call and its recording load.
-                page = browser.new_context(viewport=VIEWPORT).new_page()
-                page.goto(f"{gw.http}/calls?token=s3cret")
-                open_call(page, call_id)
-                assert page.locator("#token-form").is_hidden()
-                assert page.locator(".bar").count() == len(record["turns"])
-                assert page.evaluate("document.getElementById('player').duration") > 5.0
-                # No token: the page asks for one, keeps it, and then shows the calls.
-                page = browser.new_context(viewport=VIEWPORT).new_page()
-                page.goto(f"{gw.http}/calls")
-                page.wait_for_selector("body[data-auth='needed']", timeout=10_000)
-                assert page.locator("#token-form").is_visible()
-                assert page.locator(".call-item").count() == 0
-                page.fill("#token-input", "wrong")
-                page.click("#token-form button")
-                page.wait_for_function(
-                    "document.getElementById('token-error').textContent.includes('refused')"
-                )  # fmt: skip
-                page.fill("#token-input", "s3cret")
-                page.click("#token-form button")
-                open_call(page, call_id)
-                assert page.evaluate("localStorage.getItem('voicebot.apiToken')") == "s3cret"
-                page.reload()  # remembered
-                page.wait_for_selector(f'.call-item[data-call-id="{call_id}"]', timeout=10_000)
-            finally:
-                browser.close()
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_context(viewport=VIEWPORT).new_page()
+        try:
+            page.goto(f"{gw.http}/calls?token=s3cret")
+            page.wait_for_selector("body[data-listed='0']", timeout=10_000)
+            assert page.locator("#token-form").is_hidden()
+            call = caller.submit(make_call, gw, audio, auth)
+            live = page.locator('.call-item[data-live="true"]')
+            live.wait_for(timeout=10_000)  # the list's refresh found it
+            call_id = live.get_attribute("data-call-id")
+            live.click()
+            page.wait_for_selector(f'#call-view[data-call-id="{call_id}"]', timeout=10_000)
+            assert page.locator("#call-live").is_visible()
+            assert page.locator("#player").is_hidden()  # the recording comes at the end
+            assert call.result(timeout=30) == call_id
+            # Ended: the list and the call refresh themselves and the recording loads.
+            page.wait_for_selector(f'.call-item[data-call-id="{call_id}"][data-live="false"]',
+                                   timeout=10_000)  # fmt: skip
+            page.wait_for_function("document.body.dataset.audio === 'ready'", timeout=10_000)
+            record = closed_record(gw, call_id, headers=auth)
+            assert page.locator("#call-live").count() == 0
+            assert page.locator(".bar").count() == len(record["turns"]) >= 2
+            assert page.evaluate("document.getElementById('player').duration") > 5.0
+
+            # No token: the page asks for one, keeps it, and then shows the calls.
+            page = browser.new_context(viewport=VIEWPORT).new_page()
+            page.goto(f"{gw.http}/calls")
+            page.wait_for_selector("body[data-auth='needed']", timeout=10_000)
+            assert page.locator("#token-form").is_visible()
+            assert page.locator(".call-item").count() == 0
+            page.fill("#token-input", "wrong")
+            page.click("#token-form button")
+            page.wait_for_function(
+                "document.getElementById('token-error').textContent.includes('refused')"
+            )  # fmt: skip
+            page.fill("#token-input", "s3cret")
+            page.click("#token-form button")
+            open_call(page, call_id)
+            assert page.evaluate("localStorage.getItem('voicebot.apiToken')") == "s3cret"
+            page.reload()  # remembered
+            page.wait_for_selector(f'.call-item[data-call-id="{call_id}"]', timeout=10_000)
+        except BaseException:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "call-inspector-token-failed.png"))
+            raise
+        finally:
+            browser.close()

@@ -10,6 +10,7 @@ const LIST_REFRESH_MS = 4000;
 const LIVE_REFRESH_MS = 3000;
 const TICK_STEPS = [0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800];
 const MIN_TICK_PX = 64;
+const MIN_PX_PER_S = 8; // a longer call scrolls sideways
 
 const params = new URLSearchParams(location.search);
 let token = params.get("token") || localStorage.getItem(TOKEN_KEY) || "";
@@ -39,7 +40,10 @@ async function api(path) {
     askToken(token ? "That token was refused." : "");
     throw new Unauthorized(path);
   }
-  if (!res.ok) throw new Error(`${path.split("?")[0]}: HTTP ${res.status}`);
+  if (!res.ok) {
+    const body = await res.json().catch(() => ({}));
+    throw new Error(`${body.error || body.detail || "HTTP"} (${res.status})`);
+  }
   return res.json();
 }
 
@@ -191,8 +195,8 @@ $("more").addEventListener("click", () => loadList(false, view.cursor));
 // -- the selected call ----------------------------------------------------------------------
 let liveTimer = null;
 
-async function selectCall(id, { keepAudio = false } = {}) {
-  const first = view.selected !== id || !view.detail;
+async function selectCall(id) {
+  clearTimeout(liveTimer);
   view.selected = id;
   history.replaceState(null, "", `${location.pathname}${location.search}#call=${encodeURIComponent(id)}`);
   for (const b of document.querySelectorAll(".call-item")) {
@@ -216,12 +220,15 @@ async function selectCall(id, { keepAudio = false } = {}) {
   $("call-view").hidden = false;
   $("call-view").dataset.callId = id;
   renderHeader(detail);
-  if (first && !keepAudio) setRecording(detail);
+  // A new call, or the recording of a live call that has ended since.
+  if (loadedFor !== id || (detail.recording || null) !== loadedRecording) setRecording(detail);
   renderTimeline();
   renderTurns(detail);
   renderEvents(detail);
   clearTimeout(liveTimer);
-  if (isLive(detail)) liveTimer = setTimeout(() => selectCall(id, { keepAudio: true }), LIVE_REFRESH_MS);
+  if (isLive(detail)) {
+    liveTimer = setTimeout(() => { if (view.selected === id) selectCall(id); }, LIVE_REFRESH_MS);
+  }
 }
 
 function renderHeader(c) {
@@ -232,10 +239,10 @@ function renderHeader(c) {
     el("h2", { id: "call-id", title: c.id }, c.id),
     el("div", { class: "hd-parties" },
       el("span", { id: "call-from" }, c.from || "unknown caller"), " → ",
-      el("span", { id: "call-to" }, c.to || "the bot"),
-      el("span", { class: `badge t-${c.transport}` }, c.transport),
-      el("span", { class: "badge" }, c.direction || "inbound"),
-      isLive(c) ? el("span", { class: "badge live" }, "live") : null),
+      el("span", { id: "call-to" }, c.to || "the bot"), " ",
+      el("span", { class: `badge t-${c.transport}`, id: "call-transport" }, c.transport), " ",
+      el("span", { class: "badge", id: "call-direction" }, c.direction || "inbound"), " ",
+      isLive(c) ? el("span", { class: "badge live", id: "call-live" }, "live") : null),
     el("dl", { class: "hd-grid" },
       item("started", clock(c.started_at, true), "call-started"),
       item("answered", c.answered_at ? clock(c.answered_at) : "not answered", "call-answered"),
@@ -253,8 +260,13 @@ function renderHeader(c) {
 // -- recording ------------------------------------------------------------------------------
 const player = $("player");
 let recordingUrl = null;
+let loadedFor = null; // the call and recording the player has
+let loadedRecording = null;
 
 function setRecording(c) {
+  loadedFor = c.id;
+  loadedRecording = c.recording || null;
+  document.body.dataset.audio = c.recording ? "loading" : "none";
   if (recordingUrl && recordingUrl.startsWith("blob:")) URL.revokeObjectURL(recordingUrl);
   recordingUrl = null;
   player.pause();
@@ -265,7 +277,8 @@ function setRecording(c) {
   if (!c.recording) return;
   // <audio> cannot send a header: the token goes in the query (the API takes ?token= like
   // /ws does); if that is refused the file is fetched with the header instead.
-  const url = token ? `${c.recording}?token=${encodeURIComponent(token)}` : c.recording;
+  const join = c.recording.includes("?") ? "&" : "?";
+  const url = token ? `${c.recording}${join}token=${encodeURIComponent(token)}` : c.recording;
   recordingUrl = url;
   player.dataset.fallback = "";
   player.src = url;
@@ -396,7 +409,7 @@ function renderTimeline() {
   const length = timelineLength(c);
   const scroll = $("timeline-scroll");
   const labelW = $("lane-user").offsetLeft || 72;
-  const fit = Math.max(4, (scroll.clientWidth - labelW - 24) / length);
+  const fit = Math.max(MIN_PX_PER_S, (scroll.clientWidth - labelW - 24) / length);
   const px = view.zoom ? Math.max(fit, view.zoom) : fit;
   view.pxPerS = px;
   const timeline = $("timeline");
@@ -497,30 +510,43 @@ function bubbleText(t) {
   return [el("span", { class: "heard" }, heard), rest ? el("span", { class: "unheard", title: "not heard: cut off" }, rest) : null];
 }
 
+// What was said, under the lanes: the caller's bubbles in rows of their own, then the bot's,
+// each bubble from its turn's start, 260 px wide at most (on a long call's timeline, as wide
+// as the time to that speaker's next turn, 120 px at least), four lines at most (the whole
+// text is in its title and in the table).
 function renderBubbles(turns, px, length) {
   const box = $("bubbles");
-  const bubbles = turns.filter((t) => t.start_s !== null && t.start_s !== undefined).map((t) => el("div", {
-    class: `bubble b-${t.speaker}${t.interrupted ? " interrupted" : ""}`,
-    data: { turnIdx: String(t.idx), speaker: t.speaker, start: String(t.start_s) },
-  }, ...bubbleText(t)));
+  const placed = turns.filter((t) => t.start_s !== null && t.start_s !== undefined);
+  const bubbles = placed.map((t) => {
+    const next = placed.find((o) => o.speaker === t.speaker && o.start_s > t.start_s);
+    // A call that fits the width has room enough; a long one makes bubbles narrow.
+    const room = next && px < 24 ? (next.start_s - t.start_s) * px - 6 : 260;
+    return el("div", {
+      class: `bubble b-${t.speaker}${t.interrupted ? " interrupted" : ""}`, title: t.text,
+      data: { turnIdx: String(t.idx), speaker: t.speaker, start: String(t.start_s) },
+      style: { maxWidth: `${Math.round(Math.min(260, Math.max(120, room)))}px` },
+    }, el("span", { class: "bubble-text" }, ...bubbleText(t)));
+  });
   box.replaceChildren(...bubbles);
-  // Stack them without overlap: each in the first row whose last bubble ends before it.
   const width = length * px;
-  const rows = [];
-  for (const b of bubbles) {
-    const w = b.offsetWidth;
-    const left = Math.max(0, Math.min(+b.dataset.start * px, width - w));
-    let row = rows.findIndex((r) => r.right + 6 <= left);
-    if (row < 0) { rows.push({ right: 0, height: 0, items: [] }); row = rows.length - 1; }
-    rows[row].right = left + w;
-    rows[row].height = Math.max(rows[row].height, b.offsetHeight);
-    rows[row].items.push(b);
-    b.style.left = `${left}px`;
-  }
   let top = 0;
-  for (const r of rows) {
-    for (const b of r.items) b.style.top = `${top}px`;
-    top += r.height + 6;
+  for (const speaker of ["user", "bot"]) {
+    // Each bubble in the first row of its track whose last bubble ends before it.
+    const rows = [];
+    for (const b of bubbles.filter((x) => x.dataset.speaker === speaker)) {
+      const w = b.offsetWidth;
+      const left = Math.max(0, Math.min(+b.dataset.start * px, width - w));
+      let row = rows.findIndex((r) => r.right + 6 <= left);
+      if (row < 0) { rows.push({ right: 0, height: 0, items: [] }); row = rows.length - 1; }
+      rows[row].right = left + w;
+      rows[row].height = Math.max(rows[row].height, b.offsetHeight);
+      rows[row].items.push(b);
+      b.style.left = `${left}px`;
+    }
+    for (const r of rows) {
+      for (const b of r.items) b.style.top = `${top}px`;
+      top += r.height + 6;
+    }
   }
   box.style.height = `${Math.max(24, top)}px`;
 }
