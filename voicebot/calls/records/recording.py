@@ -94,7 +94,10 @@ class CallRecording:
         self.call_id = call_id
         self._files = files
         self._path = files.path(name)
-        self._recent: list[np.ndarray] = []  # stereo (320, 2) frames not yet handed over
+        # The last ticks not yet handed to the writer: caller frames, and bot frames (None:
+        # silent, or dropped unplayed).
+        self._callers: list[np.ndarray] = []
+        self._bots: list[np.ndarray | None] = []
         self._file: BinaryIO | None = None
         self._bytes = 0
         self._failed = False
@@ -103,20 +106,20 @@ class CallRecording:
 
     # -- the tap (media path) ------------------------------------------------------------------
     def tick(self, caller: np.ndarray, bot: np.ndarray | None) -> None:
-        frame = np.zeros((FRAME_SAMPLES, 2), np.int16)
-        frame[:, 0] = caller
-        if bot is not None:
-            frame[:, 1] = bot
-        self._recent.append(frame)
+        # Only references (and a 640-byte copy of the caller's frame, whose buffer the
+        # transport may reuse): the stereo interleaving is done on the writer thread.
+        self._callers.append(caller.copy())
+        self._bots.append(bot)
         self._frames += 1
-        if len(self._recent) >= KEEP_FRAMES + _WRITE_EVERY:
-            chunk = np.concatenate(self._recent[:_WRITE_EVERY])
-            del self._recent[:_WRITE_EVERY]
-            self._files.submit(self._append, chunk)
+        if len(self._callers) >= KEEP_FRAMES + _WRITE_EVERY:
+            callers, bots = self._callers[:_WRITE_EVERY], self._bots[:_WRITE_EVERY]
+            del self._callers[:_WRITE_EVERY], self._bots[:_WRITE_EVERY]
+            self._files.submit(self._append, callers, bots)
 
     def unheard(self, frames: int) -> None:
-        for frame in self._recent[-frames:] if frames > 0 else []:
-            frame[:, 1] = 0
+        if frames > 0:
+            kept = len(self._bots)
+            self._bots[max(0, kept - frames) :] = [None] * min(frames, kept)
 
     @property
     def seconds(self) -> float:
@@ -124,9 +127,9 @@ class CallRecording:
 
     def finish(self) -> Future[object]:
         """Write the rest and the real header; the future gives (name, bytes) or None."""
-        rest = np.concatenate(self._recent) if self._recent else None
-        self._recent = []
-        return self._files.submit(self._close, rest)
+        callers, bots = self._callers, self._bots
+        self._callers, self._bots = [], []
+        return self._files.submit(self._close, callers, bots)
 
     # -- the writer thread -----------------------------------------------------------------------
     def _create(self) -> None:
@@ -137,9 +140,14 @@ class CallRecording:
         except OSError as exc:
             self._fail(exc)
 
-    def _append(self, chunk: np.ndarray) -> None:
-        if self._file is None:
+    def _append(self, callers: list[np.ndarray], bots: list[np.ndarray | None]) -> None:
+        if self._file is None or not callers:
             return
+        chunk = np.zeros((len(callers) * FRAME_SAMPLES, 2), np.int16)
+        chunk[:, 0] = np.concatenate(callers)
+        for k, bot in enumerate(bots):
+            if bot is not None:
+                chunk[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES, 1] = bot
         try:
             data = chunk.astype("<i2").tobytes()
             self._file.write(data)
@@ -147,9 +155,10 @@ class CallRecording:
         except OSError as exc:
             self._fail(exc)
 
-    def _close(self, rest: np.ndarray | None) -> tuple[str, int] | None:
-        if rest is not None:
-            self._append(rest)
+    def _close(
+        self, callers: list[np.ndarray], bots: list[np.ndarray | None]
+    ) -> tuple[str, int] | None:
+        self._append(callers, bots)
         if self._file is None:
             return None
         try:
