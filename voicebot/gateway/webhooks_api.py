@@ -77,7 +77,9 @@ async def retry_delivery(
         return _error(404, f"no webhook delivery {delivery_id}")
     if delivery["status"] == "delivered":
         return _error(409, f"webhook delivery {delivery_id} was delivered already")
-    sender = getattr(request.app.state.gateway, "webhooks", None)
+    state = request.app.state.gateway
+    sender = getattr(state, "webhooks", None)
     if sender is not None:
-        sender.wake()  # now, not at its next poll
+        # Now, not at its next poll; on the records thread, where the sender runs.
+        state.records.call_soon(sender.wake)
     return JSONResponse(delivery, status_code=202)
