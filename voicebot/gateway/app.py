@@ -21,7 +21,6 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from voicebot import __version__
 from voicebot.audio.resample import prepare as prepare_resamplers
@@ -64,17 +63,6 @@ def watch_records(metrics: GatewayMetrics, records: CallRecords) -> None:
     metrics.recordings_bytes.set_function(lambda: records.recording_bytes)
 
 
-async def start_sender(
-    engine: AsyncEngine, records: CallRecords, metrics: GatewayMetrics
-) -> WebhookSender:
-    """The webhook sender, made and started on the records thread with its engine."""
-    sender = WebhookSender(engine, records.settings.webhooks, gateway=records.gateway,
-                           metrics=metrics)  # fmt: skip
-    records.on_outbox(sender.wake)
-    await sender.start()
-    return sender
-
-
 def watch_webhooks(metrics: GatewayMetrics, sender: WebhookSender) -> None:
     """The webhook gauges read the sender's figures of its last poll when scraped."""
     metrics.webhook_pending.set_function(lambda: sender.pending)
@@ -98,8 +86,8 @@ def create_app(
             await state.records.start()
             watch_records(state.metrics, state.records)
             if settings.webhooks.urls:
-                state.webhooks = await state.records.background(
-                    lambda engine: start_sender(engine, state.records, state.metrics))
+                state.webhooks = WebhookSender.for_records(state.records, state.metrics)
+                await state.webhooks.start()
                 watch_webhooks(state.metrics, state.webhooks)
         state.manager = CallManager(settings, ready, state.metrics, records=state.records)
         state.webrtc = WebRtcGateway(state.manager, settings.webrtc)
@@ -121,9 +109,8 @@ def create_app(
             for service in state.services:
                 await service.close()
             state.manager.close()
-            if state.records is not None and state.webhooks is not None:
-                sender = state.webhooks
-                await state.records.background(lambda _: sender.close())
+            if state.webhooks is not None:
+                await state.webhooks.close()
             if state.records is not None:
                 await state.records.close()
 

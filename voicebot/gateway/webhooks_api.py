@@ -77,9 +77,7 @@ async def retry_delivery(
         return _error(404, f"no webhook delivery {delivery_id}")
     if delivery["status"] == "delivered":
         return _error(409, f"webhook delivery {delivery_id} was delivered already")
-    state = request.app.state.gateway
-    sender = getattr(state, "webhooks", None)
+    sender = getattr(request.app.state.gateway, "webhooks", None)
     if sender is not None:
-        # Now, not at its next poll; on the records thread, where the sender runs.
-        state.records.call_soon(sender.wake)
+        sender.wake()  # now, not at its next poll
     return JSONResponse(delivery, status_code=202)

@@ -1,7 +1,6 @@
 """RecordWriter: record rows from every call, committed in order, off the media path.
 
-Place in the flow: call recorders `put` rows (synchronous, never waits, from any thread); one
-task (on the records thread, `service.CallRecords`) commits
+Place in the flow: call recorders `put` rows (synchronous, never waits); one task commits
 them in batches of up to `records.batch_size` per transaction, in the order they came, and
 only then drops them from its queue. If the database is slow or down the rows wait and are
 written when it answers again (nothing lost; `voicebot_records_backlog` shows how many
@@ -26,7 +25,6 @@ from voicebot.calls.records.database import insert_ignoring_duplicates
 from voicebot.calls.records.writes import RecordWrite
 
 log = logging.getLogger("voicebot.records")
-_IDLE_POLL_S = 0.02  # a row waits at most this long before its transaction starts
 
 _TABLES = {
     "calls": schema.calls, "turns": schema.turns, "call_events": schema.events,
@@ -52,7 +50,9 @@ class RecordWriter:
         self._on_outbox = on_outbox
         self._on_dropped = on_dropped
         self._on_written = on_written
-        self._committing = False  # a batch taken from the queue is being written
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.database_up = True
@@ -75,18 +75,19 @@ class RecordWriter:
                           "up" if self.database_up else "down", write.row.get("call_id"),
                           self._dropped_since_log)  # fmt: skip
             return
-        self._queue.append(write)  # deque.append: safe from any thread, no loop involved
+        self._queue.append(write)
+        self._idle.clear()
+        self._wake.set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="record-writer")
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is committed; False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._queue or self._committing:
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.01)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
         return True
 
     async def close(self, timeout: float = 10.0) -> None:
@@ -103,11 +104,10 @@ class RecordWriter:
         delay = 0.2
         while True:
             if not self._queue:
-                # Polled, not woken: `put` runs on the media loop's thread and must not
-                # touch this loop (the writer may run on a thread of its own).
-                await asyncio.sleep(_IDLE_POLL_S)
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
                 continue
-            self._committing = True
             batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
             started = time.perf_counter()
             try:
@@ -115,7 +115,6 @@ class RecordWriter:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._committing = False
                 self.failures += 1
                 if self.database_up:
                     log.error("records: database write failed, %d row(s) wait: %s",
@@ -130,7 +129,6 @@ class RecordWriter:
             delay = 0.2
             for _ in batch:
                 self._queue.popleft()
-            self._committing = False
             self._on_written(len(batch), time.perf_counter() - started)
             if any(w.table == "webhook_outbox" for w in batch):
                 self._on_outbox()
