@@ -25,6 +25,7 @@ from voicebot.calls.records.database import insert_ignoring_duplicates
 from voicebot.calls.records.writes import RecordWrite
 
 log = logging.getLogger("voicebot.records")
+COMMIT_EVERY_S = 0.1  # how long a row may wait for the next transaction (plus its own time)
 
 _TABLES = {
     "calls": schema.calls, "turns": schema.turns, "call_events": schema.events,
@@ -132,6 +133,10 @@ class RecordWriter:
             self._on_written(len(batch), time.perf_counter() - started)
             if any(w.table == "webhook_outbox" for w in batch):
                 self._on_outbox()
+            if len(self._queue) < self._batch_size:
+                # Rows of many calls share one transaction: its cost (on the media loop)
+                # comes COMMIT_EVERY_S apart at most, not once per event.
+                await asyncio.sleep(max(0.0, COMMIT_EVERY_S - (time.perf_counter() - started)))
 
     async def _commit(self, batch: list[RecordWrite]) -> None:
         async with self._engine.begin() as connection:

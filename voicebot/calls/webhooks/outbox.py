@@ -75,11 +75,12 @@ async def claim(
 ) -> list[Delivery]:
     """Lease up to `limit` due rows to `owner` and return them, oldest first.
 
-    Each lease is taken by an UPDATE of one row whose WHERE re-checks it: on PostgreSQL a
-    concurrent claim of the same row waits for ours to commit, then sees the lease and
-    skips the row, so two gateways never hold one delivery at the same time (one row per
-    transaction: two claims can never wait on each other in a cycle). A gateway that dies
-    holding a lease loses it at `locked_until`, and the row goes to whoever claims next."""
+    One UPDATE takes the leases, its WHERE re-checking each row (pending, lease free, no
+    earlier row of its call and URL pending), so two gateways never hold one delivery at
+    the same time: on PostgreSQL the rows are picked FOR UPDATE SKIP LOCKED (a concurrent
+    claim skips what ours is taking); SQLite runs one writer at a time. A gateway that
+    dies holding a lease loses it at `locked_until`, and the row goes to whoever claims
+    next."""
     head = outbox.alias("head")
     due = (
         select(head.c.id)
@@ -87,24 +88,28 @@ async def claim(
         .order_by(head.c.next_attempt_at, head.c.id)
         .limit(limit)
     )
-    async with engine.connect() as connection:
+    if engine.dialect.name == "postgresql":
+        # Rows another gateway is claiming right now are skipped, never waited for: two
+        # claims cannot wait on each other in a cycle. (Selected first, not as a subquery
+        # of the UPDATE: PostgreSQL may re-run such a subquery per row, past its LIMIT.)
+        due = due.with_for_update(of=head, skip_locked=True)
+    async with engine.begin() as connection:
         ids = (await connection.execute(due)).scalars().all()
-    claimed: list[Delivery] = []
-    for delivery_id in ids:
+        if not ids:
+            return []
         statement = (
             update(outbox)
-            .where(outbox.c.id == delivery_id, _claimable(outbox, now))
+            .where(outbox.c.id.in_(ids), _claimable(outbox, now))
             .values(locked_by=owner, locked_until=lease_until)
             .returning(
                 outbox.c.id, outbox.c.url, outbox.c.call_id, outbox.c.seq, outbox.c.type,
                 outbox.c.payload, outbox.c.created_at, outbox.c.attempts,
             )
         )  # fmt: skip
-        async with engine.begin() as connection:
-            row = (await connection.execute(statement)).first()
-        if row is not None:
-            claimed.append(Delivery(row.id, row.url, row.call_id, row.seq, row.type,
-                                    row.payload, as_utc(row.created_at), row.attempts))  # fmt: skip
+        rows = (await connection.execute(statement)).all()
+    claimed = [Delivery(row.id, row.url, row.call_id, row.seq, row.type, row.payload,
+                        as_utc(row.created_at), row.attempts) for row in rows]  # fmt: skip
+    claimed.sort(key=lambda d: (d.created_at, d.id))
     return claimed
 
 

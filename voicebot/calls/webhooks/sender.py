@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from voicebot.calls.metrics import GatewayMetrics
     from voicebot.calls.records.service import CallRecords
 
+COALESCE_S = 0.05
 log = logging.getLogger("voicebot.webhooks")
 LOG_EVERY_S = 60.0  # per receiver URL (and for the database): at most one line this often
 LEASE_MARGIN_S = 5.0  # a lease outlives the attempt's timeout by this much
@@ -231,6 +232,9 @@ class WebhookSender:
                 until = (self._next_due - utc_now()).total_seconds()
                 timeout = min(self._poll_s, max(0.0, until))
             await self._wait(timeout)
+            # Wakes come in bursts (each commit of events, each attempt done): one claim
+            # for the burst, not one per wake. Its database work runs on the media loop.
+            await asyncio.sleep(COALESCE_S)
 
     async def _claim(self, now: datetime, limit: int) -> list[Delivery]:
         return await outbox.claim(self._engine, self.gateway, now, now + self._lease, limit)
