@@ -131,9 +131,12 @@ def render(res: dict[str, Any]) -> str:
                   "CPU % of a core per call", "records closed", "recordings",
                   "turns stored", "webhooks received"], rows),
         "",
-        "Reading: what records, recordings and webhooks cost a call is the difference "
-        "between the two rows of one N in the CPU column; the media path is unaffected if "
-        "the late columns match.",
+        "SIPp calls ok = calls admitted; the others were refused at once with 503 by the "
+        "gateway's admission (`sip.tick_budget`), so what was admitted keeps its timing. "
+        "CPU per call is the server's CPU over the admitted calls' seconds (refusals cost "
+        "some too). Reading: what records, recordings and webhooks cost is the difference "
+        "between the two rows of one N; the media path is unaffected where the late "
+        "columns match.",
     ])
 
 
