@@ -128,6 +128,10 @@ def test_barge_in_stops_bot_audio_within_a_frame(tts, llm) -> None:
     assert 0 < barge["latency_ms"] <= 150
     last_before = active[active < stop_frame].max()
     assert (last_before + 1) * 0.02 <= start["onset"] + barge["latency_ms"] / 1000 + 0.021
+    # What the caller heard: the reply's words up to where its audio stopped, not all of it.
+    said = " ".join(e["text"] for e in result.events
+                    if e["type"] == "bot_text" and e["t"] <= barge["t"])  # fmt: skip
+    assert barge["heard"] and said.startswith(barge["heard"]) and barge["heard"] != said
 
 
 def test_false_interruption_resumes_where_it_stopped(tts, llm) -> None:

@@ -9,6 +9,7 @@ from voicebot.agent.events import (
     BotText,
     CallEnded,
     CallStarted,
+    CallTransferred,
     DtmfPressed,
     ErrorRaised,
     Interrupted,
@@ -36,8 +37,11 @@ WIRE = [
      '{"type": "transcript", "call_id": "c1", "t": 2.6, "text": "ten of clubs", "final": true}'),
     (BotText(call_id="c1", t=3.0, text="Hello."),
      '{"type": "bot_text", "call_id": "c1", "t": 3.0, "text": "Hello."}'),
-    (Interrupted(call_id="c1", t=3.5, latency_ms=41.26),
-     '{"type": "interrupted", "call_id": "c1", "t": 3.5, "latency_ms": 41.3}'),
+    (Interrupted(call_id="c1", t=3.5, latency_ms=41.26, heard="We open at"),
+     '{"type": "interrupted", "call_id": "c1", "t": 3.5, "latency_ms": 41.3, '
+     '"heard": "We open at"}'),
+    (CallTransferred(call_id="c1", t=5.0, target="sip:agent@example.com"),
+     '{"type": "transferred", "call_id": "c1", "t": 5.0, "target": "sip:agent@example.com"}'),
     (DtmfPressed(call_id="c1", t=4.0, digit="#"),
      '{"type": "dtmf", "call_id": "c1", "t": 4.0, "digit": "#"}'),
     (ErrorRaised(call_id="c1", t=4.2, source="STT whisper", message="STT whisper: timed out"),
@@ -56,7 +60,7 @@ WIRE = [
 
 
 def test_every_event_type_has_its_contract_json() -> None:
-    assert len({type(event) for event, _ in WIRE}) == 12  # every type of section 2
+    assert len({type(event) for event, _ in WIRE}) == 13  # every type of section 2
     for event, wire in WIRE:
         assert event.to_json() == wire
         assert json.loads(wire) == event.to_dict()

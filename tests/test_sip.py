@@ -214,6 +214,10 @@ def test_blind_transfer_by_refer(sip_gw, workdir, voice) -> None:
     new = [json.loads(x) for x in events_log.read_text().splitlines() if x not in before]
     said = [e["text"] for e in new if e["type"] == "bot_text"]
     assert said and said[0].startswith("Of course. I am transferring you")
+    # Published once the REFER is accepted, before the call ends as transferred.
+    kinds = [e["type"] for e in new]
+    assert kinds.index("transferred") < kinds.index("call_ended")
+    assert next(e for e in new if e["type"] == "transferred")["target"] == "sip:queue@localhost"
     assert next(e for e in new if e["type"] == "call_ended")["reason"] == "transferred"
 
 
