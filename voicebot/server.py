@@ -2,7 +2,8 @@
 graceful drain on SIGTERM/SIGINT.
 
 The HTTP app (`gateway/`) and SIP (`telephony/`) never import each other; here, above
-both, the SIP gateway is handed to the app as a service when `VOICEBOT_SIP_PORT` is set.
+both, the SIP gateway is handed to the app as a service when `VOICEBOT_SIP_PORT` is set,
+the AudioSocket server when `VOICEBOT_AUDIOSOCKET_PORT` is.
 
 The first signal stops new calls and lets running ones end on their own for up to
 `server.shutdown_grace_s`; then the server stops and the process exits 0. A second signal
@@ -22,6 +23,7 @@ from voicebot.calls.manager import CallManager
 from voicebot.calls.service import Service, ServiceFactory
 from voicebot.config import Settings
 from voicebot.gateway.app import create_app
+from voicebot.telephony.audiosocket import AudioSocketServer
 from voicebot.telephony.gateway import SipGateway
 
 log = logging.getLogger("voicebot.gateway")
@@ -57,13 +59,19 @@ class DrainingServer(uvicorn.Server):
 
 def services_of(settings: Settings) -> list[ServiceFactory]:
     """The transport servers besides HTTP that `settings` turn on."""
-    if not settings.sip_port:
-        return []
+    services: list[ServiceFactory] = []
 
     def sip(manager: CallManager) -> Service:
         return SipGateway(manager, settings)
 
-    return [sip]
+    def audiosocket(manager: CallManager) -> Service:
+        return AudioSocketServer(manager, settings)
+
+    if settings.sip_port:
+        services.append(sip)
+    if settings.audiosocket_port:
+        services.append(audiosocket)
+    return services
 
 
 def serve(settings: Settings) -> int:

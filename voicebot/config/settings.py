@@ -114,6 +114,14 @@ class SipSettings(BaseModel):
     register_expires: int = Field(300, ge=30)
 
 
+class AudioSocketSettings(BaseModel):
+    """Asterisk AudioSocket (TCP) calls; the port is the top-level `audiosocket_port`."""
+
+    bind: str = Field("127.0.0.1", description="address the AudioSocket server binds to")
+    idle_timeout_s: float = Field(10.0, gt=0, description="end a connection silent this long")
+    setup_timeout_s: float = Field(5.0, gt=0, description="wait this long for the UUID frame")
+
+
 class ServerSettings(BaseModel):
     """Limits of the HTTP/WebSocket gateway."""
 
@@ -188,6 +196,9 @@ class Settings(BaseSettings):
     sip_port: int = Field(5060, ge=0, le=65535, description="UDP port for SIP; 0 disables SIP.")
     api_token: str | None = None
     sip_allow: list[str] = Field(default_factory=list, description="CIDRs allowed to send SIP.")
+    audiosocket_port: int = Field(
+        0, ge=0, le=65535, description="TCP port for Asterisk AudioSocket; 0 disables it."
+    )
     log_level: str = "info"
     vad: VadSettings = Field(default_factory=VadSettings)
     engines: EngineSettings = Field(default_factory=EngineSettings)
@@ -195,6 +206,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
     sip: SipSettings = Field(default_factory=SipSettings)
+    audiosocket: AudioSocketSettings = Field(default_factory=AudioSocketSettings)
     data_dir: Path = Field(Path("data"), description="records and recordings (VOICEBOT_DATA_DIR)")
     database_url: str | None = Field(
         None, description="sqlite+aiosqlite:///... or postgresql://...; default a SQLite file"
