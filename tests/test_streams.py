@@ -19,6 +19,7 @@ from tests import stream_clients
 from tests.audiogen import place
 from tests.gateway_server import Gateway, gateway
 from voicebot.audio.resample import resample_whole
+from voicebot.gateway.streams.telnyx import Reorder
 from voicebot.models.tts.piper import PiperTextToSpeech
 from voicebot.models.vad import detect_speech_segments
 
@@ -36,6 +37,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
         VOICEBOT_API_TOKEN=TOKEN,
         VOICEBOT_ENGINES__STT_MODEL="tiny.en",
         VOICEBOT_ENGINES__TTS="espeak",
+        VOICEBOT_SERVER__MAX_CALLS="2",
     ) as server:
         yield server
 
@@ -132,13 +134,47 @@ def test_bad_frames_are_logged_once_with_the_call_id(gw: Gateway) -> None:
     assert lines and all(len(line) < 400 for line in lines)
 
 
-@pytest.mark.parametrize("provider", ["twilio", "telnyx", "vonage"])
-def test_the_bearer_token_guards_the_streams(gw: Gateway, provider: str) -> None:
-    assert asyncio.run(stream_clients.expect_close(url(gw, provider)))[0] == 1008
+@pytest.mark.parametrize(
+    ("provider", "start"),
+    [("twilio", START_TWILIO), ("telnyx", START_TELNYX), ("vonage", VONAGE_HELLO)],
+)
+def test_the_bearer_token_guards_the_streams(gw: Gateway, provider: str, start: str) -> None:
     wrong = {"Authorization": "Bearer nope"}
     assert asyncio.run(stream_clients.expect_close(url(gw, provider), headers=wrong))[0] == 1008
     code, _ = asyncio.run(stream_clients.expect_close(url(gw, provider, "?token=nope")))
     assert code == 1008
+    # Neither: the start message must carry it (a custom parameter / header `token`).
+    code, reason = asyncio.run(stream_clients.expect_close(url(gw, provider), start))
+    assert code == 1008 and "unauthorized" in reason
+
+
+def test_admission_refusals_close_with_1013(gw: Gateway) -> None:
+    async def scenario() -> tuple[int, str]:
+        import websockets
+
+        held = [await websockets.connect(url(gw, "vonage"), additional_headers=AUTH)
+                for _ in range(2)]  # fmt: skip
+        try:
+            for ws in held:
+                await ws.send(VONAGE_HELLO)
+            await asyncio.sleep(0.5)
+            return await stream_clients.expect_close(url(gw, "twilio"), headers=AUTH)
+        finally:
+            for ws in held:
+                await ws.close()
+
+    code, reason = asyncio.run(scenario())
+    assert code == 1013 and "try again later" in reason
+
+
+def test_reorder_puts_frames_back_in_order() -> None:
+    buf = Reorder(depth=3)
+    out = [x for seq in (1, 3, 2, 4, 6, 5, 2, 7) for x in buf.push(seq, seq)]
+    assert out == [1, 2, 3, 4, 5, 6, 7] and buf.late == 1
+    # A lost frame is waited for at most `depth` frames, then given up.
+    lost = Reorder(depth=2)
+    got = [x for seq in (1, 3, 4, 5, 6) for x in lost.push(seq, seq)]
+    assert got == [1, 3, 4, 5, 6]
 
 
 # -- calls ---------------------------------------------------------------------------------
@@ -149,9 +185,9 @@ def test_twilio_turn_marks_barge_in_dtmf_and_parameters(
     barge_at = 14.5
     audio = place(barge_at + 3.5, (0.5, q), (10.0, q), (barge_at, intr))
     params = {"customer_id": "c-42", "from": "+15550001111", "to": "+15550002222"}
-    got = asyncio.run(stream_clients.twilio_call(
-        url(gw, "twilio", f"?token={TOKEN}"), resample_whole(audio, SR, 8000),
-        params=params, dtmf={1.0: "5", 1.2: "#"},
+    got = asyncio.run(stream_clients.twilio_call(  # the token as a <Parameter>, as Twilio can
+        url(gw, "twilio"), resample_whole(audio, SR, 8000),
+        params={**params, "token": TOKEN}, dtmf={1.0: "5", 1.2: "#"},
     ))  # fmt: skip
     # The first answer, played whole: speech, 20 ms of µ-law per message.
     assert {len(a) for _, a in got.audio} == {160}
@@ -179,8 +215,8 @@ def test_telnyx_out_of_order_frames_turn_and_barge_in(
     barge_at = 5.5
     audio = place(barge_at + 3.5, (0.5, q), (barge_at, intr))
     got = asyncio.run(stream_clients.telnyx_call(
-        url(gw, "telnyx"), resample_whole(audio, SR, 8000), encoding="PCMA",
-        params={"customer_id": "t-9"}, headers=AUTH,
+        url(gw, "telnyx", f"?token={TOKEN}"), resample_whole(audio, SR, 8000), encoding="PCMA",
+        params={"customer_id": "t-9"},
     ))  # fmt: skip
     assert {len(a) for _, a in got.audio} == {160}
     check_barge_in(got, barge_at, len(intr) / SR)

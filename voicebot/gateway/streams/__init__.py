@@ -3,7 +3,10 @@
 Each provider is one `calls.leg.Leg` (`base.StreamLeg` does pacing, barge-in `clear`,
 marks, DTMF and close codes once; each module parses and serialises its own wire).
 The routes are guarded by the bearer token like `/ws` (`Authorization: Bearer` or
-`?token=`; a wrong one closes with 1008).
+`?token=`; a wrong one closes with 1008). A socket with neither (Twilio cannot add either
+to a `<Stream>` URL) must carry it in its start message as the custom parameter (Twilio
+`<Parameter name="token">`, Telnyx `custom_parameters`) or header (Vonage) `token`, else
+it is closed with 1008 there; the token is never kept in the call record.
 """
 
 from __future__ import annotations
@@ -38,12 +41,16 @@ async def stream_call(
         await ws.close(CLOSE_TRY_AGAIN, "try again later: starting")
         return
     token = manager.settings.api_token
+    pending: str | None = None
     if token and not bearer_ok(ws, token):
-        manager.refused(leg_class.transport, "unauthorized")
-        await ws.accept()
-        await ws.close(CLOSE_POLICY, "unauthorized: bearer token required")
-        return
-    await run_leg(manager, leg_class(ws, manager))
+        if ws.headers.get("authorization") or ws.query_params.get("token"):
+            manager.refused(leg_class.transport, "unauthorized")
+            await ws.accept()
+            await ws.close(CLOSE_POLICY, "unauthorized: bearer token required")
+            return
+        pending = token  # none given: the start message must carry it (Twilio cannot
+        # put a query string or a header on a <Stream> URL, only <Parameter>s)
+    await run_leg(manager, leg_class(ws, manager, pending))
 
 
 def streams_router(manager: Callable[[], CallManager | None]) -> APIRouter:

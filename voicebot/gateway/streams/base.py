@@ -27,6 +27,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hmac
 import json
 import logging
 from collections import deque
@@ -191,9 +192,15 @@ class StreamLeg(Leg):
     transport = "stream"
     marks = False  # the wire has marks (echoed when the audio before them has played)
 
-    def __init__(self, ws: WebSocket, manager: CallManager) -> None:
+    def __init__(
+        self, ws: WebSocket, manager: CallManager, pending_token: str | None = None
+    ) -> None:
         server = manager.settings.server
         self.ws = ws
+        self.manager = manager
+        # The bearer token, when the socket came without it: then the provider's start
+        # message must carry it as the custom parameter / header `token`.
+        self.pending_token = pending_token
         self.idle_s = server.ws_idle_timeout_s
         self.buffer_frames = server.ws_client_buffer_frames
         self.outbox = StreamOutbox()
@@ -237,7 +244,16 @@ class StreamLeg(Leg):
 
     # -- what a provider module calls --------------------------------------------------------
     def started(self, rate: int, info: dict[str, object]) -> None:
-        """The handshake is done: audio at `rate` both ways, `info` for the record."""
+        """The handshake is done: audio at `rate` both ways, `info` for the record. A
+        `token` among its `variables` is taken out (never recorded) and, when the socket
+        came without one (`pending_token`), must be the bearer token."""
+        params = info.get("variables")
+        given = params.pop("token", "") if isinstance(params, dict) else ""
+        if self.pending_token is not None and not hmac.compare_digest(
+            str(given).encode(), self.pending_token.encode()
+        ):
+            self.manager.refused(self.transport, "unauthorized")
+            raise StreamError(CLOSE_POLICY, "unauthorized: bearer token required")
         self._resampler = to_canonical(rate)
         self.sink.set_rate(rate)
         self.info = {**caller_info(self.ws), **{k: v for k, v in info.items() if v is not None}}
