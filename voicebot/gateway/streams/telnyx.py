@@ -130,6 +130,7 @@ class TelnyxLeg(StreamLeg):
             raise StreamError(CLOSE_INVALID, "start.media_format must be an object")
         encoding = str(fmt.get("encoding", "PCMU")).upper()
         rate = fmt.get("sample_rate", 8000)
+        rate = int(rate) if isinstance(rate, str) and rate.isdigit() else rate
         if encoding not in ENCODINGS or rate not in RATES or fmt.get("channels", 1) != 1:
             raise StreamError(CLOSE_UNSUPPORTED, f"media format {encoding!r} at {rate!r} Hz")
         self.encoding = encoding
