@@ -34,6 +34,7 @@ from voicebot.gateway.caller_info import caller_info
 from voicebot.gateway.calls_api import calls_router
 from voicebot.gateway.errors import use_error_shape
 from voicebot.gateway.streams import streams_router
+from voicebot.gateway.streams_freeswitch import freeswitch_router
 from voicebot.gateway.webhooks_api import router as webhooks_router
 from voicebot.gateway.webrtc.signalling import OfferError, WebRtcGateway
 from voicebot.gateway.ws import CLOSE_TRY_AGAIN, bearer_ok, websocket_call
@@ -122,6 +123,7 @@ def create_app(
     app.include_router(calls_router(state))
     app.include_router(webhooks_router)
     app.include_router(streams_router(lambda: state.manager))
+    app.include_router(freeswitch_router(lambda: state.manager))
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
