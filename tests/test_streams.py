@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from typing import Any
@@ -127,6 +128,30 @@ def test_malformed_frames_close_with_the_right_code(
     assert (got_code, reason in got_reason) == (code, True), got_reason
 
 
+def test_what_a_provider_may_add_is_ignored(gw: Gateway) -> None:
+    outbound = json.dumps({"event": "media", "media": {"track": "outbound", "payload": "AAAA"}})
+    later = json.dumps({"event": "some_future_event", "streamSid": "MZ1"})
+    stop = json.dumps({"event": "stop", "streamSid": "MZ1"})
+    code, reason = asyncio.run(stream_clients.expect_close(
+        url(gw, "twilio"), START_TWILIO, outbound, later, _media("AAAA"), stop, headers=AUTH,
+    ))  # fmt: skip
+    assert code == 1000 and "stopped" in reason
+
+    async def vonage() -> int | None:
+        import websockets
+
+        async with websockets.connect(url(gw, "vonage"), additional_headers=AUTH) as ws:
+            for message in (VONAGE_HELLO, json.dumps({"event": "websocket:cleared"}),
+                            json.dumps({"event": "websocket:dtmf", "digit": "x"}),
+                            b"\x00" * 640):  # fmt: skip
+                await ws.send(message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 1.0)  # nothing comes, nor a close
+            return ws.close_code
+
+    assert asyncio.run(vonage()) is None  # still up after 1 s
+
+
 def test_bad_frames_are_logged_once_with_the_call_id(gw: Gateway) -> None:
     asyncio.run(stream_clients.expect_close(url(gw, "twilio"), START_TWILIO, _media("!!"),
                                             headers=AUTH))  # fmt: skip
@@ -182,8 +207,8 @@ def test_twilio_turn_marks_barge_in_dtmf_and_parameters(
     gw: Gateway, speech: dict[str, np.ndarray]
 ) -> None:
     q, intr = speech["question"], speech["interruption"]
-    barge_at = 14.5
-    audio = place(barge_at + 3.5, (0.5, q), (10.0, q), (barge_at, intr))
+    barge_at = 15.5  # the first answer (about 5.8 s of espeak from ~3.3 s) has ended by 11
+    audio = place(barge_at + 3.5, (0.5, q), (11.0, q), (barge_at, intr))
     params = {"customer_id": "c-42", "from": "+15550001111", "to": "+15550002222"}
     got = asyncio.run(stream_clients.twilio_call(  # the token as a <Parameter>, as Twilio can
         url(gw, "twilio"), resample_whole(audio, SR, 8000),
@@ -191,9 +216,9 @@ def test_twilio_turn_marks_barge_in_dtmf_and_parameters(
     ))  # fmt: skip
     # The first answer, played whole: speech, 20 ms of µ-law per message.
     assert {len(a) for _, a in got.audio} == {160}
-    assert is_speech(got.pcm(until=10.0), 8000)
+    assert is_speech(got.pcm(until=11.0), 8000)
     # A mark after each sentence, once its audio was sent; all echoed as they played.
-    first = [(t, name, n) for t, name, n in got.marks if t < 10.0]
+    first = [(t, name, n) for t, name, n in got.marks if t < 11.0]
     assert len(first) >= 2, got.marks
     counts = [n for *_, n in first]
     assert all(n > 0 for n in counts) and counts == sorted(counts)
@@ -212,7 +237,7 @@ def test_telnyx_out_of_order_frames_turn_and_barge_in(
     gw: Gateway, speech: dict[str, np.ndarray]
 ) -> None:
     q, intr = speech["question"], speech["interruption"]
-    barge_at = 5.5
+    barge_at = 6.5
     audio = place(barge_at + 3.5, (0.5, q), (barge_at, intr))
     got = asyncio.run(stream_clients.telnyx_call(
         url(gw, "telnyx", f"?token={TOKEN}"), resample_whole(audio, SR, 8000), encoding="PCMA",
@@ -228,7 +253,7 @@ def test_telnyx_out_of_order_frames_turn_and_barge_in(
 
 def test_vonage_turn_barge_in_and_dtmf(gw: Gateway, speech: dict[str, np.ndarray]) -> None:
     q, intr = speech["question"], speech["interruption"]
-    barge_at = 5.5
+    barge_at = 6.5
     audio = place(barge_at + 3.5, (0.5, q), (barge_at, intr))
     ref = f"vonage-{time.monotonic_ns()}"
     got = asyncio.run(stream_clients.vonage_call(
