@@ -99,3 +99,18 @@ def test_the_bearer_token_is_required(fs: Gateway) -> None:
 
     assert asyncio.run(attempt(None)) == 1008
     assert asyncio.run(attempt({"Authorization": "Bearer wrong"})) == 1008
+
+
+def test_bad_audio_closes_only_that_stream(fs: Gateway) -> None:
+    async def bad(message: bytes) -> int | None:
+        async with websockets.connect(url(fs), additional_headers=AUTH) as ws:
+            await ws.send('{"call_uuid": "bad"}')
+            await ws.send(message)
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 5)
+            return ws.close_code
+
+    assert asyncio.run(bad(bytes(321))) == 1003  # not 16-bit samples
+    assert asyncio.run(bad(bytes(40000))) == 1009  # over a second of 16 kHz L16
+    assert httpx.get(f"{fs.http}/healthz").json()["status"] == "ok"
