@@ -110,14 +110,16 @@ def _media(payload: str, **extra: object) -> str:
         ("telnyx", (START_TELNYX, _media(base64.b64encode(b"\xff" * 9000).decode())), 1007,
          "9000 bytes"),
         ("telnyx", (json.dumps({"event": "dtmf"}),), 1003, "before start"),
+        ("telnyx", (json.dumps({"event": "start", "start": "x"}),), 1007, "start"),
+        ("telnyx", (START_TELNYX, json.dumps({"event": "media", "media": []})), 1007, "media"),
         ("vonage", (b"\x00" * 640,), 1003, "before websocket:connected"),
         ("vonage", (VONAGE_HELLO, b"\x00" * 333), 1007, "333 bytes"),
         ("vonage", (VONAGE_HELLO.replace("16000", "44100"),), 1003, "content-type"),
         ("vonage", (VONAGE_HELLO, b"\x00" * 70000), 1009, "> 65536"),
     ],
     ids=["tw-binary", "tw-json", "tw-early-media", "tw-base64", "tw-empty", "tw-oversize",
-         "tw-format", "tx-codec", "tx-size", "tx-early", "vg-early", "vg-size", "vg-rate",
-         "vg-oversize"],
+         "tw-format", "tx-codec", "tx-size", "tx-early", "tx-start", "tx-media", "vg-early",
+         "vg-size", "vg-rate", "vg-oversize"],
 )  # fmt: skip
 def test_malformed_frames_close_with_the_right_code(
     gw: Gateway, provider: str, messages: tuple[bytes | str, ...], code: int, reason: str

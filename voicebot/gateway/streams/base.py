@@ -346,15 +346,15 @@ class StreamLeg(Leg):
         if message["type"] == "websocket.disconnect":
             return "peer left"
         data = message.get("bytes")
-        if data is not None:
-            if len(data) > MAX_MESSAGE:
-                raise StreamError(CLOSE_TOO_BIG, f"message of {len(data)} bytes > {MAX_MESSAGE}")
-            outcome = self.on_bytes(data)
-        else:
-            text = message.get("text") or ""
-            if len(text) > MAX_MESSAGE:
-                raise StreamError(CLOSE_TOO_BIG, f"message of {len(text)} bytes > {MAX_MESSAGE}")
-            outcome = self.on_text(text)
+        text = message.get("text") or ""
+        size = len(data) if data is not None else len(text)
+        if size > MAX_MESSAGE:
+            raise StreamError(CLOSE_TOO_BIG, f"message of {size} bytes > {MAX_MESSAGE}")
+        try:
+            outcome = self.on_bytes(data) if data is not None else self.on_text(text)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            # A shape the provider module did not expect: still the peer's malformed message.
+            raise StreamError(CLOSE_INVALID, f"malformed message ({type(exc).__name__})") from exc
         return "stopped by peer" if outcome == "stop" else None
 
     async def _read(self) -> tuple[int, str]:

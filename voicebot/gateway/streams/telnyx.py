@@ -125,6 +125,8 @@ class TelnyxLeg(StreamLeg):
 
     def _start(self, message: dict[str, Any]) -> None:
         start = field(message, "start")
+        if not isinstance(start, dict):
+            raise StreamError(CLOSE_INVALID, "start must be an object")
         fmt = start.get("media_format") or {}
         if not isinstance(fmt, dict):
             raise StreamError(CLOSE_INVALID, "start.media_format must be an object")
