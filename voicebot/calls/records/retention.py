@@ -23,12 +23,15 @@ async def erase_call(engine: AsyncEngine, files: RecordingFiles | None, call_id:
     """Erase one call: record, turns, events, its webhooks not yet sent, the recording.
     False if there was no such call."""
     calls = schema.calls
-    async with engine.begin() as connection:
+    # Read first, then write in a transaction of its own: a SQLite (WAL) transaction that
+    # reads and then writes after another connection's commit fails at once.
+    async with engine.connect() as connection:
         name = (await connection.execute(
             select(calls.c.recording_path).where(calls.c.id == call_id)
         )).first()  # fmt: skip
-        if name is None:
-            return False
+    if name is None:
+        return False
+    async with engine.begin() as connection:
         # Explicit, not only ON DELETE CASCADE: SQLite files made without foreign keys on.
         await connection.execute(delete(schema.turns).where(schema.turns.c.call_id == call_id))
         await connection.execute(delete(schema.events).where(schema.events.c.call_id == call_id))

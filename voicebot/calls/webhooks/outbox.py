@@ -88,25 +88,36 @@ async def claim(
         .order_by(head.c.next_attempt_at, head.c.id)
         .limit(limit)
     )
+    take = (
+        update(outbox)
+        .where(_claimable(outbox, now))
+        .values(locked_by=owner, locked_until=lease_until)
+        .returning(
+            outbox.c.id, outbox.c.url, outbox.c.call_id, outbox.c.seq, outbox.c.type,
+            outbox.c.payload, outbox.c.created_at, outbox.c.attempts,
+        )
+    )  # fmt: skip
     if engine.dialect.name == "postgresql":
         # Rows another gateway is claiming right now are skipped, never waited for: two
         # claims cannot wait on each other in a cycle. (Selected first, not as a subquery
         # of the UPDATE: PostgreSQL may re-run such a subquery per row, past its LIMIT.)
-        due = due.with_for_update(of=head, skip_locked=True)
-    async with engine.begin() as connection:
-        ids = (await connection.execute(due)).scalars().all()
+        async with engine.begin() as connection:
+            ids = (await connection.execute(
+                due.with_for_update(of=head, skip_locked=True)
+            )).scalars().all()  # fmt: skip
+            if not ids:
+                return []
+            rows = (await connection.execute(take.where(outbox.c.id.in_(ids)))).all()
+    else:
+        # SQLite: read outside the write transaction (a WAL reader that then writes after
+        # another connection's commit fails at once with "database is locked"); the
+        # UPDATE's WHERE re-checks each row, so a row claimed meanwhile is not taken.
+        async with engine.connect() as connection:
+            ids = (await connection.execute(due)).scalars().all()
         if not ids:
             return []
-        statement = (
-            update(outbox)
-            .where(outbox.c.id.in_(ids), _claimable(outbox, now))
-            .values(locked_by=owner, locked_until=lease_until)
-            .returning(
-                outbox.c.id, outbox.c.url, outbox.c.call_id, outbox.c.seq, outbox.c.type,
-                outbox.c.payload, outbox.c.created_at, outbox.c.attempts,
-            )
-        )  # fmt: skip
-        rows = (await connection.execute(statement)).all()
+        async with engine.begin() as connection:
+            rows = (await connection.execute(take.where(outbox.c.id.in_(ids)))).all()
     claimed = [Delivery(row.id, row.url, row.call_id, row.seq, row.type, row.payload,
                         as_utc(row.created_at), row.attempts) for row in rows]  # fmt: skip
     claimed.sort(key=lambda d: (d.created_at, d.id))
