@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -521,6 +522,19 @@ def render(res: dict[str, Any]) -> str:
     ])  # fmt: skip
 
 
+async def until_idle(base_url: str, log: common.StderrLog, timeout_s: float = 120.0) -> None:
+    """Wait until the server has no call and no engine request waiting: a row must not
+    start on the previous row's queue (its calls would be refused for engine backlog)."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=5) as http:
+        while time.monotonic() < deadline:
+            health = (await http.get(f"{base_url}/healthz")).json()
+            if not health.get("active_calls") and not health.get("engine_wait_s"):
+                return
+            await asyncio.sleep(0.5)
+    log(f"server not idle after {timeout_s:.0f} s: starting anyway")
+
+
 async def bench(args: Any, log: common.StderrLog) -> dict[str, Any]:
     from tests.gateway_server import gateway
     from tests.servers import free_port
@@ -556,6 +570,7 @@ async def bench(args: Any, log: common.StderrLog) -> dict[str, Any]:
                     if args.quick:
                         per_call = 4
                     log(f"{transport}: {concurrency} call(s), {per_call} turns each")
+                    await until_idle(gw.http, log)
                     runs = await run_calls(
                         transport,
                         concurrency,
