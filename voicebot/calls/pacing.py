@@ -10,14 +10,19 @@ counted in `/metrics` (`voicebot_input_frames_total{kind="underrun"|"dropped"}`)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from voicebot.agent.clock import FrameTicker
+from voicebot.agent.session import CallSession
 from voicebot.audio.frames import FRAME_MS, FRAME_SAMPLES, FrameAssembler, silence
+
+T = TypeVar("T")
 
 
 class Counter(Protocol):
@@ -68,3 +73,29 @@ class PacedFrames:
                 if self._underruns is not None:
                     self._underruns.inc()
                 yield quiet
+
+
+async def run_paced(
+    session: CallSession, paced: PacedFrames, reader: Coroutine[Any, Any, T]
+) -> tuple[str, T | None]:
+    """Run `session` on `paced` while `reader` (the leg's receive loop) fills it, until
+    either ends; returns the session's end reason and what the reader returned (None when
+    the session ended first). When the reader ends first the input is closed and the
+    session runs out on its own; if this fails or is cancelled, the session is ended too."""
+    reading = asyncio.create_task(reader)
+    call = asyncio.create_task(session.run(paced))
+    try:
+        done, _ = await asyncio.wait({reading, call}, return_when=asyncio.FIRST_COMPLETED)
+        if reading in done:
+            paced.close()
+            result = reading.result()
+            return await call, result
+        return call.result(), None
+    except BaseException as exc:
+        paced.close()
+        session.end("cancelled" if isinstance(exc, asyncio.CancelledError) else "error")
+        with contextlib.suppress(Exception):
+            await asyncio.shield(call)
+        raise
+    finally:
+        reading.cancel()

@@ -33,7 +33,7 @@ from voicebot.agent.session import CallSession
 from voicebot.audio.resample import StreamingResampler, from_canonical, to_canonical
 from voicebot.calls.leg import Leg, LegSetupError, run_leg
 from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia
-from voicebot.calls.pacing import PacedFrames
+from voicebot.calls.pacing import PacedFrames, run_paced
 from voicebot.config import Settings
 
 log = logging.getLogger("voicebot.telephony.audiosocket")
@@ -162,24 +162,13 @@ class AudioSocketLeg(Leg):
 
     async def run(self, session: CallSession) -> str:
         self.session = session
-        reader = asyncio.create_task(self._read(session))
-        call = asyncio.create_task(session.run(self.paced))
-        try:
-            done, _ = await asyncio.wait({reader, call}, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done:
-                ending = reader.result()
-                if ending is not None:
-                    session.end(ending)
-                self.paced.close()
-            return await call
-        except BaseException as exc:  # a failure here, or the leg cancelled: the session too
-            self.paced.close()
-            session.end("cancelled" if isinstance(exc, asyncio.CancelledError) else "error")
-            with contextlib.suppress(Exception):
-                await asyncio.shield(call)
-            raise
-        finally:
-            reader.cancel()
+        async def read() -> None:
+            ending = await self._read(session)
+            if ending is not None:  # before the input closes: the reason the call ends with
+                session.end(ending)
+
+        reason, _ = await run_paced(session, self.paced, read())
+        return reason
 
     async def close(self, reason: str | None) -> None:
         await self._hang_up()

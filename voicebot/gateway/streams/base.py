@@ -41,7 +41,7 @@ from voicebot.agent.session import CallSession
 from voicebot.audio.resample import from_canonical, to_canonical
 from voicebot.calls.leg import Leg, LegSetupError
 from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia
-from voicebot.calls.pacing import PacedFrames
+from voicebot.calls.pacing import PacedFrames, run_paced
 from voicebot.gateway.caller_info import caller_info
 
 log = logging.getLogger("voicebot.gateway.streams")
@@ -299,25 +299,11 @@ class StreamLeg(Leg):
 
     async def run(self, session: CallSession) -> str:
         self.session = session
-        reader = asyncio.create_task(self._read())
-        call = asyncio.create_task(session.run(self.paced))
-        try:
-            done, _ = await asyncio.wait({reader, call}, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done:
-                self.paced.close()
-                self.close_code, self.close_reason = reader.result()
-                reason = await call
-            else:
-                reason = call.result()
-                self.close_reason = f"call ended: {reason}"
-        except BaseException as exc:  # a failure here, or the leg cancelled: the session too
-            self.paced.close()
-            session.end("cancelled" if isinstance(exc, asyncio.CancelledError) else "error")
-            with contextlib.suppress(Exception):
-                await asyncio.shield(call)
-            raise
-        finally:
-            reader.cancel()
+        reason, closing = await run_paced(session, self.paced, self._read())
+        if closing is None:
+            self.close_reason = f"call ended: {reason}"
+        else:
+            self.close_code, self.close_reason = closing
         return reason
 
     async def close(self, reason: str | None) -> None:
