@@ -212,7 +212,8 @@ def test_list_filters_search_and_summaries(database_url: str, tmp_path: Path) ->
             assert set(first) == {
                 "id", "gateway", "transport", "direction", "from", "to", "started_at",
                 "answered_at", "ended_at", "end_reason", "duration_s", "turns", "dtmf",
-                "transfer_target", "summary", "recording"}  # fmt: skip
+                "transfer_target", "summary", "recording", "variables"}  # fmt: skip
+            assert first["variables"] == {}
             by_id = {c["id"]: c for c in page["calls"]}
             assert by_id["c5-norec"]["recording"] is None
             assert by_id["c4-live"]["ended_at"] is None and by_id["c4-live"]["recording"] is None

@@ -33,6 +33,8 @@ class EngineCalls:
     config: AgentConfig
     clock: EngineClock
     report: Reporter
+    # Fills `{{name}}` placeholders of written replies from the call's variables.
+    render: Callable[[str], str] | None = None
     # Every buffer sent to STT, in order (tests, audits).
     stt_inputs: list[np.ndarray] = field(default_factory=list, init=False)
 
@@ -65,6 +67,7 @@ class EngineCalls:
             llm_timeout_s=self.config.llm_timeout_s,
             on_error=self.error,
             times=times,
+            render=self.render,
         )
 
     def error(self, what: str, exc: BaseException) -> None:

@@ -20,7 +20,14 @@ from voicebot.agent.clock import EngineClock, with_timeout
 from voicebot.agent.playout import Playout, Utterance
 from voicebot.agent.sentences import SentenceSplitter
 from voicebot.agent.turn_timing import StageTimes
-from voicebot.models.base import CallAction, ChatMessage, LanguageModel, TextDelta, TextToSpeech
+from voicebot.models.base import (
+    CallAction,
+    ChatMessage,
+    LanguageModel,
+    TextDelta,
+    TextToSpeech,
+    WrittenReplies,
+)
 
 log = logging.getLogger("voicebot.agent")
 T = TypeVar("T")
@@ -42,6 +49,7 @@ class ReplyPipeline:
         llm_timeout_s: float = 15.0,
         on_error: ErrorHandler,
         times: StageTimes | None = None,
+        render: Callable[[str], str] | None = None,
     ) -> None:
         self._tts = tts
         self._llm: LanguageModel | None = llm
@@ -50,6 +58,8 @@ class ReplyPipeline:
         self._tts_timeout = tts_timeout_s
         self._llm_timeout = llm_timeout_s
         self._on_error = on_error
+        # The call's `{{name}}` renderer, for engines whose replies are written text.
+        self._render = render
         self._sentences: deque[str] = deque()
         self._sentence_ready = asyncio.Event()
         self._in_synthesis: str | None = None
@@ -111,7 +121,10 @@ class ReplyPipeline:
 
     async def _run_llm(self, llm: LanguageModel, messages: list[ChatMessage]) -> None:
         splitter = SentenceSplitter()
-        stream = llm.stream(messages)
+        if self._render is not None and isinstance(llm, WrittenReplies):
+            stream = llm.stream_rendered(messages, self._render)
+        else:
+            stream = llm.stream(messages)
         try:
             while True:
                 try:

@@ -61,6 +61,7 @@ from voicebot.agent.output import SpeechOutput
 from voicebot.agent.playout import AudioSink, Utterance
 from voicebot.agent.replies import Replies
 from voicebot.agent.speculation import Speculator
+from voicebot.agent.templates import CallTemplates
 from voicebot.agent.turn_timing import StageTimes
 from voicebot.agent.turns import Turns
 from voicebot.agent.vad_runner import InlineVad, VadRunner
@@ -114,6 +115,12 @@ class CallSetup:
     denoiser: NoiseSuppressor | None = None
     # Both sides of the call on one timeline, for a recording (None: not recorded).
     audio_tap: CallAudioTap | None = None
+    # What the caller's side knew of the call (calls/variables.py: normalised names): fills
+    # `{{name}}` in the system prompt, the greeting and written replies (agent/templates.py).
+    variables: dict[str, str] = field(default_factory=dict)
+    # This call's own `greeting` / `system_prompt` in place of the configured ones (an
+    # outbound call's API body); rendered like them.
+    prompt_overrides: dict[str, str] = field(default_factory=dict)
 
 
 class CallSession:
@@ -123,7 +130,9 @@ class CallSession:
         self.engines = setup.engines
         self.sink = setup.sink
         self.bus = setup.bus
-        self.config = setup.config
+        self.variables = dict(setup.variables)
+        self._templates = CallTemplates(self.call_id, self.variables)
+        self.config = _call_config(setup.config, setup.prompt_overrides, self._templates)
         self.clock = setup.clock
         self.control = setup.control
         self._vad_runner = setup.vad_runner
@@ -134,8 +143,9 @@ class CallSession:
         self._input = InputStages(vad, setup.echo_canceller, setup.denoiser)
         self._levels = VadLevels(self.config)
         self._engine_calls = EngineCalls(
-            self.call_id, self.engines, self.config, self.clock, self._report_error
-        )
+            self.call_id, self.engines, self.config, self.clock, self._report_error,
+            render=self._templates.render,
+        )  # fmt: skip
         self._endpointer = Endpointer(
             self.config, vad.segmenter, setup.turn_model, self.clock,
             vad_params.min_silence_ms, self._engine_calls.error,
@@ -429,6 +439,20 @@ class CallSession:
 
     def _publish(self, kind: type[Event], t: float | None = None, **fields: Any) -> None:
         self.bus.publish(kind(call_id=self.call_id, t=self.t if t is None else t, **fields))
+
+
+def _call_config(
+    config: AgentConfig, overrides: dict[str, str], templates: CallTemplates
+) -> AgentConfig:
+    """The agent settings of one call: its greeting and system prompt (the call's overrides
+    in place of the configured ones) with the call's variables filled in."""
+    greeting = overrides.get("greeting", config.greeting)
+    prompt = overrides.get("system_prompt", config.system_prompt)
+    greeting = templates.render(greeting) if greeting else greeting
+    prompt = templates.render(prompt)
+    if greeting == config.greeting and prompt == config.system_prompt:
+        return config
+    return config.model_copy(update={"greeting": greeting, "system_prompt": prompt})
 
 
 def _heard_text(spoken: list[str], remainder: list[Utterance]) -> str:

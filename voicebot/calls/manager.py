@@ -58,7 +58,13 @@ class CallRefusedError(Exception):
 
 @dataclass
 class LegMedia:
-    """What a transport brings to its call's session once it is set up."""
+    """What a transport brings to its call's session once it is set up.
+
+    `variables`: what the caller's side knew of the call, normalised by
+    `calls.variables.call_variables` (SIP headers, stream parameters, an API body): kept
+    in the record and webhooks, and filling `{{name}}` in what the bot says.
+    `prompt_overrides`: this call's own `greeting` / `system_prompt` (e.g. from an
+    outbound call's API body) in place of the configured texts, rendered like them."""
 
     sink: AudioSink
     control: CallControl | None = None
@@ -66,6 +72,8 @@ class LegMedia:
     subscribers: list[Subscriber] = field(default_factory=list)
     echo_canceller: EchoCanceller | None = None
     denoiser: NoiseSuppressor | None = None
+    variables: dict[str, str] = field(default_factory=dict)
+    prompt_overrides: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -182,7 +190,7 @@ class CallManager:
         recorder, recording = None, None
         if self.records is not None:
             recorder, recording = self.records.open_call(call_id, transport)
-            recorder.opened(media.info)
+            recorder.opened(media.info, media.variables)
             bus.subscribe(recorder)
         settings = self.settings
         setup = CallSetup(
@@ -191,6 +199,7 @@ class CallManager:
             turn_model=self.turn_model,
             control=media.control, info=media.info,
             echo_canceller=media.echo_canceller, denoiser=media.denoiser, audio_tap=recording,
+            variables=media.variables, prompt_overrides=media.prompt_overrides,
         )  # fmt: skip
         handle = CallHandle(call_id, transport, CallSession(setup), recorder=recorder,
                             recording=recording)  # fmt: skip

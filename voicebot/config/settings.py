@@ -103,6 +103,11 @@ class SipSettings(BaseModel):
         200, ge=1, description="how many such requests one source may send at once"
     )
     user_agent: str = "voicebot"
+    variable_headers: list[str] = Field(
+        default_factory=lambda: ["X-*", "P-Asserted-Identity", "Diversion", "Referred-By"],
+        description="INVITE headers that become call variables (calls/variables.py: "
+        "X-Customer-Id -> customer_id); `X-*` takes every X- header; [] takes none",
+    )  # fmt: skip
     echo_cancellation: bool = Field(True, description="cancel the bot's own line echo")
     noise_suppression: Literal["off", "spectral", "webrtc"] = Field(
         "off", description="denoise callers before the VAD (bench/RESULTS.md: what it does)"
@@ -120,6 +125,14 @@ class AudioSocketSettings(BaseModel):
     bind: str = Field("127.0.0.1", description="address the AudioSocket server binds to")
     idle_timeout_s: float = Field(10.0, gt=0, description="end a connection silent this long")
     setup_timeout_s: float = Field(5.0, gt=0, description="wait this long for the UUID frame")
+    lookup_url: str | None = Field(
+        None, description="GET this URL for a call's variables (a JSON object) when its UUID "
+        "comes: `{uuid}` in it is replaced by the UUID, else `?uuid=` is added; unset: none",
+    )  # fmt: skip
+    lookup_timeout_s: float = Field(
+        1.0, gt=0, le=10, description="the lookup answers within this or the call goes on "
+        "without its variables (the greeting waits for it)",
+    )  # fmt: skip
 
 
 class ServerSettings(BaseModel):

@@ -55,6 +55,7 @@ _SUMMARY_EXAMPLE: dict[str, Any] = {
     "summary": {"user_turns": 3, "bot_turns": 3, "interruptions": 1,
                 "voice_to_voice_ms_median": 742.5},
     "recording": f"/v1/calls/{_EXAMPLE_ID}/recording",
+    "variables": {"customer_id": "C-4711", "p_asserted_identity": "<sip:+15551230001@pbx>"},
 }  # fmt: skip
 _TURNS_EXAMPLE: list[dict[str, Any]] = [
     {"idx": 0, "speaker": "bot", "text": "Bright Smile Dental, how can I help?",
@@ -94,6 +95,12 @@ class _CallBase(BaseModel):
         " while live"
     )  # fmt: skip
     recording: str | None = Field(description="URL of the WAV recording, null if none")
+    variables: dict[str, str] = Field(
+        default_factory=dict,
+        description="call variables: what the caller's side knew (SIP X- headers, stream"
+        " custom parameters, the POST /v1/calls body), names normalised (X-Customer-Id ->"
+        " customer_id); they fill {{name}} in the greeting, system prompt and scripted replies",
+    )  # fmt: skip
 
 
 class CallSummary(_CallBase):

@@ -36,6 +36,7 @@ from voicebot.audio.resample import from_canonical, to_canonical
 from voicebot.calls.leg import Leg, LegSetupError, run_leg
 from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia
 from voicebot.calls.pacing import PacedFrames, run_paced
+from voicebot.calls.variables import call_variables
 from voicebot.gateway.caller_info import caller_info
 from voicebot.gateway.ws import bearer_ok
 
@@ -199,7 +200,8 @@ class FreeSwitchLeg(Leg):
                 self.close_code, self.close_reason = exc.code, exc.reason
                 raise LegSetupError(exc.reason) from exc
         self._writer = asyncio.create_task(self.sink.run(self.ws))
-        return LegMedia(self.sink, info=info)
+        # The metadata's scalar fields are the call's variables (calls/variables.py).
+        return LegMedia(self.sink, info=info, variables=call_variables(info.get("variables")))
 
     async def run(self, session: CallSession) -> str:
         reason, closing = await run_paced(session, self.paced, self._read())

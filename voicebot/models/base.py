@@ -7,7 +7,7 @@ Audio in and out is canonical: 16 kHz mono int16 numpy arrays.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -67,6 +67,19 @@ class LanguageModel(Protocol):
 
     def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
         """Stream the reply to `messages` (system prompt first, then the conversation)."""
+        ...
+
+
+@runtime_checkable
+class WrittenReplies(Protocol):
+    """A language model whose replies are written text (the scripted engine): the agent
+    streams it with the call's `render`, which fills the `{{name}}` placeholders of a reply
+    from the call's variables (agent/templates.py) before it is spoken."""
+
+    def stream_rendered(
+        self, messages: Sequence[ChatMessage], render: Callable[[str], str]
+    ) -> AsyncIterator[LlmOutput]:
+        """`stream`, each written reply passed through `render` first."""
         ...
 
 

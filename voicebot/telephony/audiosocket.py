@@ -17,6 +17,8 @@ the frame on the wire. Our hang-up is a 0x00 frame, then the socket is closed. B
 `audiosocket.idle_timeout_s`) ends that connection with one bounded log line, never the
 server. A refused call (capacity, shutdown) gets a hang-up and a close: AudioSocket has no
 refusal code; refusals are counted in `/healthz` and `voicebot_calls_rejected_total`.
+With `audiosocket.lookup_url` set, the call's variables are fetched by its UUID
+(`audiosocket_lookup.py`) before the bot greets.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from voicebot.calls.leg import Leg, LegSetupError, run_leg
 from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia
 from voicebot.calls.pacing import PacedFrames, run_paced
 from voicebot.config import Settings
+from voicebot.telephony.audiosocket_lookup import lookup_variables
 
 log = logging.getLogger("voicebot.telephony.audiosocket")
 
@@ -158,7 +161,14 @@ class AudioSocketLeg(Leg):
             what = "nothing" if first is None else f"kind 0x{first[0]:02x} ({len(first[1])} bytes)"
             raise LegSetupError(f"from {self.peer}: the first frame must be a UUID, got {what}")
         self.uuid = str(uuid.UUID(bytes=first[1]))
-        return LegMedia(self.sink, info={"uuid": self.uuid, "from": f"audiosocket:{self.peer}"})
+        settings = self.server.settings
+        variables: dict[str, str] = {}
+        if settings.lookup_url:
+            variables = await lookup_variables(
+                settings.lookup_url, self.uuid, settings.lookup_timeout_s, call_id=call_id
+            )
+        info = {"uuid": self.uuid, "from": f"audiosocket:{self.peer}"}
+        return LegMedia(self.sink, info=info, variables=variables)
 
     async def run(self, session: CallSession) -> str:
         self.session = session

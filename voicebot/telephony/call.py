@@ -22,6 +22,7 @@ from voicebot.audio.denoise import make_suppressor
 from voicebot.audio.echo import EchoCanceller
 from voicebot.calls.leg import Leg, LegSetupError
 from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia, Refusal
+from voicebot.calls.variables import call_variables, select_headers
 from voicebot.config import Settings
 from voicebot.telephony.media_clock import SipMediaClock
 from voicebot.telephony.media_load import MediaLoad
@@ -184,6 +185,7 @@ class SipCall(Leg):
         return LegMedia(
             self.rtp, control=self, info=info, echo_canceller=self.echo_canceller,
             denoiser=make_suppressor(sip.noise_suppression),
+            variables=call_variables(select_headers(invite.headers, sip.variable_headers)),
         )  # fmt: skip
 
     async def run(self, session: CallSession) -> str:

@@ -36,9 +36,9 @@ async def close_lost_calls(
     now = utc_now()
     async with engine.begin() as connection:
         rows = (await connection.execute(
-            select(calls.c.id, calls.c.started_at, calls.c.answered_at).where(and_(*where))
+            select(calls.c.id, calls.c.variables).where(and_(*where))
         )).all()  # fmt: skip
-        for call_id, _started_at, _answered_at in rows:
+        for call_id, variables in rows:
             await connection.execute(
                 update(calls).where(calls.c.id == call_id, calls.c.ended_at.is_(None))
                 .values(ended_at=now, end_reason=LOST, heartbeat_at=now)
@@ -51,7 +51,8 @@ async def close_lost_calls(
                 payload: dict[str, Any] = {
                     "type": "call.ended", "timestamp": now.isoformat().replace("+00:00", "Z"),
                     "data": {"call_id": call_id, "reason": LOST,
-                             "ended_at": now.isoformat().replace("+00:00", "Z")},
+                             "ended_at": now.isoformat().replace("+00:00", "Z"),
+                             "variables": variables or {}},
                 }  # fmt: skip
                 await connection.execute(schema.outbox.insert().values(
                     id=webhook_id(), url=url, call_id=call_id, seq=(last or 0) + 1,

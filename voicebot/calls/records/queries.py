@@ -64,7 +64,7 @@ _SUMMARY_COLUMNS = [
     for name in (
         "id", "gateway", "transport", "direction", "from_uri", "to_uri", "started_at",
         "answered_at", "ended_at", "end_reason", "duration_s", "turns", "dtmf",
-        "transfer_target", "summary", "recording_path",
+        "transfer_target", "summary", "recording_path", "variables",
     )
 ]  # fmt: skip
 
@@ -79,6 +79,7 @@ def _summary(row: Row[Any]) -> dict[str, Any]:
         "duration_s": m["duration_s"], "turns": m["turns"], "dtmf": m["dtmf"] or "",
         "transfer_target": m["transfer_target"], "summary": m["summary"],
         "recording": recording_url(m["id"]) if m["recording_path"] else None,
+        "variables": m["variables"] or {},
     }  # fmt: skip
 
 

@@ -3,8 +3,9 @@
 Place in the flow: the call manager subscribes one recorder to each call's event bus. It
 only builds rows and hands them to the record writer (`writes.RecordWrite`), so it never
 blocks the media path. What it keeps per call:
-- the call row: inserted when the call is set up, updated when answered, on each DTMF,
-  transfer and at the end (reason, duration, digits, summary, recording);
+- the call row (with the call's variables, calls/variables.py): inserted when the call is
+  set up, updated when answered, on each DTMF, transfer and at the end (reason, duration,
+  digits, summary, recording);
 - turns: a caller's turn per final transcript (from its speech onset to its speech_end), a
   bot turn from its first sentence playing until it played out or was cut by a barge-in
   (with what the caller heard of it) and the `turn_latency` of the answer;
@@ -93,21 +94,26 @@ class CallRecorder:
         self._bot: _BotTurn | None = None
         self._pending_latency: dict[str, Any] | None = None
         self._last_t = 0.0
+        self.variables: dict[str, str] = {}
 
     # -- lifecycle (from the call manager) ------------------------------------------------------
-    def opened(self, info: dict[str, Any]) -> None:
-        """The call is set up on its wire: its row exists from here."""
+    def opened(self, info: dict[str, Any], variables: dict[str, str] | None = None) -> None:
+        """The call is set up on its wire: its row exists from here. `variables`: what the
+        caller's side knew of the call (already normalised), in the row and the webhooks."""
+        self.variables = dict(variables or {})
         row = {
             "id": self.call_id, "gateway": self._gateway, "transport": self.transport,
             "direction": self._direction, "from_uri": _party(info, "from"),
             "to_uri": _party(info, "to"), "info": info, "started_at": self.started_at,
             "dtmf": "", "turns": 0, "heartbeat_at": self.started_at,
+            "variables": self.variables,
         }  # fmt: skip
         self._sink(RecordWrite("calls", row))
         self._webhook("call.started", {
             "transport": self.transport, "direction": self._direction,
             "from": row["from_uri"], "to": row["to_uri"], "info": info,
             "gateway": self._gateway, "started_at": iso(self.started_at),
+            "variables": self.variables,
         })  # fmt: skip
 
     def finished(self, reason: str, recording: tuple[str, int] | None = None) -> None:
@@ -142,6 +148,7 @@ class CallRecorder:
             "turns": self._turns, "dtmf": self._dtmf, "transfer_target": self._transfer,
             "summary": summary,
             "recording": self._recording_url if recording is not None else None,
+            "variables": self.variables,
         })  # fmt: skip
 
     # -- events -------------------------------------------------------------------------------

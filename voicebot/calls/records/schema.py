@@ -35,6 +35,9 @@ calls = Table(
     Column("from_uri", Text),
     Column("to_uri", Text),
     Column("info", JSON, nullable=False, default=dict),
+    # Call variables (calls/variables.py): normalised name -> text; NULL in rows from before
+    # migration 0002, read as {}.
+    Column("variables", JSON, default=dict),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("answered_at", DateTime(timezone=True)),
     Column("ended_at", DateTime(timezone=True)),

@@ -42,6 +42,7 @@ from voicebot.audio.resample import from_canonical, to_canonical
 from voicebot.calls.leg import Leg, LegSetupError
 from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia
 from voicebot.calls.pacing import PacedFrames, run_paced
+from voicebot.calls.variables import call_variables
 from voicebot.gateway.caller_info import caller_info
 
 log = logging.getLogger("voicebot.gateway.streams")
@@ -295,7 +296,11 @@ class StreamLeg(Leg):
         except StreamError as exc:
             await self._fail(exc.code, exc.reason)
         self._writer = asyncio.create_task(self.outbox.run(self.ws))
-        return LegMedia(self.sink, subscribers=[self._on_event], info=dict(self.info or {}))
+        info = dict(self.info or {})
+        # The custom parameters / headers (`token` taken out) are the call's variables.
+        params = info.get("variables")
+        return LegMedia(self.sink, subscribers=[self._on_event], info=info,
+                        variables=call_variables(params if isinstance(params, dict) else None))
 
     async def run(self, session: CallSession) -> str:
         self.session = session

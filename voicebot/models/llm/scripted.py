@@ -2,13 +2,16 @@
 
 For IVR-style flows that must say exactly what they were written to say, and for
 deterministic tests. The reply streams word by word like a real model's tokens, so the
-agent's sentence splitting and TTS pipelining run exactly as in production.
+agent's sentence splitting and TTS pipelining run exactly as in production. Replies (and
+the fallback) may hold `{{name}}` placeholders: the agent streams the engine with its call's
+renderer (`stream_rendered`), which fills them from the call's variables before the reply
+is split into words.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,9 +91,15 @@ class ScriptedLanguageModel:
                 return intent.reply, intent.action, intent.name
         return self.fallback, None, "fallback"
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
+        return self.stream_rendered(messages, lambda text: text)
+
+    async def stream_rendered(
+        self, messages: Sequence[ChatMessage], render: Callable[[str], str]
+    ) -> AsyncIterator[LlmOutput]:
         last_user = next((m.content for m in reversed(messages) if m.role == "user"), "")
         reply, action, _ = self.respond(last_user)
+        reply = render(reply)
         words = reply.split(" ")
         for i, word in enumerate(words):
             yield TextDelta(word if i == 0 else " " + word)
