@@ -176,6 +176,28 @@ def test_scripted_replies_are_rendered_with_the_calls_renderer() -> None:
     assert asyncio.run(reply("my balance", False)).startswith("Customer {{customer_id}}")
 
 
+def test_front_desk_profile_answers_are_rendered() -> None:
+    from voicebot.models.base import ChatMessage, TextDelta
+    from voicebot.models.llm.business_profile import BusinessProfile
+    from voicebot.models.llm.frontdesk import FrontDeskLanguageModel
+
+    profile = BusinessProfile.from_dict({
+        "business": "Desk", "address": "1 Road", "phone": "555",
+        "fallback": "Sorry {{customer_id}}, I cannot help with that.",
+        "topics": [{"name": "parking", "keywords": ["parking"],
+                    "reply": "Parking for account {{customer_id}} is free."}],
+    })  # fmt: skip
+    desk = FrontDeskLanguageModel(profile, None)
+    templates = CallTemplates("c", {"customer_id": "C-4711"})
+
+    async def reply(text: str) -> str:
+        stream = desk.stream_rendered([ChatMessage("user", text)], templates.render)
+        return "".join([p.text async for p in stream if isinstance(p, TextDelta)])
+
+    assert asyncio.run(reply("parking please")) == "Parking for account C-4711 is free."
+    assert asyncio.run(reply("tell me a joke")) == "Sorry C-4711, I cannot help with that."
+
+
 # -- the session: greeting, system prompt, overrides ---------------------------------------
 def test_session_renders_greeting_system_prompt_and_overrides() -> None:
     from tests.engines import ScriptedSTT

@@ -72,7 +72,8 @@ class LanguageModel(Protocol):
 
 @runtime_checkable
 class WrittenReplies(Protocol):
-    """A language model whose replies are written text (the scripted engine): the agent
+    """A language model whose replies are written text (the scripted engine, the front
+    desk's profile answers): the agent
     streams it with the call's `render`, which fills the `{{name}}` placeholders of a reply
     from the call's variables (agent/templates.py) before it is spoken."""
 

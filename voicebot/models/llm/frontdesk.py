@@ -227,12 +227,19 @@ class FrontDeskLanguageModel:
         """A number the profile does not state: a made-up price, time or date."""
         return any(n not in self._known_numbers for n in numbers_in(sentence))
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
+        return self.stream_rendered(messages, lambda text: text)
+
+    async def stream_rendered(
+        self, messages: Sequence[ChatMessage], render: Callable[[str], str]
+    ) -> AsyncIterator[LlmOutput]:
+        """`WrittenReplies`: the profile's own answers (and its fallback line) go through
+        `render` (the call's `{{name}}` placeholders); what the wrapped LLM writes does not."""
         last_user = next((m.content for m in reversed(messages) if m.role == "user"), "")
         answer = self.desk.answer(last_user)
         if answer is not None or self.llm is None:
             self.last_topic = answer.topic if answer else "fallback"
-            for piece in _words(answer.reply if answer else self.profile.fallback):
+            for piece in _words(render(answer.reply if answer else self.profile.fallback)):
                 yield piece
             if answer is not None and answer.action is not None:
                 yield answer.action
@@ -247,7 +254,7 @@ class FrontDeskLanguageModel:
                 if isinstance(piece, TextDelta) and self.invents(piece.text):
                     if not said:  # nothing true said yet: say what we can do instead
                         self.last_topic = "llm-guarded"
-                        for word in _words(self.profile.fallback):
+                        for word in _words(render(self.profile.fallback)):
                             yield word
                     return
                 said = said or isinstance(piece, TextDelta)
