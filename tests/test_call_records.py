@@ -95,7 +95,10 @@ def test_recorder_builds_the_record_turns_events_and_webhooks() -> None:
     assert final["transfer_target"] == "sip:agent@example.com" and final["turns"] == 4
     assert final["recording_path"] == "2026/x.wav"
     assert final["summary"] == {"user_turns": 2, "bot_turns": 2, "interruptions": 1,
-                                "voice_to_voice_ms_median": 700.0}  # fmt: skip
+                                "voice_to_voice_ms_median": 700.0, "transfers": [
+        {"target": "sip:agent@example.com", "outcome": "transferred", "status": None,
+         "reason": "", "t": 8.1, "confirmed": False},
+    ]}  # fmt: skip
     turns = [w.row for w in by_table["turns"]]
     assert [(t["speaker"], t["interrupted"]) for t in turns] == [
         ("user", False), ("bot", True), ("user", False), ("bot", False)
@@ -122,6 +125,18 @@ def test_recorder_builds_the_record_turns_events_and_webhooks() -> None:
         ]  # fmt: skip
         assert [h["seq"] for h in mine] == list(range(len(mine)))
     assert len({h.row["id"] for h in hooks}) == len(hooks)
+    # The transfer's webhook gives the agent's side the turns so far (what the caller heard
+    # of a cut reply) and the caller's own words as the summary.
+    moved = next(w.row["payload"] for w in hooks if w.row["type"] == "call.transferred")["data"]
+    assert moved["target"] == "sip:agent@example.com" and moved["outcome"] == "transferred"
+    assert [(t["speaker"], t["text"]) for t in moved["transcript"]] == [
+        ("user", "What are your hours?"), ("bot", "We open at nine. We close"),
+        ("user", "An agent please"), ("bot", "Transferring you."),
+    ]  # fmt: skip
+    assert moved["transcript"][1]["interrupted"] is True
+    assert moved["summary"]["caller_last"] == ["What are your hours?", "An agent please"]
+    assert moved["summary"]["text"].startswith('Caller said: "What are your hours?" | "An')
+    assert moved["summary"]["dtmf"] == "4#" and "variables" not in moved
     ended = next(w.row["payload"] for w in hooks if w.row["type"] == "call.ended")
     assert ended["data"]["call_id"] == "sip-1" and ended["data"]["reason"] == "transferred"
     json.dumps([w.row["payload"] for w in hooks])  # the bodies are JSON as they stand

@@ -17,6 +17,7 @@ from voicebot.agent.events import (
     SpeechStarted,
     StateChanged,
     TranscriptReady,
+    TransferFailed,
     TurnLatency,
     VadLevel,
 )
@@ -40,8 +41,14 @@ WIRE = [
     (Interrupted(call_id="c1", t=3.5, latency_ms=41.26, heard="We open at"),
      '{"type": "interrupted", "call_id": "c1", "t": 3.5, "latency_ms": 41.3, '
      '"heard": "We open at"}'),
-    (CallTransferred(call_id="c1", t=5.0, target="sip:agent@example.com"),
-     '{"type": "transferred", "call_id": "c1", "t": 5.0, "target": "sip:agent@example.com"}'),
+    (CallTransferred(call_id="c1", t=5.0, target="sip:agent@example.com", status=200,
+                     reason="OK", confirmed=True),
+     '{"type": "transferred", "call_id": "c1", "t": 5.0, "target": "sip:agent@example.com", '
+     '"status": 200, "reason": "OK", "confirmed": true}'),
+    (TransferFailed(call_id="c1", t=5.0, target="sip:agent@example.com", status=486,
+                    reason="Busy Here"),
+     '{"type": "transfer_failed", "call_id": "c1", "t": 5.0, "target": "sip:agent@example.com", '
+     '"status": 486, "reason": "Busy Here"}'),
     (DtmfPressed(call_id="c1", t=4.0, digit="#"),
      '{"type": "dtmf", "call_id": "c1", "t": 4.0, "digit": "#"}'),
     (ErrorRaised(call_id="c1", t=4.2, source="STT whisper", message="STT whisper: timed out"),
@@ -60,7 +67,7 @@ WIRE = [
 
 
 def test_every_event_type_has_its_contract_json() -> None:
-    assert len({type(event) for event, _ in WIRE}) == 13  # every type of section 2
+    assert len({type(event) for event, _ in WIRE}) == 14  # every type of section 2
     for event, wire in WIRE:
         assert event.to_json() == wire
         assert json.loads(wire) == event.to_dict()

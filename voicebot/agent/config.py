@@ -22,6 +22,11 @@ class AgentConfig(BaseModel):
     false_interruption_resume: bool = True
     backchannels: list[str] = Field(default_factory=lambda: list(DEFAULT_BACKCHANNELS))
     fallback_text: str = "Sorry, could you repeat that?"
+    # Said when a transfer the bot asked for fails (refused, no answer, target busy): the
+    # call goes on. Empty: nothing is said.
+    transfer_failed_message: str = (
+        "Sorry, I couldn't transfer you. I'm still here. How else can I help?"
+    )
     max_history_messages: int = Field(20, ge=0)
     stt_timeout_s: float = Field(10.0, gt=0)
     llm_timeout_s: float = Field(15.0, gt=0, description="max wait for each piece of the reply")

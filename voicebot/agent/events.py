@@ -150,10 +150,29 @@ class DtmfPressed(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class CallTransferred(Event):
-    """The bot handed the call to `target` (SIP: the REFER was accepted)."""
+    """The bot handed the call to `target`. `status` / `reason`: the transfer's final report
+    (SIP: the NOTIFY sipfrag's status line, RFC 3515 section 2.4.5, or 202 when the REFER
+    was accepted with no final report in time); None / "announced ..." where the transport
+    cannot transfer (the webhook announces it); `confirmed`: the target's side reported
+    success."""
 
     type: ClassVar[str] = "transferred"
     target: str
+    status: int | None = None
+    reason: str = ""
+    confirmed: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferFailed(Event):
+    """A transfer to `target` did not happen and the call goes on: `status` / `reason` the
+    refusal (SIP: the REFER's 4xx-6xx, 408 for no answer, or the NOTIFY sipfrag's final
+    failure), None if the transport gave no status."""
+
+    type: ClassVar[str] = "transfer_failed"
+    target: str
+    status: int | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from voicebot.agent.audio_tap import CallAudioTap
-from voicebot.agent.call_actions import CallActions, CallControl
+from voicebot.agent.call_actions import CallActions, CallControl, TransferOutcome
 from voicebot.agent.clock import EngineClock, LiveClock
 from voicebot.agent.config import AgentConfig
 from voicebot.agent.conversation import Conversation, SuspendedReply
@@ -51,6 +51,7 @@ from voicebot.agent.events import (
     SpeechEnded,
     SpeechStarted,
     StateChanged,
+    TransferFailed,
     TurnLatency,
     VadLevel,
 )
@@ -161,7 +162,7 @@ class CallSession:
         )
         self._actions = CallActions(
             self.control, self.end, self._engine_calls.error,
-            on_transferred=lambda target: self._publish(CallTransferred, target=target),
+            on_transferred=self._transferred, on_transfer_failed=self._transfer_failed,
         )  # fmt: skip
         self._replies = Replies(self._engine_calls, self._conversation, self._output.playout)
         self._turns = Turns(
@@ -413,6 +414,24 @@ class CallSession:
         if reply.action is not None:
             self._actions.perform(reply.action)
         return None
+
+    # -- transfers -----------------------------------------------------------------------------
+    def _transferred(self, target: str, outcome: TransferOutcome) -> None:
+        self._publish(CallTransferred, target=target, status=outcome.status,
+                      reason=outcome.reason, confirmed=outcome.confirmed)  # fmt: skip
+
+    def _transfer_failed(self, target: str, outcome: TransferOutcome) -> None:
+        """The transfer did not happen: the call goes on, and the caller is told so
+        (`agent.transfer_failed_message`), then heard again (WAITING_FOR_SPEECH)."""
+        self._publish(TransferFailed, target=target, status=outcome.status, reason=outcome.reason)
+        message = self.config.transfer_failed_message
+        if self.ending or not message:
+            return
+        if self._replies.current is not None or self._turns.task is not None:
+            # The caller spoke while the transfer was tried: that turn's answer comes next.
+            log.info("call %s: transfer failed while a reply was under way", self.call_id)
+            return
+        self._replies.start(texts=[message])
 
     def _report_turn_latency(self) -> None:
         """The first frame of an answer to a turn is going out: publish its stage times."""

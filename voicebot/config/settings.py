@@ -117,6 +117,23 @@ class SipSettings(BaseModel):
     username: str | None = None
     password: str | None = None
     register_expires: int = Field(300, ge=30)
+    # Transfers (SipCall.transfer, telephony/refer_to.py): what the REFER's Refer-To carries
+    # to the agent's side as embedded headers, and how long its outcome is waited for.
+    transfer_uui: bool = Field(
+        True, description="User-to-User (RFC 7433) with the call id, hex, in the Refer-To"
+    )
+    transfer_uui_purpose: str = Field(
+        "voicebot-call-id", description="its `purpose` parameter (the UUI package name)"
+    )
+    transfer_headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra headers embedded in the Refer-To (e.g. {\"X-Queue\": \"billing\"})",
+    )
+    transfer_notify_timeout_s: float = Field(
+        30.0, gt=0, le=600,
+        description="after a 202, wait this long for the final NOTIFY sipfrag; without one"
+        " the transfer counts as handed over (unconfirmed) and the bot hangs up",
+    )  # fmt: skip
 
 
 class AudioSocketSettings(BaseModel):

@@ -5,18 +5,20 @@ As a leg, `SipCall` answers the INVITE (100 Trying, 180 Ringing with our tag: an
 dialog; after `answer_delay_ms`, 200 OK with the SDP answer: confirmed), lets the shared
 media clock step its session, and tears down with a BYE if the dialog is still up when the
 call ends. As the session's `CallControl`, hang-up is a BYE and a transfer a REFER
-(RFC 3515), then a BYE once the transferee reports or a short wait passes.
+(RFC 3515) with the call's context in its Refer-To (`refer_to.py`), then a BYE once the
+transferee reports success; a refusal or a failure report leaves the call up
+(`SipCall.transfer`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from enum import Enum
 from typing import Protocol
 
+from voicebot.agent.call_actions import TransferFailedError, TransferOutcome
 from voicebot.agent.session import CallSession
 from voicebot.audio.denoise import make_suppressor
 from voicebot.audio.echo import EchoCanceller
@@ -34,6 +36,7 @@ from voicebot.telephony.message import (
     tag_of,
     uri_of,
 )
+from voicebot.telephony.refer_to import refer_to
 from voicebot.telephony.rtp import PortAllocator, RtpSession
 from voicebot.telephony.sdp import (
     OFFER_TELEPHONE_EVENT_PT,
@@ -81,6 +84,12 @@ class SipCallHost(Protocol):
     def record_rtp_stats(self, rtp: RtpSession) -> None: ...
 
 
+# A sipfrag's status line (RFC 3420; RFC 3515 section 2.4.5: the first line of the NOTIFY body).
+_SIPFRAG_STATUS = re.compile(r"SIP/2\.0\s+([1-6]\d\d)\s*([^\r\n]*)")
+# Put in `SipCall.notify` when the caller sends BYE while an accepted REFER is pending.
+_CALLER_LEFT = "\x00caller left"
+
+
 class DialogState(Enum):
     """Where the INVITE's dialog is (RFC 3261 section 12; section 17.2.1 before it)."""
 
@@ -104,7 +113,8 @@ class SipCall(Leg):
         self.session: CallSession | None = None
         self.echo_canceller: EchoCanceller | None = None
         self.task: asyncio.Task[str | None] | None = None
-        self.notify: asyncio.Queue[str] = asyncio.Queue()
+        self.notify: asyncio.Queue[str] = asyncio.Queue()  # NOTIFY bodies (sipfrags)
+        self._transfer_accepted = False  # from a REFER's 2xx until its outcome is known
         # Only while a delayed offer's 200 OK waits for its ACK: the answer SDP to come.
         self._answer: asyncio.Future[str] | None = None
 
@@ -216,23 +226,75 @@ class SipCall(Leg):
     async def hangup(self) -> None:
         await self._send_bye()
 
-    async def transfer(self, target: str) -> None:
-        """Blind transfer: REFER the caller to `target`, then leave the call."""
+    async def transfer(self, target: str) -> TransferOutcome:
+        """Blind transfer (RFC 3515; RFC 5589 section 6, basic transfer) with context.
+
+        The REFER's Refer-To carries the call id as RFC 7433 User-to-User and the
+        `[sip] transfer_headers`, embedded in the target URI (`refer_to.py`). The outcome:
+        - the REFER refused (3xx-6xx), or no answer to it (408, RFC 3261 section 8.1.3.1):
+          `TransferFailedError`, the call goes on;
+        - accepted (2xx, usually 202), then the transferee's NOTIFY sipfrags (RFC 3515
+          sections 2.4.4-2.4.5): 1xx (`SIP/2.0 100 Trying`) is progress, waited past; a
+          final 2xx is transferred: BYE, our leg ends; a final >= 300 (the target busy,
+          486; not answering, 480 / 408; declined, 603) is `TransferFailedError`: the call
+          stays up (the transferee takes it back) and the bot tells the caller;
+        - accepted, and then no final report: handed over, unconfirmed (`confirmed=False`,
+          status 202). That is when the 2xx says `Refer-Sub: false` (RFC 4488: no NOTIFY
+          will come), when the caller's side sends BYE while we wait (it left us for the
+          target), or when `[sip] transfer_notify_timeout_s` passes. RFC 3515 lets the
+          transferor end its dialog at any point after the REFER is accepted, and a
+          caller held with the bot for good is worse than a transfer the record marks
+          unconfirmed; so the bot hangs up then.
+        """
+        if self.state is not DialogState.CONFIRMED:
+            raise TransferFailedError(None, "the call is no longer up")
+        sip = self.gateway.settings.sip
         refer = self._in_dialog_request("REFER")
-        refer.add("Refer-To", f"<{target}>")
+        refer.add("Refer-To", refer_to(
+            target, self.call_id, sip.transfer_headers, uui=sip.transfer_uui,
+            uui_purpose=sip.transfer_uui_purpose,
+        ))  # fmt: skip
         refer.add("Referred-By", f"<{self._local_uri()}>")
-        response = await self.gateway.endpoint.request(refer, self._next_hop(refer), timeout=8.0)
+        while not self.notify.empty():  # a former attempt's late reports are not this one's
+            self.notify.get_nowait()
+        endpoint = self.gateway.endpoint
+        try:
+            response = await endpoint.request(refer, self._next_hop(refer), timeout=8.0)
+        except TimeoutError as exc:
+            raise TransferFailedError(408, "Request Timeout (no answer to the REFER)") from exc
         if response.status >= 300:
-            raise RuntimeError(f"REFER refused: {response.status} {response.reason}")
-        # The transferee reports progress in NOTIFY sipfrags (RFC 3515 section 2.4.5);
-        # a final one, or a short wait, and we hang up our leg.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5.0):
+            raise TransferFailedError(response.status, response.reason)
+        if (response.get("Refer-Sub") or "").strip().lower() == "false":
+            await self._send_bye()
+            return TransferOutcome(response.status, f"{response.reason} (Refer-Sub: false)",
+                                   confirmed=False)  # fmt: skip
+        self._transfer_accepted = True
+        try:
+            outcome = await self._transfer_report(sip.transfer_notify_timeout_s)
+        finally:
+            self._transfer_accepted = False
+        await self._send_bye()
+        return outcome
+
+    async def _transfer_report(self, timeout_s: float) -> TransferOutcome:
+        """The final NOTIFY sipfrag of an accepted REFER (see `transfer`)."""
+        try:
+            async with asyncio.timeout(timeout_s):
                 while True:
                     frag = await self.notify.get()
-                    if re.match(r"SIP/2\.0 [2-6]\d\d", frag):
-                        break
-        await self._send_bye()
+                    if frag == _CALLER_LEFT:
+                        return TransferOutcome(202, "the caller left the call after the REFER",
+                                               confirmed=False)  # fmt: skip
+                    match = _SIPFRAG_STATUS.match(frag)
+                    if match is None or match.group(1).startswith("1"):
+                        continue  # progress (or a body we cannot read): wait on
+                    status, reason = int(match.group(1)), match.group(2).strip()
+                    if status >= 300:
+                        raise TransferFailedError(status, reason)
+                    return TransferOutcome(status, reason)
+        except TimeoutError:
+            return TransferOutcome(202, f"accepted, no final NOTIFY within {timeout_s:g} s",
+                                   confirmed=False)  # fmt: skip
 
     # -- in-dialog requests from the caller ----------------------------------------------------
     def in_dialog(self, request: SipRequest) -> bool:
@@ -251,6 +313,9 @@ class SipCall(Leg):
     def caller_hung_up(self) -> None:
         """BYE from the caller (already answered 200)."""
         self.state = DialogState.TERMINATED
+        if self._transfer_accepted:  # it left us for the transfer target: `transfer` ends it
+            self.notify.put_nowait(_CALLER_LEFT)
+            return
         if self.session is not None:
             self.session.end("caller_hangup")
         elif self.task is not None:

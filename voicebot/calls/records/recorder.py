@@ -10,7 +10,10 @@ blocks the media path. What it keeps per call:
   bot turn from its first sentence playing until it played out or was cut by a barge-in
   (with what the caller heard of it) and the `turn_latency` of the answer;
 - the event log (every event but `vad` levels);
-- webhooks (DESIGN.md section 4a): one outbox row per event and receiver URL, in order.
+- webhooks (DESIGN.md section 4a): one outbox row per event and receiver URL, in order;
+  a transfer's (`call.transferred`, `call.transfer_failed`) carry its outcome and the
+  context for the human agent: the transcript so far and an extractive summary
+  (`transfer_context.py`), with the call's variables.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from voicebot.agent.events import (
     SpeechStarted,
     StateChanged,
     TranscriptReady,
+    TransferFailed,
     TurnLatency,
     VadLevel,
 )
 from voicebot.calls.records.times import iso
+from voicebot.calls.records.transfer_context import TranscriptSoFar, context
 from voicebot.calls.records.writes import RecordWrite, utc_now, webhook_id
 
 Sink = Callable[[RecordWrite], None]
@@ -89,6 +94,8 @@ class CallRecorder:
         self._voice_to_voice_ms: list[float] = []
         self._dtmf = ""
         self._transfer: str | None = None
+        self._transfers: list[dict[str, Any]] = []  # every attempt's outcome, in order
+        self._transcript = TranscriptSoFar()
         self._user_onset: float | None = None
         self._user_end: float | None = None
         self._bot: _BotTurn | None = None
@@ -133,6 +140,8 @@ class CallRecorder:
                 if self._voice_to_voice_ms else None
             ),
         }  # fmt: skip
+        if self._transfers:
+            summary["transfers"] = self._transfers
         update: dict[str, Any] = {
             "id": self.call_id, "ended_at": ended_at, "end_reason": reason,
             "duration_s": round((ended_at - (answered or self.started_at)).total_seconds(), 3),
@@ -186,14 +195,29 @@ class CallRecorder:
                 self._dtmf = (self._dtmf + digit)[-256:]
                 self._update(dtmf=self._dtmf)
                 self._webhook("dtmf", {"digit": digit, "t": round(t, 3)})
-            case CallTransferred(target=target, t=t):
+            case CallTransferred(target=target):
                 self._transfer = target
                 self._update(transfer_target=target)
-                self._webhook("call.transferred", {"target": target, "t": round(t, 3)})
+                self._transfer_webhook("call.transferred", "transferred", event)
+            case TransferFailed():
+                self._transfer_webhook("call.transfer_failed", "failed", event)
             case CallEnded(reason=reason):
                 self.end_reason = reason
             case _:
                 pass
+
+    def _transfer_webhook(
+        self, kind: str, outcome: str, event: CallTransferred | TransferFailed
+    ) -> None:
+        attempt: dict[str, Any] = {
+            "target": event.target, "outcome": outcome, "status": event.status,
+            "reason": event.reason, "t": round(event.t, 3),
+        }  # fmt: skip
+        if isinstance(event, CallTransferred):
+            attempt["confirmed"] = event.confirmed
+        self._transfers.append(attempt)
+        variables = getattr(self, "variables", None)  # the call's variables, when it has any
+        self._webhook(kind, {**attempt, **context(self._transcript, self._dtmf, variables)})
 
     # -- turns ----------------------------------------------------------------------------------
     def _user_turn(self, text: str, t: float) -> None:
@@ -225,6 +249,7 @@ class CallRecorder:
             "interrupted": interrupted, "latency": latency,
         }  # fmt: skip
         self._sink(RecordWrite("turns", row))
+        self._transcript.add(speaker, heard, row["start_s"], row["end_s"], interrupted=interrupted)
         data = {k: v for k, v in row.items() if k != "call_id"}
         if speaker == "user":
             data = {k: data[k] for k in ("idx", "text", "start_s", "end_s")}
