@@ -3,6 +3,8 @@
 - The Refer-To with embedded headers (RFC 3261 section 19.1.1 escaping, RFC 7433
   User-to-User), unit by unit.
 - `CallActions`: a transport's refusal leaves the call up and reports the outcome.
+- `SipCall.transfer` with a fake endpoint: each RFC 3515 / RFC 4488 outcome (progress waited
+  past, final sipfrag, refusal, timeout, Refer-Sub: false, no final report, the caller's BYE).
 - SIPp as the transferee against a real gateway: REFER 202 + NOTIFY 100 / 200 (transferred:
   the Refer-To carries the hex call id and the configured X- headers, the record and the
   `call.transferred` webhook the transcript and summary); REFER 603 and NOTIFY 486 (failed:
@@ -19,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -37,8 +40,10 @@ from voicebot.agent.call_actions import (
 )
 from voicebot.audio.resample import resample_whole
 from voicebot.audio.wav import write_wav
+from voicebot.config import Settings
 from voicebot.models.base import CallAction
-from voicebot.telephony.message import parse_message
+from voicebot.telephony.call import DialogState, SipCall
+from voicebot.telephony.message import SipRequest, SipResponse, parse_message
 from voicebot.telephony.refer_to import (
     embed_headers,
     embedded_headers,
@@ -145,6 +150,103 @@ def test_a_done_transfer_ends_the_call_as_transferred() -> None:
     seen = _perform(TransferOutcome(200, "OK"))
     assert seen["end"] == ["transferred"] and seen["failed"] == []
     assert seen["ok"] == [("sip:q@x", TransferOutcome(200, "OK"))]
+
+
+# -- SipCall.transfer's outcomes, with a fake endpoint ----------------------------------------
+class _Endpoint:
+    """Answers our in-dialog requests as told, and keeps them."""
+
+    def __init__(self, refer: SipResponse | None) -> None:
+        self.refer = refer  # None: no answer (the transaction times out)
+        self.sent: list[SipRequest] = []
+
+    async def request(self, request: SipRequest, addr: tuple[str, int],
+                      timeout: float = 8.0) -> SipResponse:  # fmt: skip
+        self.sent.append(request)
+        if request.method == "BYE":
+            return SipResponse(status=200, reason="OK")
+        if self.refer is None:
+            raise TimeoutError("no final response to REFER")
+        return self.refer
+
+
+def _sip_call(refer: SipResponse | None, notify_timeout_s: float = 5.0) -> SipCall:
+    settings = Settings(sip={"transfer_headers": {"X-Queue": "billing"},
+                             "transfer_notify_timeout_s": notify_timeout_s})  # fmt: skip
+    host = SimpleNamespace(settings=settings, endpoint=_Endpoint(refer), address="127.0.0.1",
+                           port=5060, contact="<sip:voicebot@127.0.0.1:5060>")  # fmt: skip
+    invite = parse_message(
+        b"INVITE sip:bot@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKi\r\n"
+        b"From: <sip:caller@127.0.0.1:5070>;tag=c1\r\nTo: <sip:bot@127.0.0.1>\r\n"
+        b"Call-ID: unit-1\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:5070>\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    assert isinstance(invite, SipRequest)
+    call = SipCall(host, invite, ("127.0.0.1", 5070))  # type: ignore[arg-type]
+    call.state = DialogState.CONFIRMED
+    return call
+
+
+def _methods(call: SipCall) -> list[str]:
+    return [r.method for r in call.gateway.endpoint.sent]  # type: ignore[attr-defined]
+
+
+def _transfer(call: SipCall, *notifies: str, bye_after: bool = False) -> TransferOutcome:
+    async def scenario() -> TransferOutcome:
+        task = asyncio.create_task(call.transfer("sip:queue@localhost"))
+        await asyncio.sleep(0.01)
+        for frag in notifies:
+            call.notify.put_nowait(frag)
+        if bye_after:
+            call.caller_hung_up()
+        return await task
+
+    return asyncio.run(scenario())
+
+
+def test_sip_transfer_waits_past_progress_for_the_final_sipfrag() -> None:
+    call = _sip_call(SipResponse(status=202, reason="Accepted"))
+    outcome = _transfer(call, "SIP/2.0 100 Trying", "SIP/2.0 180 Ringing", "SIP/2.0 200 OK\r\n")
+    assert outcome == TransferOutcome(200, "OK") and _methods(call) == ["REFER", "BYE"]
+    refer = call.gateway.endpoint.sent[0]  # type: ignore[attr-defined]
+    assert refer.get("Refer-To") == refer_to("sip:queue@localhost", "sip-unit-1",
+                                             {"X-Queue": "billing"}, uui_purpose="voicebot-call-id")
+    # A final failure in a sipfrag: the call stays up (no BYE).
+    call = _sip_call(SipResponse(status=202, reason="Accepted"))
+    with pytest.raises(TransferFailedError) as failed:
+        _transfer(call, "SIP/2.0 100 Trying", "SIP/2.0 503 Service Unavailable")
+    assert (failed.value.status, failed.value.reason) == (503, "Service Unavailable")
+    assert _methods(call) == ["REFER"] and call.state is DialogState.CONFIRMED
+
+
+def test_sip_transfer_refused_or_unanswered_fails_and_the_dialog_stays() -> None:
+    call = _sip_call(SipResponse(status=603, reason="Decline"))
+    with pytest.raises(TransferFailedError) as failed:
+        _transfer(call)
+    assert (failed.value.status, failed.value.reason) == (603, "Decline")
+    call = _sip_call(None)
+    with pytest.raises(TransferFailedError) as failed:
+        _transfer(call)
+    assert failed.value.status == 408 and call.state is DialogState.CONFIRMED
+
+
+def test_sip_transfer_accepted_without_a_final_report_is_handed_over_unconfirmed() -> None:
+    # No final NOTIFY within the bound: done, unconfirmed, and our leg hung up.
+    call = _sip_call(SipResponse(status=202, reason="Accepted"), notify_timeout_s=0.2)
+    outcome = _transfer(call, "SIP/2.0 100 Trying")
+    assert (outcome.status, outcome.confirmed) == (202, False) and "0.2 s" in outcome.reason
+    assert _methods(call) == ["REFER", "BYE"]
+    # RFC 4488 Refer-Sub: false: no NOTIFY will come.
+    accepted = SipResponse(status=202, reason="Accepted")
+    accepted.add("Refer-Sub", "false")
+    call = _sip_call(accepted)
+    outcome = _transfer(call)
+    assert (outcome.status, outcome.confirmed) == (202, False) and "Refer-Sub" in outcome.reason
+    # The caller's side hangs up on us while we wait: it went to the target.
+    call = _sip_call(SipResponse(status=202, reason="Accepted"))
+    outcome = _transfer(call, bye_after=True)
+    assert (outcome.status, outcome.confirmed) == (202, False) and "left" in outcome.reason
+    assert _methods(call) == ["REFER"]  # no BYE of ours: the dialog is already over
 
 
 # -- SIP: SIPp as the transferee -------------------------------------------------------------
@@ -275,8 +377,8 @@ def xfer_gw(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Ite
         yield gw, sip_port, events, workdir
 
 
-def _sip_call(xfer_gw: tuple[Gateway, int, Path, Path], name: str, audio16k: np.ndarray,
-              after_refer: str, media_port: int) -> str:  # fmt: skip
+def _sipp_call(xfer_gw: tuple[Gateway, int, Path, Path], name: str, audio16k: np.ndarray,
+               after_refer: str, media_port: int) -> str:  # fmt: skip
     """One SIPp call whose REFER must carry the context; returns the bot's call id."""
     gw, sip_port, _, workdir = xfer_gw
     sip_call_id = f"{name}-{uuid.uuid4().hex[:8]}@127.0.0.1"
@@ -338,7 +440,7 @@ def test_sip_transfer_accepted_and_reported_carries_the_context(
              + _BOT_HANGS_UP)  # fmt: skip
     # The scenario fails unless the REFER's Refer-To is exactly the expected one: the hex
     # call id in User-to-User and both configured X- headers, escaped.
-    call_id = _sip_call(xfer_gw, "xfer-ok", audio, after, media_port=17700)
+    call_id = _sipp_call(xfer_gw, "xfer-ok", audio, after, media_port=17700)
     events = _events(events_log, call_id)
     kinds = [e["type"] for e in events]
     moved = next(e for e in events if e["type"] == "transferred")
@@ -380,7 +482,7 @@ def test_sip_transfer_failed_the_bot_says_so_and_goes_on(
     # The caller asks for a person, then (after the failure sentence) asks a question.
     audio = place(40.0, (0.3, voice.synthesize_sync(ASK)), (18.0, voice.synthesize_sync(QUESTION)))
     port = {"refer-603": 17710, "notify-486": 17720}[how]
-    call_id = _sip_call(xfer_gw, f"xfer-{how}", audio, FAILURES[how], media_port=port)
+    call_id = _sipp_call(xfer_gw, f"xfer-{how}", audio, FAILURES[how], media_port=port)
     events = _events(events_log, call_id)
     kinds = [e["type"] for e in events]
     status, reason = (603, "Decline") if how == "refer-603" else (486, "Busy Here")
