@@ -219,6 +219,26 @@ def test_sip_transfer_waits_past_progress_for_the_final_sipfrag() -> None:
     assert _methods(call) == ["REFER"] and call.state is DialogState.CONFIRMED
 
 
+def test_a_failed_transfer_is_reported_once_the_caller_takes_the_call_off_hold() -> None:
+    call = _sip_call(SipResponse(status=202, reason="Accepted"))
+    rtp = SimpleNamespace(send_enabled=False)  # the transferee held us (a=sendonly)
+    call.rtp = rtp  # type: ignore[assignment]
+
+    async def scenario() -> float:
+        task = asyncio.create_task(call.transfer("sip:queue@localhost"))
+        await asyncio.sleep(0.01)
+        call.notify.put_nowait("SIP/2.0 486 Busy Here")
+        failed_at = asyncio.get_running_loop().time()
+        asyncio.get_running_loop().call_later(0.3, setattr, rtp, "send_enabled", True)  # unhold
+        with pytest.raises(TransferFailedError):
+            await task
+        return asyncio.get_running_loop().time() - failed_at
+
+    waited = asyncio.run(scenario())
+    assert 0.28 <= waited < 1.0, waited
+    call.rtp = None
+
+
 def test_sip_transfer_refused_or_unanswered_fails_and_the_dialog_stays() -> None:
     call = _sip_call(SipResponse(status=603, reason="Decline"))
     with pytest.raises(TransferFailedError) as failed:

@@ -88,6 +88,8 @@ class SipCallHost(Protocol):
 _SIPFRAG_STATUS = re.compile(r"SIP/2\.0\s+([1-6]\d\d)\s*([^\r\n]*)")
 # Put in `SipCall.notify` when the caller sends BYE while an accepted REFER is pending.
 _CALLER_LEFT = "\x00caller left"
+# After a failed transfer, how long to wait for the caller's side to take the call off hold.
+_RESUME_WAIT_S = 3.0
 
 
 class DialogState(Enum):
@@ -237,7 +239,9 @@ class SipCall(Leg):
           sections 2.4.4-2.4.5): 1xx (`SIP/2.0 100 Trying`) is progress, waited past; a
           final 2xx is transferred: BYE, our leg ends; a final >= 300 (the target busy,
           486; not answering, 480 / 408; declined, 603) is `TransferFailedError`: the call
-          stays up (the transferee takes it back) and the bot tells the caller;
+          stays up (the transferee takes it back: if it held us, the failure is reported
+          once its re-INVITE resumes the call, or after a few seconds) and the bot tells
+          the caller;
         - accepted, and then no final report: handed over, unconfirmed (`confirmed=False`,
           status 202). That is when the 2xx says `Refer-Sub: false` (RFC 4488: no NOTIFY
           will come), when the caller's side sends BYE while we wait (it left us for the
@@ -271,10 +275,25 @@ class SipCall(Leg):
         self._transfer_accepted = True
         try:
             outcome = await self._transfer_report(sip.transfer_notify_timeout_s)
+        except TransferFailedError:
+            await self._off_hold(_RESUME_WAIT_S)
+            raise
         finally:
             self._transfer_accepted = False
         await self._send_bye()
         return outcome
+
+    async def _off_hold(self, timeout_s: float) -> None:
+        """A transferee that held the call while it tried the target (RFC 3264 section 8.4:
+        sendonly / inactive, or port 0) takes it back with a re-INVITE: wait for that, at
+        most `timeout_s`, so the bot's next words are heard and not sent into the hold."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (
+            self.rtp is not None and not self.rtp.send_enabled
+            and self.state is DialogState.CONFIRMED and loop.time() < deadline
+        ):  # fmt: skip
+            await asyncio.sleep(0.02)
 
     async def _transfer_report(self, timeout_s: float) -> TransferOutcome:
         """The final NOTIFY sipfrag of an accepted REFER (see `transfer`)."""

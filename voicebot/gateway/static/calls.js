@@ -493,7 +493,8 @@ function renderTimeline() {
     if (e.type === "interrupted") mark(e, "barge", "⚡", `barge-in at ${at(e.t)}: bot silenced in ${ms(e.latency_ms)}`);
     else if (e.type === "dtmf") mark(e, "dtmf", e.digit, `DTMF ${e.digit} at ${at(e.t)}`);
     else if (e.type === "error") mark(e, "error", "!", `error at ${at(e.t)}: ${e.message}`);
-    else if (e.type === "transferred") mark(e, "transfer", "↗", `transferred to ${e.target} at ${at(e.t)}`);
+    else if (e.type === "transferred") mark(e, "transfer", "↗", `transferred to ${e.target} at ${at(e.t)}${e.status ? ` (${e.status} ${e.reason})` : ""}${e.confirmed === false ? ", unconfirmed" : ""}`);
+    else if (e.type === "transfer_failed") mark(e, "transfer-failed", "↯", `transfer to ${e.target} failed at ${at(e.t)}: ${e.status ?? ""} ${e.reason}`.trim());
     else if (e.type === "call_ended") mark(e, "end", "■", `call ended (${reasonText(e.reason)}) at ${at(e.t)}`);
   }
   $("markers").replaceChildren(...markers);
