@@ -365,13 +365,36 @@ def receiver() -> Receiver:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver):  # type: ignore[no-untyped-def]
+def lookup() -> str:
+    """The operator's lookup service for AudioSocket calls: variables by UUID; a UUID
+    starting with 0000 gets no answer in time."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    @app.get("/calls/{call_uuid}/variables")
+    async def by_uuid(call_uuid: str) -> JSONResponse:
+        if call_uuid.startswith("0000"):
+            await asyncio.sleep(3)
+        return JSONResponse({"customerId": f"A-{call_uuid[:4]}", "lang": "en"})
+
+    with uvicorn_server(app) as base:
+        yield f"{base}/calls/{{uuid}}/variables"
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver, lookup: str):  # type: ignore[no-untyped-def]
     workdir = tmp_path_factory.mktemp("variables")
     script = workdir / "script.yaml"
     script.write_text(SCRIPT)
     sip_port = free_port()
+    audiosocket_port = free_port()
     with gateway(
         workdir,
+        VOICEBOT_AUDIOSOCKET_PORT=str(audiosocket_port),
+        VOICEBOT_AUDIOSOCKET__LOOKUP_URL=lookup,
+        VOICEBOT_AUDIOSOCKET__LOOKUP_TIMEOUT_S="0.5",
         VOICEBOT_SIP_PORT=str(sip_port),
         VOICEBOT_SIP__RTP_PORT_MIN="22400",
         VOICEBOT_SIP__RTP_PORT_MAX="22599",
@@ -383,6 +406,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver):  # type:
         VOICEBOT_WEBHOOKS__URLS=json.dumps([receiver.url()]),
         VOICEBOT_WEBHOOKS__SECRET=SECRET,
     ) as gw:
+        gw.audiosocket_port = audiosocket_port  # type: ignore[attr-defined]
         yield gw, sip_port, workdir
 
 
@@ -471,3 +495,34 @@ def test_twilio_custom_parameters_reach_record_webhooks_and_the_bots_words(
     hooks = webhooks_of(receiver, record["id"])
     assert hooks["call.started"]["data"]["variables"] == record["variables"]
     assert hooks["call.ended"]["data"]["variables"] == record["variables"]
+
+
+def test_audiosocket_lookup_by_uuid_gives_the_call_its_variables(
+    live, receiver: Receiver
+) -> None:  # type: ignore[no-untyped-def]
+    import uuid
+
+    from tests.pbx_clients import SLIN8, audiosocket_call
+
+    gw, _, _ = live
+    port = gw.audiosocket_port
+    known = known_ids(gw)
+    call_uuid = uuid.UUID("4711abcd-0000-4000-8000-000000000001")
+    got = asyncio.run(audiosocket_call(port, np.zeros(4 * SR, np.int16), kind=SLIN8,
+                                       call_uuid=call_uuid))  # fmt: skip
+    assert got.tags == {SLIN8}
+    record = ended_record(gw, "audiosocket", known)
+    assert record["info"]["uuid"] == str(call_uuid)
+    assert record["variables"] == {"customer_id": "A-4711", "lang": "en"}
+    assert bot_texts(record)[:1] == ["Hello customer A-4711."]
+    hooks = webhooks_of(receiver, record["id"])
+    assert hooks["call.started"]["data"]["variables"] == record["variables"]
+    # A lookup that does not answer in time: one log line, and the call goes on without.
+    known.add(record["id"])
+    slow = uuid.UUID("0000abcd-0000-4000-8000-000000000002")
+    asyncio.run(audiosocket_call(port, np.zeros(4 * SR, np.int16), kind=SLIN8, call_uuid=slow))
+    record = ended_record(gw, "audiosocket", known)
+    assert record["info"]["uuid"] == str(slow) and record["variables"] == {}
+    assert bot_texts(record)[:1] == ["Hello customer ."]
+    failed = [line for line in gw.log().splitlines() if "variables lookup failed" in line]
+    assert len(failed) == 1 and str(slow) in failed[0], failed
