@@ -69,6 +69,7 @@ def test_a_turn_at_8k_keeps_the_metadata(fs: Gateway, voice: PiperTextToSpeech) 
     assert len(detect_speech_segments(bot)) >= 1
     record = record_of(fs, call_uuid)
     assert record["info"]["variables"] == metadata
+    assert record["variables"] == metadata  # its scalars are the call's variables
     assert (record["from"], record["to"]) == ("+15551230000", "100")
     assert record["info"]["sample_rate"] == 8000
     assert record["end_reason"] == "caller_hangup"

@@ -249,6 +249,7 @@ def test_telnyx_out_of_order_frames_turn_and_barge_in(
     check_barge_in(got, barge_at, len(intr) / SR)
     rec = record(gw, "telnyx", lambda info: info.get("call_control_id") == got.call_ref)
     assert rec["from"] == "+13122010094" and rec["info"]["variables"] == {"customer_id": "t-9"}
+    assert rec["variables"] == {"customer_id": "t-9"}  # the call's variables (normalised)
     assert rec["info"]["encoding"] == "PCMA"
     assert "balance" in rec["turns"][0]["text"].lower()  # heard in order
 
@@ -266,4 +267,5 @@ def test_vonage_turn_barge_in_and_dtmf(gw: Gateway, speech: dict[str, np.ndarray
     check_barge_in(got, barge_at, len(intr) / SR)
     rec = record(gw, "vonage", lambda info: info.get("variables", {}).get("customer_id") == ref)
     assert rec["dtmf"] == "7" and rec["from"] == "447700900000"
+    assert rec["variables"]["customer_id"] == ref and rec["variables"]["from"] == "447700900000"
     assert "balance" in rec["turns"][0]["text"].lower()
