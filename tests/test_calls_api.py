@@ -147,6 +147,21 @@ class FakeSession:
         self.ended.append(reason)
 
 
+@dataclass
+class FakeManager:
+    """The call manager as the API sees it: its live calls, and hanging one up."""
+
+    sessions: dict[str, FakeSession] = field(default_factory=dict)
+    calls: dict[str, Any] = field(default_factory=dict)
+
+    def hangup(self, call_id: str, reason: str) -> bool:
+        session = self.sessions.get(call_id)
+        if session is None:
+            return False
+        session.end(reason)
+        return True
+
+
 @asynccontextmanager
 async def api(
     database_url: str, tmp_path: Path, *, token: str | None = None, manager: Any = None
@@ -156,7 +171,7 @@ async def api(
     records = CallRecords(settings)
     await records.start()
     state = SimpleNamespace(settings=settings, records=records,
-                            manager=manager or SimpleNamespace(calls={}))  # fmt: skip
+                            manager=manager or FakeManager())  # fmt: skip
     app = FastAPI()
     use_error_shape(app)
     app.include_router(calls_router(state))
@@ -442,7 +457,7 @@ def test_recording_whole_and_byte_ranges(database_url: str, tmp_path: Path) -> N
 def test_delete_hangs_up_running_calls_erases_ended(database_url: str, tmp_path: Path) -> None:
     async def main() -> None:
         session = FakeSession()
-        manager = SimpleNamespace(calls={"running@here": SimpleNamespace(session=session)})
+        manager = FakeManager(sessions={"running@here": session})
         async with api(database_url, tmp_path, manager=manager) as (client, records, _):
             record_call(records, SIP_ID)
             record_call(records, "other", recording=False)

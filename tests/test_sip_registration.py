@@ -4,11 +4,7 @@ through Kamailio."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,44 +16,16 @@ import pytest
 
 from tests import siptools
 from tests.gateway_server import gateway
+from tests.kamailio import KAMAILIO, start_kamailio, stop_kamailio
 from tests.servers import free_port
 from voicebot.audio.resample import resample_whole
 from voicebot.audio.wav import write_wav
 from voicebot.models.tts.piper import PiperTextToSpeech
 
-KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 pytestmark = pytest.mark.skipif(
     not (Path(KAMAILIO).exists() and Path(siptools.SIPP).exists()),
     reason="kamailio / sipp not installed",
 )
-
-
-def start_kamailio(workdir: Path, port: int, password: str) -> subprocess.Popen[bytes]:
-    cfg = (siptools.SIP_DIR / "kamailio.cfg.in").read_text()
-    cfg = cfg.replace("@PORT@", str(port)).replace("@PASSWORD@", password)
-    path = workdir / "kamailio.cfg"
-    path.write_text(cfg)
-    check = subprocess.run([KAMAILIO, "-c", "-f", str(path)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr[-2000:]
-    log = (workdir / "kamailio.log").open("wb")
-    return subprocess.Popen(
-        [KAMAILIO, "-f", str(path), "-DD", "-E", "-m", "32", "-M", "8", "-Y", str(workdir),
-         "-P", str(workdir / "kamailio.pid")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its worker processes share the group: stop them all
-    )  # fmt: skip
-
-
-def stop_kamailio(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def test_bot_registers_and_takes_a_call_through_kamailio(tmp_path: Path) -> None:

@@ -26,7 +26,13 @@ log = logging.getLogger("voicebot.calls")
 
 
 class LegSetupError(Exception):
-    """The leg could not set its call up on the wire; it has already told its peer why."""
+    """The leg could not set its call up on the wire; it has already told its peer why.
+    `outcome`: the call's end reason when the wire said why (an outbound call's `busy`,
+    `no_answer`, ...); the record keeps it."""
+
+    def __init__(self, message: str, outcome: str | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class Leg(Protocol):
@@ -65,28 +71,44 @@ class Leg(Protocol):
         ...
 
 
+def admit_leg(manager: CallManager, leg: Leg) -> str:
+    """Admission (process-wide, then the leg's own rules) and the call's place reserved;
+    its call id. Raises CallRefusedError, counted; nothing is reserved then."""
+    call_id = leg.call_id or manager.new_call_id(leg.transport)
+    manager.admit(leg.transport)  # counts its own refusals by kind
+    try:
+        leg.admit()
+    except CallRefusedError as exc:
+        manager.refused(leg.transport, exc.kind)
+        raise
+    manager.reserve(call_id, leg.transport)
+    return call_id
+
+
 async def run_leg(manager: CallManager, leg: Leg) -> str | None:
     """Run one call of `leg` from admission to its end; returns the end reason, or None if
     it was refused or never got set up."""
-    call_id = leg.call_id or manager.new_call_id(leg.transport)
     try:
-        manager.admit(leg.transport)  # counts its own refusals by kind
-        try:
-            leg.admit()
-        except CallRefusedError as exc:
-            manager.refused(leg.transport, exc.kind)
-            raise
+        call_id = admit_leg(manager, leg)
     except CallRefusedError as exc:
         await leg.refuse(exc)
         return None
-    manager.reserve(call_id, leg.transport)
+    return await run_admitted_leg(manager, leg, call_id)
+
+
+async def run_admitted_leg(manager: CallManager, leg: Leg, call_id: str) -> str | None:
+    """The rest of `run_leg` for a call `admit_leg` took (outbound calls are admitted when
+    the API asks, so that a refusal is its answer)."""
+    manager.reserve(call_id, leg.transport)  # again: from the task that now runs it
     reason: str | None = None
+    outcome: str | None = None
     try:
         media = await leg.open(call_id)
         handle = manager.start(call_id, leg.transport, media)
         reason = "error"
         reason = await leg.run(handle.session)
     except LegSetupError as exc:
+        outcome = exc.outcome
         log.warning("call %s (%s) not set up: %s", call_id, leg.transport, str(exc)[:200])
     except asyncio.CancelledError:
         if reason is not None:  # cancelled while running (not while setting up)
@@ -100,5 +122,5 @@ async def run_leg(manager: CallManager, leg: Leg) -> str | None:
         except Exception:
             log.exception("call %s (%s): tearing the leg down failed", call_id, leg.transport)
         finally:  # even if cancelled again while tearing down: the place is freed
-            manager.finish(call_id, reason)
+            manager.finish(call_id, reason if reason is not None else outcome)
     return reason

@@ -15,6 +15,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -25,6 +26,7 @@ from voicebot.agent.vad_runner import BatchedVad
 from voicebot.audio.denoise import NoiseSuppressor
 from voicebot.audio.echo import EchoCanceller
 from voicebot.calls.metrics import GatewayMetrics
+from voicebot.calls.outbound import OutboundCalls
 from voicebot.calls.records.recorder import CallRecorder
 from voicebot.calls.records.recording import CallRecording
 from voicebot.calls.records.service import CallRecords
@@ -114,6 +116,13 @@ class CallManager:
         # A transport's own cap on its calls (SIP: sip.max_calls), checked before the
         # process-wide one; transports without an entry have none.
         self.limits: dict[str, int] = {}
+        out = settings.outbound
+        self.outbound = OutboundCalls(out.max_calls, out.calls_per_second, out.burst)
+        # Outbound calls dialled and not answered yet: their record exists from the dial on
+        # (an unanswered call still has one, with its outcome as the end reason).
+        self._early_records: dict[str, CallRecorder] = {}
+        # Hang-up of calls still setting up (an outbound call ringing: CANCEL).
+        self._abort: dict[str, Callable[[], None]] = {}
         self.engine_backlog: EngineBacklog = ENGINE_BACKLOG
         self.draining = False
         self._idle = asyncio.Event()
@@ -189,8 +198,13 @@ class CallManager:
             bus.subscribe(subscriber)
         recorder, recording = None, None
         if self.records is not None:
-            recorder, recording = self.records.open_call(call_id, transport)
-            recorder.opened(media.info, media.variables)
+            recorder = self._early_records.pop(call_id, None)
+            if recorder is None:
+                recorder, recording = self.records.open_call(call_id, transport)
+                recorder.opened(media.info, media.variables)
+            else:  # an outbound call: its record is there since it was dialled
+                recorder.set_up(media.info)
+                recording = self.records.open_recording(recorder)
             bus.subscribe(recorder)
         settings = self.settings
         setup = CallSetup(
@@ -208,9 +222,45 @@ class CallManager:
         log.info("call %s started (%s)", call_id, transport)
         return handle
 
+    def open_record(self, call_id: str, transport: str, info: dict[str, object], *,
+                    direction: str, variables: dict[str, str],
+                    webhook_url: str | None = None) -> None:  # fmt: skip
+        """The record of a call from before it is set up (an outbound call, from its dial:
+        `call.started` goes out as it rings, `call.answered` once answered)."""
+        if self.records is None:
+            return
+        urls = [webhook_url] if webhook_url else []
+        recorder, _ = self.records.open_call(call_id, transport, direction=direction,
+                                             extra_webhook_urls=urls, recording=False)  # fmt: skip
+        recorder.opened(info, variables)
+        self._early_records[call_id] = recorder
+
+    def on_abort(self, call_id: str, abort: Callable[[], None]) -> None:
+        """How to hang up a call that is still setting up (see `hangup`)."""
+        self._abort[call_id] = abort
+
+    def hangup(self, call_id: str, reason: str = "api_hangup") -> bool:
+        """End a live call from outside (the API): a running call's session ends (its leg
+        hangs up), a call still setting up is aborted (an outbound call: CANCEL). False if
+        no such call is live here."""
+        handle = self.calls.get(call_id)
+        if handle is not None:
+            handle.session.end(reason)
+            return True
+        abort = self._abort.get(call_id)
+        if abort is not None and call_id in self._admitted:
+            abort()
+            return True
+        return False
+
     def finish(self, call_id: str, reason: str | None) -> None:
-        """The call is over (or never got past set-up, `reason` None): free its place."""
+        """The call is over (or never got past set-up, `reason` None unless the leg knows
+        why, e.g. an outbound call's `busy`): free its place."""
         self._admitted.pop(call_id, None)
+        self._abort.pop(call_id, None)
+        early = self._early_records.pop(call_id, None)
+        if early is not None and self.records is not None:  # never answered
+            self.records.finish_call(early, None, reason or "failed")
         handle = self.calls.pop(call_id, None)
         if handle is not None:
             log.info("call %s ended: %s after %.1f s", call_id, reason,

@@ -136,6 +136,29 @@ class SipSettings(BaseModel):
     )  # fmt: skip
 
 
+class OutboundSettings(BaseModel):
+    """Calls the bot places (`POST /v1/calls`); the request's `trunk` overrides these."""
+
+    max_calls: int = Field(20, ge=0, description="outbound calls up at once at most (0 = none)")
+    calls_per_second: float = Field(
+        2.0, ge=0, description="new outbound calls per second, sustained (0 = no limit)"
+    )
+    burst: int = Field(5, ge=1, description="outbound calls that may start at once")
+    ring_timeout_s: float = Field(30.0, gt=0, le=300, description="CANCEL if not answered")
+    proxy: str | None = Field(
+        None, description="outbound proxy / trunk, e.g. sip:trunk.example.com:5060: every "
+        "INVITE goes there (numbers are dialled at its domain)",
+    )  # fmt: skip
+    domain: str | None = Field(None, description="domain for numbers (default: the proxy's)")
+    username: str | None = Field(None, description="digest user for the trunk's challenges")
+    password: str | None = None
+    caller_id: str | None = Field(None, description="From user (default: username, voicebot)")
+    early_media: Literal["ignore", "pass"] = Field(
+        "ignore", description="183 early media: ignored until the answer, or passed to the bot "
+        "(it hears the callee's announcements; it is not heard before the answer)",
+    )  # fmt: skip
+
+
 class AudioSocketSettings(BaseModel):
     """Asterisk AudioSocket (TCP) calls; the port is the top-level `audiosocket_port`."""
 
@@ -237,6 +260,7 @@ class Settings(BaseSettings):
     webrtc: WebRtcSettings = Field(default_factory=WebRtcSettings)
     sip: SipSettings = Field(default_factory=SipSettings)
     audiosocket: AudioSocketSettings = Field(default_factory=AudioSocketSettings)
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     data_dir: Path = Field(Path("data"), description="records and recordings (VOICEBOT_DATA_DIR)")
     database_url: str | None = Field(
         None, description="sqlite+aiosqlite:///... or postgresql://...; default a SQLite file"

@@ -32,6 +32,7 @@ from voicebot.calls.webhooks import WebhookSender
 from voicebot.config import Settings
 from voicebot.gateway.caller_info import caller_info
 from voicebot.gateway.calls_api import calls_router
+from voicebot.gateway.dial_api import dial_router
 from voicebot.gateway.errors import use_error_shape
 from voicebot.gateway.streams import streams_router
 from voicebot.gateway.streams_freeswitch import freeswitch_router
@@ -121,6 +122,7 @@ def create_app(
     use_error_shape(app)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.include_router(calls_router(state))
+    app.include_router(dial_router(state))
     app.include_router(webhooks_router)
     app.include_router(streams_router(lambda: state.manager))
     app.include_router(freeswitch_router(lambda: state.manager))

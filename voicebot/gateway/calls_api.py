@@ -313,8 +313,9 @@ def calls_router(state: GatewayLike) -> APIRouter:
     @router.delete(
         "/{call_id:path}", status_code=204, summary="Hang up or erase a call",
         description="A call running on this gateway is hung up (202; its record ends with"
-        f" `{HANGUP_REASON}`). An ended call is erased: its record, turns, events, webhooks"
-        " not yet delivered and its recording (204).",
+        f" `{HANGUP_REASON}`; an outbound call still ringing is CANCELled: `cancelled`). An"
+        " ended call is erased: its record, turns, events, webhooks not yet delivered and its"
+        " recording (204).",
         responses={
             202: {"model": HangupOut, "description": "the live call is being hung up"},
             204: {"description": "the call's record and recording are erased"},
@@ -324,9 +325,7 @@ def calls_router(state: GatewayLike) -> APIRouter:
     )  # fmt: skip
     async def delete_call(call_id: str) -> Response:
         manager = state.manager
-        handle = manager.calls.get(call_id) if manager is not None else None
-        if handle is not None:
-            handle.session.end(HANGUP_REASON)
+        if manager is not None and manager.hangup(call_id, HANGUP_REASON):
             body = HangupOut(call_id=call_id, status="hanging_up")
             return Response(body.model_dump_json(), status_code=202,
                             media_type="application/json")  # fmt: skip

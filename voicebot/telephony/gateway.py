@@ -2,7 +2,8 @@
 
 `SipGateway` is a `calls.service.Service`: the wiring starts it beside the HTTP app with
 the same call manager. An INVITE for a new dialog becomes a `SipCall` (`telephony/call.py`)
-run by `calls.leg.run_leg` like every other transport; in-dialog requests (BYE, CANCEL,
+run by `calls.leg.run_leg` like every other transport; calls the bot places are dialled by
+its `SipDialer` (`telephony/outbound.py`); in-dialog requests (BYE, CANCEL,
 re-INVITE, INFO, NOTIFY) go to their call. The media of all SIP calls moves on one shared
 20 ms clock (`media_clock`); registration to a PBX is its own task (`register`).
 """
@@ -20,6 +21,7 @@ from voicebot.telephony.dtmf import parse_dtmf_relay
 from voicebot.telephony.media_clock import SipMediaClock
 from voicebot.telephony.media_load import MediaLoad
 from voicebot.telephony.message import SipRequest, SipResponse, new_tag, response_to, tag_of
+from voicebot.telephony.outbound import SipDialer
 from voicebot.telephony.ratelimit import SourceLimiter
 from voicebot.telephony.register import Registration
 from voicebot.telephony.rtp import PortAllocator, RtpSession
@@ -55,6 +57,7 @@ class SipGateway:
             manager.vad, on_tick=self._on_media_tick, on_stop=self._on_media_stop
         )
         self.media_load = MediaLoad(sip.overload_late_ratio, tick_budget=sip.tick_budget)
+        self.dialer = SipDialer(self)
 
     def _on_media_tick(self, calls: int, seconds: float, late: bool, skipped: int) -> None:
         m = self.manager.metrics
@@ -84,6 +87,7 @@ class SipGateway:
         )
         self.port = self.endpoint.local_port
         log.info("SIP on udp:%s:%d", self.settings.sip.bind, self.port)
+        self.manager.outbound.add(self.dialer)
         if self.settings.sip.register_uri:
             self.registration = Registration(
                 self.endpoint, self.settings.sip, self.address, self.port
@@ -91,6 +95,7 @@ class SipGateway:
             self.registration.start()
 
     async def close(self) -> None:
+        self.manager.outbound.remove(self.dialer)
         if self.registration is not None:
             self.registration.close()
         for call in list(self.calls.values()):

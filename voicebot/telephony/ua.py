@@ -10,7 +10,8 @@ section 13.3.1.4 for 2xx), retransmitted requests get the same response again. N
 requests outside a dialog, and the 400s to malformed datagrams, count against their
 source's rate limit (`ratelimit.py`: a stateless 503, then silence).
 Client side: BYE and REFER inside a dialog, REGISTER with digest auth (`register.py`),
-retransmitted over UDP per section 17.1.2 (timer E) until a final response.
+retransmitted over UDP per section 17.1.2 (timer E) until a final response; responses to
+the INVITEs of calls the bot places go to their call (`invite_client.py`, `outbound.py`).
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ class SipEndpoint(asyncio.DatagramProtocol):
         self._server_tx: dict[tuple[str, str, str], ServerTransaction] = {}
         self._client_tx: dict[tuple[str, str], asyncio.Future[SipResponse]] = {}
         self._invites: dict[tuple[str, int], ServerTransaction] = {}
+        # Calls the bot placed: Call-ID -> who takes the responses to their INVITEs
+        # (provisional, final, and 2xx retransmissions long after the transaction).
+        self._invite_clients: dict[str, Callable[[SipResponse], None]] = {}
 
     # -- socket ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -324,6 +328,11 @@ class SipEndpoint(asyncio.DatagramProtocol):
             _, method = response.cseq
         except SipParseError:
             return
+        if method == "INVITE":
+            handler = self._invite_clients.get(response.call_id)
+            if handler is not None:
+                handler(response)
+            return
         future = self._client_tx.get((response.branch, method))
         if future is None or future.done():
             return
@@ -352,6 +361,13 @@ class SipEndpoint(asyncio.DatagramProtocol):
                     interval = min(interval * 2, T2)
         finally:
             self._client_tx.pop(key, None)
+
+    def watch_invites(self, call_id: str, handler: Callable[[SipResponse], None]) -> None:
+        """Responses to our INVITEs with this Call-ID go to `handler` (outbound calls)."""
+        self._invite_clients[call_id] = handler
+
+    def unwatch_invites(self, call_id: str) -> None:
+        self._invite_clients.pop(call_id, None)
 
     def stop_retransmitting(self, call_id: str) -> None:
         """The dialog is over (BYE): no more 2xx retransmissions for it."""

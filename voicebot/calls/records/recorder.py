@@ -123,6 +123,11 @@ class CallRecorder:
             "variables": self.variables,
         })  # fmt: skip
 
+    def set_up(self, info: dict[str, Any]) -> None:
+        """A call whose row was written before its set-up (an outbound call, from its dial)
+        is set up: what the wire said meanwhile (the callee's To tag, early media)."""
+        self._update(info=info, to_uri=_party(info, "to"))
+
     def finished(self, reason: str, recording: tuple[str, int] | None = None) -> None:
         """The call is over (`reason`; the recording's path and size if there is one)."""
         if self.ended:

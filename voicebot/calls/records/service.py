@@ -90,15 +90,24 @@ class CallRecords:
             listener()
 
     # -- calls ---------------------------------------------------------------------------------
-    def open_call(self, call_id: str, transport: str) -> tuple[CallRecorder, CallRecording | None]:
-        """The recorder (and recording, if on) of a call about to start."""
+    def open_call(
+        self, call_id: str, transport: str, *, direction: str = "inbound",
+        extra_webhook_urls: list[str] | None = None, recording: bool = True,
+    ) -> tuple[CallRecorder, CallRecording | None]:  # fmt: skip
+        """The recorder (and recording, if on and `recording`) of a call about to start;
+        `extra_webhook_urls` get this call's webhooks besides the configured receivers."""
         assert self.writer is not None, "CallRecords.start() first"
+        urls = [*self.settings.webhooks.urls,
+                *(u for u in extra_webhook_urls or [] if u not in self.settings.webhooks.urls)]
         recorder = CallRecorder(
-            call_id, transport, self.gateway, self.writer.put, self.settings.webhooks.urls,
+            call_id, transport, self.gateway, self.writer.put, urls, direction=direction,
             recording_url=recording_url(call_id) if self.files else None,
         )  # fmt: skip
-        recording = self.files.open(call_id, recorder.started_at) if self.files else None
-        return recorder, recording
+        return recorder, self.open_recording(recorder) if recording else None
+
+    def open_recording(self, recorder: CallRecorder) -> CallRecording | None:
+        """The call's recording file, if recordings are on (an outbound call: on answer)."""
+        return self.files.open(recorder.call_id, recorder.started_at) if self.files else None
 
     def finish_call(
         self, recorder: CallRecorder, recording: CallRecording | None, reason: str
