@@ -185,10 +185,14 @@ def test_sigterm_drains_calls_then_exits_zero(tmp_path: Path, voice: PiperTextTo
             await asyncio.sleep(0.5)
             refused = await gateway_client.expect_close(server.ws)
             health = httpx.get(f"{server.http}/healthz")
-            return await running, refused, health
+            ready = httpx.get(f"{server.http}/readyz")
+            return await running, refused, health, ready
 
-        got, refused, health = asyncio.run(scenario())
+        got, refused, health, ready = asyncio.run(scenario())
         assert refused[0] == 1013 and "shutting down" in refused[1]
-        assert health.status_code == 503 and health.json()["status"] == "draining"
+        # Alive but not taking calls: a load balancer takes it out, nobody restarts it.
+        assert health.status_code == 200 and health.json()["status"] == "draining"
+        assert ready.status_code == 503 and ready.json()["status"] == "draining"
+        assert int(ready.headers["retry-after"]) > 0
         assert got.close_code == 1000 and got.of("call_ended")[0]["reason"] == "caller_hangup"
         assert server.proc.wait(15) == 0

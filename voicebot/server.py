@@ -79,7 +79,13 @@ def serve(settings: Settings) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    app = create_app(settings, services=services_of(settings))
+    server: DrainingServer | None = None
+
+    def request_exit() -> None:  # POST /v1/admin/drain: as if SIGTERM came
+        if server is not None:
+            server.handle_exit(signal.SIGTERM, None)
+
+    app = create_app(settings, services=services_of(settings), request_exit=request_exit)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -175,6 +175,18 @@ class CallManager:
             log.warning("new %s call refused: engine requests waiting %.1f s", transport, wait)
             self._refuse(transport, Refusal.ENGINE_BACKLOG, "engines overloaded")
 
+    def readiness(self) -> tuple[Refusal, str] | None:
+        """Why a new call would be refused now, or None if one would be taken: the rule of
+        `admit` without counting anything (`/readyz`, SIP OPTIONS for a dispatcher)."""
+        if self.draining:
+            return Refusal.SHUTTING_DOWN, "draining"
+        if self.active >= self.settings.server.max_calls:
+            return Refusal.CAPACITY, "full"
+        max_wait = self.settings.server.max_engine_wait_s
+        if max_wait > 0 and self.engine_backlog.wait_s() > max_wait:
+            return Refusal.ENGINE_BACKLOG, "engines overloaded"
+        return None
+
     def _refuse(self, transport: str, kind: Refusal, reason: str) -> None:
         self.refused(transport, kind)
         raise CallRefusedError(kind, reason)

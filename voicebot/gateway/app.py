@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -24,12 +24,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voicebot import __version__
 from voicebot.audio.resample import prepare as prepare_resamplers
-from voicebot.calls.manager import CallManager
+from voicebot.calls.manager import CallManager, Refusal
 from voicebot.calls.metrics import GatewayMetrics
 from voicebot.calls.records.service import CallRecords
 from voicebot.calls.service import Service, ServiceFactory
 from voicebot.calls.webhooks import WebhookSender
 from voicebot.config import Settings
+from voicebot.gateway.admin_api import admin_router
 from voicebot.gateway.caller_info import caller_info
 from voicebot.gateway.calls_api import calls_router
 from voicebot.gateway.dial_api import dial_router
@@ -73,8 +74,13 @@ def watch_webhooks(metrics: GatewayMetrics, sender: WebhookSender) -> None:
 
 
 def create_app(
-    settings: Settings, engines: Engines | None = None, services: Sequence[ServiceFactory] = ()
+    settings: Settings,
+    engines: Engines | None = None,
+    services: Sequence[ServiceFactory] = (),
+    request_exit: Callable[[], None] | None = None,
 ) -> FastAPI:
+    """The gateway's HTTP app. `request_exit` is what `POST /v1/admin/drain` calls to drain
+    and exit as SIGTERM does (the server's); without it the drain only stops new calls."""
     state = GatewayState(settings)
 
     @asynccontextmanager
@@ -123,6 +129,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.include_router(calls_router(state))
     app.include_router(dial_router(state))
+    app.include_router(admin_router(state, request_exit))
     app.include_router(webhooks_router)
     app.include_router(streams_router(lambda: state.manager))
     app.include_router(freeswitch_router(lambda: state.manager))
@@ -152,7 +159,28 @@ def create_app(
             "webhooks": None if state.webhooks is None else state.webhooks.status(),
             "tasks": len(asyncio.all_tasks()),
         }
-        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+        # Alive (200) while it runs, draining included; whether it takes calls is /readyz.
+        return JSONResponse(body, status_code=503 if manager is None else 200)
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """200 while a new call would be taken; 503 + Retry-After while starting, draining,
+        full or overloaded: the admission rule (`CallManager.readiness`, each service's),
+        for a load balancer's health check (HAProxy `option httpchk GET /readyz`)."""
+        manager = state.manager
+        if manager is None:
+            return JSONResponse({"status": "starting"}, status_code=503,
+                                headers={"Retry-After": "5"})  # fmt: skip
+        refusal = manager.readiness()
+        for service in state.services:
+            refusal = refusal or service.readiness()
+        if refusal is None:
+            return JSONResponse({"status": "ready", "active_calls": manager.active})
+        kind, why = refusal
+        status = "draining" if kind is Refusal.SHUTTING_DOWN else "unavailable"
+        retry_after = "30" if status == "draining" else "5"
+        return JSONResponse({"status": status, "reason": why, "active_calls": manager.active},
+                            status_code=503, headers={"Retry-After": retry_after})  # fmt: skip
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -34,7 +34,7 @@ import numpy as np
 from voicebot.agent.session import CallSession
 from voicebot.audio.resample import StreamingResampler, from_canonical, to_canonical
 from voicebot.calls.leg import Leg, LegSetupError, run_leg
-from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia
+from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia, Refusal
 from voicebot.calls.pacing import PacedFrames, run_paced
 from voicebot.config import Settings
 from voicebot.telephony.audiosocket_lookup import lookup_variables
@@ -291,3 +291,6 @@ class AudioSocketServer:
             "refused": self.refused,
             "bad_input": self.bad_input,
         }
+
+    def readiness(self) -> tuple[Refusal, str] | None:
+        return None  # no limit of its own: the manager's rule is the whole of it

@@ -54,7 +54,7 @@ from voicebot.telephony.ua import ALLOW_HEADER, TIMEOUT_64T1, SipEndpoint, new_b
 log = logging.getLogger("voicebot.telephony.sip")
 
 # Which refusals are "busy" (the bot is full: try another agent) rather than unavailable.
-_REFUSALS: dict[Refusal, tuple[int, str, int]] = {
+REFUSALS: dict[Refusal, tuple[int, str, int]] = {
     Refusal.SHUTTING_DOWN: (503, "Service Unavailable (shutting down)", 30),
     Refusal.BUSY: (486, "Busy Here (bot at capacity)", 10),
     Refusal.CAPACITY: (503, "Service Unavailable (too many calls)", 10),
@@ -144,7 +144,7 @@ class SipCall(Leg):
             raise CallRefusedError(Refusal.MEDIA_OVERLOAD, "media overloaded")
 
     async def refuse(self, refusal: CallRefusedError) -> None:
-        status, reason, retry_after = _REFUSALS[refusal.kind]
+        status, reason, retry_after = REFUSALS[refusal.kind]
         self._final(status, reason, retry_after)
         self.gateway.forget(self)
 
@@ -173,7 +173,7 @@ class SipCall(Leg):
         if self.state is DialogState.TERMINATED:  # CANCEL while ringing: 487 already sent
             raise LegSetupError("cancelled while ringing")
         if gateway.manager.draining:  # the shutdown began while it rang: not answered
-            self._final(*_REFUSALS[Refusal.SHUTTING_DOWN])
+            self._final(*REFUSALS[Refusal.SHUTTING_DOWN])
             raise LegSetupError("shutting down")
         sip = gateway.settings.sip
         self.echo_canceller = EchoCanceller() if sip.echo_cancellation else None
@@ -215,7 +215,7 @@ class SipCall(Leg):
         try:
             if self.state in (DialogState.TRYING, DialogState.EARLY):
                 if self.gateway.manager.draining:  # ended by the shutdown while ringing
-                    self._final(*_REFUSALS[Refusal.SHUTTING_DOWN])
+                    self._final(*REFUSALS[Refusal.SHUTTING_DOWN])
                 else:  # set-up broke before answering
                     self._final(500, "Server Internal Error")
             elif self.state is DialogState.CONFIRMED:

@@ -14,13 +14,19 @@ import asyncio
 import logging
 
 from voicebot.calls.leg import run_leg
-from voicebot.calls.manager import CallManager
+from voicebot.calls.manager import CallManager, Refusal
 from voicebot.config import Settings
-from voicebot.telephony.call import SipCall
+from voicebot.telephony.call import REFUSALS, SipCall
 from voicebot.telephony.dtmf import parse_dtmf_relay
 from voicebot.telephony.media_clock import SipMediaClock
 from voicebot.telephony.media_load import MediaLoad
-from voicebot.telephony.message import SipRequest, SipResponse, new_tag, response_to, tag_of
+from voicebot.telephony.message import (
+    SipRequest,
+    SipResponse,
+    new_tag,
+    response_to,
+    tag_of,
+)
 from voicebot.telephony.outbound import SipDialer
 from voicebot.telephony.ratelimit import SourceLimiter
 from voicebot.telephony.register import Registration
@@ -117,6 +123,19 @@ class SipGateway:
             "media_late_ratio": round(self.media_load.late_ratio, 4),
         }
 
+    def readiness(self) -> tuple[Refusal, str] | None:
+        """Why an INVITE would be refused now (None: it would be taken), by the same rules
+        as admission: what OPTIONS tells a dispatcher probing us, and `/readyz`."""
+        refusal = self.manager.readiness()
+        if refusal is not None:
+            return refusal
+        calls = self.manager.count("sip")
+        if calls >= self.max_calls:
+            return Refusal.BUSY, "SIP calls at their limit"
+        if not self.media_load.admits(calls + 1) or self.media_load.overloaded:
+            return Refusal.MEDIA_OVERLOAD, "media at capacity"
+        return None
+
     @property
     def contact(self) -> str:
         return f"<sip:voicebot@{self.address}:{self.port}>"
@@ -148,8 +167,8 @@ class SipGateway:
                 # Section 8.2.2.2: the same Call-ID on a new transaction without our tag is
                 # a merged (forked) copy of an INVITE we already took.
                 self.endpoint.respond(request, response_to(request, 482), addr)
-            elif method == "OPTIONS":
-                self.endpoint.respond(request, self._options_ok(request), addr)
+            elif method == "OPTIONS":  # a keep-alive, or a dispatcher's probe
+                self.endpoint.respond(request, self._options_reply(request), addr)
             else:
                 self.endpoint.respond(request, response_to(request, 481), addr)
             return
@@ -175,6 +194,21 @@ class SipGateway:
             call.notify.put_nowait(request.body.decode(errors="replace").strip())
         else:  # OPTIONS inside the dialog
             self.endpoint.respond(request, self._options_ok(request), addr)
+
+    def _options_reply(self, request: SipRequest) -> SipResponse:
+        """200 while calls are taken; 503 + Retry-After while draining, full or overloaded
+        (RFC 3261 section 11.2: OPTIONS answers as an INVITE would), so that a dispatcher
+        (Kamailio's `ds_probing_mode`) stops sending calls here before any is refused."""
+        refusal = self.readiness()
+        if refusal is None:
+            return self._options_ok(request)
+        kind, why = refusal
+        _, _, retry_after = REFUSALS[kind]  # 503 even when an INVITE would get 486: to a
+        # dispatcher any non-200 means "not now", and 503 is what RFC 3263 failover reads
+        response = response_to(request, 503, f"Service Unavailable ({why})", to_tag=new_tag())
+        response.add("Retry-After", str(retry_after))
+        response.add("Allow", ALLOW_HEADER)
+        return response
 
     def _options_ok(self, request: SipRequest) -> SipResponse:
         ok = response_to(request, 200, to_tag=new_tag())
