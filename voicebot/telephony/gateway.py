@@ -3,7 +3,7 @@
 `SipGateway` is a `calls.service.Service`: the wiring starts it beside the HTTP app with
 the same call manager. An INVITE for a new dialog becomes a `SipCall` (`telephony/call.py`)
 run by `calls.leg.run_leg` like every other transport; calls the bot places are dialled by
-its `SipDialer` (`telephony/outbound.py`); in-dialog requests (BYE, CANCEL,
+its `SipDialer` (`telephony/dialer.py`); in-dialog requests (BYE, CANCEL,
 re-INVITE, INFO, NOTIFY) go to their call. The media of all SIP calls moves on one shared
 20 ms clock (`media_clock`); registration to a PBX is its own task (`register`).
 """
@@ -17,6 +17,7 @@ from voicebot.calls.leg import run_leg
 from voicebot.calls.manager import CallManager, Refusal
 from voicebot.config import Settings
 from voicebot.telephony.call import REFUSALS, SipCall
+from voicebot.telephony.dialer import SipDialer
 from voicebot.telephony.dtmf import parse_dtmf_relay
 from voicebot.telephony.media_clock import SipMediaClock
 from voicebot.telephony.media_load import MediaLoad
@@ -27,7 +28,6 @@ from voicebot.telephony.message import (
     response_to,
     tag_of,
 )
-from voicebot.telephony.outbound import SipDialer
 from voicebot.telephony.ratelimit import SourceLimiter
 from voicebot.telephony.register import Registration
 from voicebot.telephony.rtp import PortAllocator, RtpSession

@@ -1,15 +1,15 @@
 """Calls the bot places over SIP: the UAC side of RFC 3261 (sections 8.1, 12.1.2, 13.2, 22).
 
-Place in the flow: `SipDialer.dial` (called by `calls.outbound.OutboundCalls` for
-`POST /v1/calls`) admits the call like an inbound one and runs an `OutboundSipCall` through
-the shared `Leg` lifecycle. Its `open` is the dial: the INVITE carries our SDP offer; 100,
-180 and 183 are progress (a 183's early media is ignored, or with `early_media = "pass"`
-the call is connected to the bot from the 183's answer on, e.g. to hear a callee's IVR);
-401/407 are answered once with digest credentials (section 22.2-22.3); a 2xx is ACKed
-(section 13.2.2.4) and the call runs like an inbound one; any other final, the ring
-timeout (CANCEL, section 9.1), an API hang-up before answer, or no response at all
-(timer B) ends it with its outcome (`calls.outbound.OUTCOMES`) in the record.
-After the answer the dialog is ours as UAC: local = From, remote = the 2xx's To tag,
+Place in the flow: `SipDialer.dial` (telephony/dialer.py; called by
+`calls.outbound.OutboundCalls` for `POST /v1/calls`) admits the call like an inbound one and
+runs an `OutboundSipCall` through the shared `Leg` lifecycle. Its `open` is the dial: the
+INVITE carries our SDP offer; 100, 180 and 183 are progress (a 183's early media is ignored,
+or with `early_media = "pass"` the call is connected to the bot from the 183's answer on,
+e.g. to hear a callee's IVR); 401/407 are answered once with digest credentials (section
+22.2-22.3); a 2xx is ACKed (section 13.2.2.4) and the call runs like an inbound one; any
+other final, the ring timeout (CANCEL, section 9.1), an API hang-up before answer, or no
+response at all (timer B) ends it with its outcome (`calls.outbound.OUTCOMES`) in the
+record. After the answer the dialog is ours as UAC: local = From, remote = the 2xx's To tag,
 remote target = its Contact, route set = its Record-Route reversed (section 12.1.2).
 """
 
@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 
 from voicebot.agent.session import CallSession
 from voicebot.audio.denoise import make_suppressor
 from voicebot.audio.echo import EchoCanceller
-from voicebot.calls.leg import LegSetupError, admit_leg, run_admitted_leg
+from voicebot.calls.leg import LegSetupError
 from voicebot.calls.manager import LegMedia
 from voicebot.calls.outbound import OutboundRequest, outcome_of_status
 from voicebot.telephony.call import DialogState, SipCall, SipCallHost
@@ -46,32 +45,10 @@ from voicebot.telephony.sdp import (
     choose_codec,
     parse_offer,
 )
+from voicebot.telephony.sip_targets import check_caller_id, host_hostport, target_uri
 from voicebot.telephony.ua import ALLOW_HEADER, new_branch
 
 log = logging.getLogger("voicebot.telephony.sip")
-
-_NUMBER = re.compile(r"\+?[0-9*#]{1,32}")
-# A SIP URI we put on the wire as given: no header/line breaking characters, no brackets.
-_SIP_URI = re.compile(r"sips?:(?:[A-Za-z0-9_.!~*'()%&=+$,;?/-]+@)?[A-Za-z0-9.\-\[\]:]+"
-                      r"(?:;[A-Za-z0-9_.!~*'()%=+-]+)*")  # fmt: skip
-_USER = re.compile(r"[A-Za-z0-9_.!~*'()%&=+$,;?/-]{1,64}")
-
-
-def target_uri(to: str, domain: str | None) -> str:
-    """The Request-URI for `to`: a SIP URI as given, or a number at the trunk's domain.
-    Raises ValueError for anything else (nothing from the API reaches the wire unchecked)."""
-    to = to.strip()
-    if to.lower().startswith(("sip:", "sips:")):
-        if not _SIP_URI.fullmatch(to):
-            raise ValueError(f"not a SIP URI we can dial: {to[:80]!r}")
-        return to
-    number = re.sub(r"[\s().-]", "", to.removeprefix("tel:"))
-    if not _NUMBER.fullmatch(number):
-        raise ValueError(f"`to` is neither a SIP URI nor a number: {to[:80]!r}")
-    if not domain:
-        raise ValueError("a number needs a trunk (outbound proxy or domain) to dial it through")
-    return f"sip:{number}@{domain}"
-
 
 class OutboundSipCall(SipCall):
     """One call the bot places; a `SipCall` whose dialog it created as UAC."""
@@ -89,8 +66,7 @@ class OutboundSipCall(SipCall):
         self.target = target_uri(request.to, domain)
         self.next_hop_addr = host_port_of(self.proxy or self.target)
         caller = request.caller_id or outbound.caller_id or self.username or "voicebot"
-        if not _USER.fullmatch(caller):
-            raise ValueError(f"caller id not usable as a SIP user: {caller[:40]!r}")
+        check_caller_id(caller)
         self.ring_timeout_s = request.ring_timeout_s or outbound.ring_timeout_s
         self.early_media = request.early_media or outbound.early_media
         local_tag = new_tag()
@@ -441,46 +417,3 @@ class OutboundSipCall(SipCall):
         if routes:
             return host_port_of(uri_of(routes[0]))
         return self.next_hop_addr if self.proxy else host_port_of(self.remote_target)
-
-
-def host_hostport(uri: str) -> str:
-    """`host[:port]` of a SIP URI (a number's domain when dialled through a proxy)."""
-    host, port = host_port_of(uri)
-    return host if port == 5060 else f"{host}:{port}"
-
-
-class SipDialer:
-    """The SIP leg's `calls.outbound.Dialer`: admission, then the call as a task."""
-
-    transport = "sip"
-
-    def __init__(self, gateway: SipCallHost) -> None:
-        self.gateway = gateway
-        self.calls: dict[str, OutboundSipCall] = {}
-
-    def outbound_count(self) -> int:
-        return len(self.calls)
-
-    def dial(self, request: OutboundRequest) -> str:
-        gateway = self.gateway
-        call = OutboundSipCall(gateway, request)  # ValueError: a target we cannot dial
-        call_id = admit_leg(gateway.manager, call)  # CallRefusedError: the API says 503
-        gateway.calls[call.sip_call_id] = call
-        self.calls[call_id] = call
-        gateway.manager.on_abort(call_id, call.abort)
-        gateway.manager.open_record(
-            call_id, "sip", {"from": call.invite.get("From"), "to": call.invite.get("To"),
-                             "sip_call_id": call.sip_call_id, "direction": "outbound"},
-            direction="outbound", variables=dict(request.variables),
-            webhook_url=request.webhook_url,
-        )  # fmt: skip
-        log.info("call %s: dialling %s", call_id, call.target)
-
-        async def run() -> str | None:
-            try:
-                return await run_admitted_leg(gateway.manager, call, call_id)
-            finally:
-                self.calls.pop(call_id, None)
-
-        call.task = asyncio.get_running_loop().create_task(run(), name=f"dial-{call_id}")
-        return call_id
