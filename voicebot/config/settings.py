@@ -208,6 +208,22 @@ class RecordsSettings(BaseModel):
         " it the oldest calls' events are dropped (counted), never the media path blocked",
     )  # fmt: skip
     batch_size: int = Field(500, ge=1, description="writes per database transaction at most")
+    heartbeat_s: float = Field(
+        15.0, gt=0,
+        description="how often a gateway marks its running calls alive in the records (with"
+        " +-20 % jitter) and sweeps the records of gateways whose heartbeat stopped",
+    )  # fmt: skip
+    heartbeat_timeout_s: float = Field(
+        60.0, gt=0,
+        description="an open record whose gateway has not beaten for this long is closed as"
+        " gateway_lost by another gateway sharing the database (at least 2 x heartbeat_s)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _timeout_over_beats(self) -> RecordsSettings:
+        if self.heartbeat_timeout_s < 2 * self.heartbeat_s:
+            raise ValueError("records.heartbeat_timeout_s must be at least 2 x heartbeat_s")
+        return self
 
 
 class WebhookSettings(BaseModel):
@@ -267,7 +283,7 @@ class Settings(BaseSettings):
         " in data_dir",
     )  # fmt: skip
     gateway_id: str | None = Field(
-        None, description="this gateway's name in shared records (default host:port)"
+        None, description="this gateway's name in shared records (default hostname[:address]:port)"
     )
     records: RecordsSettings = Field(default_factory=RecordsSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
@@ -302,8 +318,14 @@ class Settings(BaseSettings):
 
     @property
     def gateway_name(self) -> str:
-        """This gateway's name in shared records: `gateway_id`, or host:port."""
-        return self.gateway_id or f"{socket.gethostname()}:{self.port}"
+        """This gateway's name in shared records: `gateway_id`, or hostname:port, with the
+        bound address in between when it is not a wildcard (several gateways on one machine
+        bound to 127.0.0.2, .3, ... on one port must not share a name)."""
+        if self.gateway_id:
+            return self.gateway_id
+        if self.host in ("", "0.0.0.0", "::"):
+            return f"{socket.gethostname()}:{self.port}"
+        return f"{socket.gethostname()}:{self.host}:{self.port}"
 
     @classmethod
     def settings_customise_sources(

@@ -2,7 +2,8 @@
 
 Place in the flow: the call manager holds one. At start-up it opens and migrates the
 database, closes records a previous run of this gateway left open, and starts the record
-writer, the hourly retention purge and the heartbeat of running calls. For each call the
+writer, the hourly retention purge and the heartbeat of running calls (which also closes the
+records of other gateways that stopped beating: `gateway_lost`). For each call the
 manager gets a `CallRecorder` (subscribed to the call's events) and, with recording on, a
 `CallRecording` (the session's audio tap); when the call ends the recording is finished on
 its thread and the record closed with its path. The REST API and the webhook sender use
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from datetime import timedelta
 from typing import Any
 
@@ -21,9 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from voicebot.calls.records import schema
 from voicebot.calls.records.database import open_database
-from voicebot.calls.records.lost_calls import close_lost_calls
+from voicebot.calls.records.lost_calls import close_lost_calls, sweep_lost_calls
 from voicebot.calls.records.queries import recording_url
-from voicebot.calls.records.recorder import CallRecorder
+from voicebot.calls.records.recorder import CallRecorder, stale_before
 from voicebot.calls.records.recording import CallRecording, RecordingFiles
 from voicebot.calls.records.retention import purge
 from voicebot.calls.records.writer import RecordWriter
@@ -31,7 +33,7 @@ from voicebot.calls.records.writes import utc_now
 from voicebot.config import Settings
 
 log = logging.getLogger("voicebot.records")
-HEARTBEAT_S = 15.0
+DISK_EVERY_S = 60.0  # how often the recordings' disk use is read
 RETENTION_EVERY_S = 3600.0
 
 
@@ -145,16 +147,21 @@ class CallRecords:
 
     # -- periodic ------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
+        """Every `[records] heartbeat_s` (+-20 % jitter, so gateways started together do not
+        sweep in step): mark this gateway's open records alive, then close those of gateways
+        whose heartbeat stopped `heartbeat_timeout_s` ago (lost_calls.sweep_lost_calls)."""
         calls = schema.calls
-        beats = 0
+        records = self.settings.records
+        disk_read_at = -DISK_EVERY_S
+        loop = asyncio.get_running_loop()
         while True:
-            if self.files is not None and beats % 4 == 0:
+            if self.files is not None and loop.time() - disk_read_at >= DISK_EVERY_S:
+                disk_read_at = loop.time()
                 try:
                     self.recording_bytes = await asyncio.to_thread(self.files.disk_bytes)
                 except OSError as exc:
                     log.warning("recordings disk use not read: %s", exc)
-            beats += 1
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(records.heartbeat_s * random.uniform(0.8, 1.2))
             assert self.engine is not None
             try:
                 async with self.engine.begin() as connection:
@@ -165,6 +172,24 @@ class CallRecords:
                     )  # fmt: skip
             except Exception as exc:
                 log.warning("records heartbeat failed: %s", str(exc).splitlines()[0][:200])
+                continue
+            await self.sweep()
+
+    async def sweep(self) -> list[str]:
+        """Close the records other gateways left open when they died (`gateway_lost`, with
+        their `call.ended` webhooks, which this gateway's sender then delivers)."""
+        assert self.engine is not None
+        try:
+            closed = await sweep_lost_calls(
+                self.engine, self.settings.webhooks.urls, me=self.gateway,
+                heartbeat_before=stale_before(self.settings.records.heartbeat_timeout_s),
+            )  # fmt: skip
+        except Exception as exc:
+            log.warning("lost-calls sweep failed: %s", str(exc).splitlines()[0][:200])
+            return []
+        if closed:
+            self._outbox_written()
+        return closed
 
     async def _retention(self) -> None:
         days = self.settings.records.retention_days
