@@ -126,6 +126,14 @@ def record(gw: Gateway, call_id: str, timeout_s: float = 60) -> dict:
         time.sleep(0.3)
 
 
+def metric(gw: Gateway, line_start: str) -> float:
+    """A sample of /metrics (0 if absent), e.g. 'voicebot_outbound_calls_total{outcome="busy"}'."""
+    for line in httpx.get(f"{gw.http}/metrics", timeout=10).text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def webhooks(hooks: Receiver, call_id: str, until: str = "call.ended") -> list[dict]:
     import json
 
@@ -187,6 +195,7 @@ def test_refused_call_has_its_outcome(sip_gw, hooks, status, reason, outcome) ->
     assert kinds == ["call.started", "call.ended"], kinds
     ended = webhooks(hooks, call_id)[-1]["data"]
     assert ended["reason"] == outcome
+    assert metric(gw, f'voicebot_outbound_calls_total{{outcome="{outcome}"}}') >= 1
 
 
 def test_unanswered_call_is_cancelled_at_the_ring_timeout(sip_gw) -> None:  # type: ignore[no-untyped-def]
@@ -259,6 +268,7 @@ def test_unreachable_and_the_call_rate(sip_gw) -> None:  # type: ignore[no-untyp
         (placed if response.status_code == 201 else limited).append(response)
     assert len(placed) >= 3 and limited, [r.status_code for r in placed + limited]
     assert all(r.status_code == 429 and int(r.headers["retry-after"]) >= 1 for r in limited)
+    assert metric(gw, "voicebot_outbound_limited_total") == len(limited)
     rec = record(gw, placed[0].json()["call_id"], timeout_s=60)
     assert rec["end_reason"] == "unreachable", rec
 

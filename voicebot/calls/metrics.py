@@ -39,6 +39,15 @@ class GatewayMetrics:
             "voicebot_calls_rejected_total", "Calls refused before starting",
             ["transport", "reason"], registry=self.registry,
         )  # fmt: skip
+        self.outbound_calls = Counter(
+            "voicebot_outbound_calls_total", "Outbound calls placed, by outcome (answered,"
+            " busy, no_answer, rejected, unreachable, auth_failed, cancelled, failed)",
+            ["outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.outbound_limited = Counter(
+            "voicebot_outbound_limited_total", "POST /v1/calls answered 429 (campaign limits)",
+            registry=self.registry,
+        )  # fmt: skip
         self.vad_window_seconds = Histogram(
             "voicebot_vad_window_seconds", "Model time per VAD window (batched runs / windows)",
             buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3),

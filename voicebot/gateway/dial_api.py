@@ -105,6 +105,7 @@ def dial_router(state: _Gateway) -> APIRouter:
         except ValueError as exc:
             raise HTTPException(400, str(exc)[:300]) from None
         except OutboundLimitError as exc:
+            manager.metrics.outbound_limited.inc()
             retry = str(max(1, round(exc.retry_after_s + 0.49)))
             raise HTTPException(429, str(exc), headers={"Retry-After": retry}) from None
         except CallRefusedError as exc:

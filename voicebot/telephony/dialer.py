@@ -47,6 +47,8 @@ class SipDialer:
                 return await run_admitted_leg(gateway.manager, call, call_id)
             finally:
                 self.calls.pop(call_id, None)
+                outcome = "answered" if call.answered else (call.outcome or "failed")
+                gateway.manager.metrics.outbound_calls.labels(outcome).inc()
 
         call.task = asyncio.get_running_loop().create_task(run(), name=f"dial-{call_id}")
         return call_id

@@ -92,6 +92,11 @@ class OutboundSipCall(SipCall):
         self._aborted = asyncio.Event()
         self._connected_early = False
 
+    @property
+    def answered(self) -> bool:
+        """The callee answered (2xx), or the call connected on early media."""
+        return self._answer_ack is not None or self._connected_early
+
     # -- Leg ----------------------------------------------------------------------------------
     def admit(self) -> None:
         super().admit()  # the media clock's rule applies to calls we place too
