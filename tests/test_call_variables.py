@@ -220,11 +220,13 @@ def test_session_renders_greeting_system_prompt_and_overrides() -> None:
     def make_engines() -> Engines:
         return Engines(ScriptedSTT(), ScriptedLanguageModel({}), SilentTTS())
 
-    config = AgentConfig(greeting="Hi {{name}}.", system_prompt="Caller {{name}} ({{x}}).")
+    config = AgentConfig(greeting="Hi {{name}}.", system_prompt="Caller {{name}} ({{x}}).",
+                         transfer_failed_message="Sorry {{name}}, no agent is free.")  # fmt: skip
     variables = {"name": "Ann"}
     session = CallSession(CallSetup("c", make_engines(), Sink(), config=config,
                                     variables=variables))  # fmt: skip
     assert session.config.greeting == "Hi Ann." and session.config.system_prompt == "Caller Ann ()."
+    assert session.config.transfer_failed_message == "Sorry Ann, no agent is free."
     assert config.greeting == "Hi {{name}}."  # the shared settings are not touched
     override = CallSession(CallSetup(
         "d", make_engines(), Sink(), config=config, variables=variables,

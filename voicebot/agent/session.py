@@ -464,14 +464,19 @@ def _call_config(
     config: AgentConfig, overrides: dict[str, str], templates: CallTemplates
 ) -> AgentConfig:
     """The agent settings of one call: its greeting and system prompt (the call's overrides
-    in place of the configured ones) with the call's variables filled in."""
+    in place of the configured ones) and its transfer-failure sentence, with the call's
+    variables filled in."""
     greeting = overrides.get("greeting", config.greeting)
     prompt = overrides.get("system_prompt", config.system_prompt)
     greeting = templates.render(greeting) if greeting else greeting
     prompt = templates.render(prompt)
-    if greeting == config.greeting and prompt == config.system_prompt:
+    failed = config.transfer_failed_message
+    failed = templates.render(failed) if failed else failed
+    if (greeting, prompt, failed) == (config.greeting, config.system_prompt,
+                                       config.transfer_failed_message):  # fmt: skip
         return config
-    return config.model_copy(update={"greeting": greeting, "system_prompt": prompt})
+    return config.model_copy(update={"greeting": greeting, "system_prompt": prompt,
+                                     "transfer_failed_message": failed})  # fmt: skip
 
 
 def _heard_text(spoken: list[str], remainder: list[Utterance]) -> str:
