@@ -8,6 +8,10 @@ are off or not yet open, except that `DELETE` still hangs up a call running here
 
 Call ids are SIP Call-IDs among others ("a84b4c76e66710@pc33.example.com", and '/' is
 legal in them too), hence `{call_id:path}` and the sub-resources declared before the bare id.
+
+Several gateways share one records database: reads answer from any of them, but hanging up
+a live call and serving or erasing a recording kept on a gateway's own disk can only be done
+by the call's gateway; another one answers 409 naming it in `X-Voicebot-Gateway`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from voicebot.config import Settings
 from voicebot.gateway.ws import bearer_ok
 
 HANGUP_REASON = "api_hangup"
+# Names the gateway a call belongs to, on a 409 from another one; a load balancer sends a
+# request carrying it to that gateway (deploy/haproxy/haproxy.cfg).
+OWNER_HEADER = "X-Voicebot-Gateway"
 Status = Literal["live", "ended"]
 Format = Literal["json", "text"]
 
@@ -211,6 +218,17 @@ def calls_router(state: GatewayLike) -> APIRouter:
         # Recordings made before recording was switched off are still served and erased.
         return current.files or RecordingFiles(state.settings.data_dir / "recordings")
 
+    def elsewhere(found: queries.CallState, why: str) -> None:
+        """A request that only the call's own gateway can carry out, made to another one:
+        409 naming the owner (body and `X-Voicebot-Gateway`), which a load balancer routes
+        on (deploy/haproxy/haproxy.cfg)."""
+        if found.gateway != state.settings.gateway_name:
+            raise HTTPException(
+                409, f"gateway {found.gateway} owns this call ({why}): send the request to it,"
+                f" behind the load balancer with the header {OWNER_HEADER}: {found.gateway}",
+                headers={OWNER_HEADER: found.gateway},
+            )  # fmt: skip
+
     router = APIRouter(
         prefix="/v1/calls", tags=["calls"], dependencies=[Depends(authorized)],
         responses={401: _error("bearer token missing or wrong"),
@@ -253,7 +271,9 @@ def calls_router(state: GatewayLike) -> APIRouter:
             200: {"content": {"audio/wav": {}}, "description": "the whole file"},
             206: {"content": {"audio/wav": {}}, "description": "the requested range"},
             404: _error("no such call, or it has no recording"),
-            409: _error("the call is still live (its recording is complete when it ends)"),
+            409: _error("the call is still live (its recording is complete when it ends), or"
+                        " its recording is on another gateway's disk (named in"
+                        " X-Voicebot-Gateway)"),
             416: {"description": "range not satisfiable"},
         },
     )  # fmt: skip
@@ -272,6 +292,7 @@ def calls_router(state: GatewayLike) -> APIRouter:
         except ValueError:
             raise HTTPException(404, "this call's recording is outside the recordings") from None
         if not path.is_file():
+            elsewhere(found, "its recording is on that gateway's disk")
             raise HTTPException(404, "this call's recording file is gone")
         return FileResponse(path, media_type="audio/wav", filename=path.name,
                             content_disposition_type="inline")  # fmt: skip
@@ -320,7 +341,9 @@ def calls_router(state: GatewayLike) -> APIRouter:
             202: {"model": HangupOut, "description": "the live call is being hung up"},
             204: {"description": "the call's record and recording are erased"},
             404: _error("no such call"),
-            409: _error("the call is live on another gateway, or its record is still closing"),
+            409: _error("the call is live on another gateway or its recording is on another"
+                        " gateway's disk (that gateway is named in X-Voicebot-Gateway), or its"
+                        " record is still closing"),
         },
     )  # fmt: skip
     async def delete_call(call_id: str) -> Response:
@@ -334,11 +357,22 @@ def calls_router(state: GatewayLike) -> APIRouter:
         if found is None:
             raise HTTPException(404, "no such call")
         if not found.ended:
-            raise HTTPException(409, f"the call is live (gateway {found.gateway}) or its record"
-                                     " is still closing: hang it up there, or retry")  # fmt: skip
+            elsewhere(found, "the call is live there")
+            raise HTTPException(409, f"the call's record (gateway {found.gateway}) is still"
+                                     " open but the call is not running: it is closing, retry")
         files = recording_files(current) if found.recording_path else None
+        if files is not None and not _is_file(files, found.recording_path):
+            # Erasing the record here would leave the recording on the owner's disk.
+            elsewhere(found, "its recording is on that gateway's disk")
         if not await erase_call(engine, files, call_id):
             raise HTTPException(404, "no such call")
         return Response(status_code=204)
 
     return router
+
+
+def _is_file(files: RecordingFiles, name: str | None) -> bool:
+    try:
+        return name is not None and files.path(name).is_file()
+    except ValueError:
+        return False
