@@ -500,6 +500,36 @@ def test_delete_hangs_up_running_calls_erases_ended(database_url: str, tmp_path:
     asyncio.run(main())
 
 
+def test_what_only_the_owner_can_do_gets_409_naming_it(database_url: str, tmp_path: Path) -> None:
+    """Gateways sharing one database: a live call of another gateway, and an ended call whose
+    recording is on another gateway's disk, are answered 409 with the owner in
+    X-Voicebot-Gateway (a load balancer routes the retry on it); reads answer here."""
+
+    async def main() -> None:
+        async with api(database_url, tmp_path, manager=FakeManager(sessions={})) as (
+                client, records, _):  # fmt: skip
+            record_call(records, "theirs-ended")
+            record_call(records, "theirs-live", script=Script(end=False), recording=False)
+            assert await records.flush() and records.engine is not None
+            async with records.engine.begin() as connection:
+                await connection.execute(schema.calls.update().values(gateway="gw-other"))
+                await connection.execute(schema.calls.update()
+                                         .where(schema.calls.c.id == "theirs-ended")
+                                         .values(recording_path="on-their-disk.wav"))  # fmt: skip
+            for method, url in [("GET", "/v1/calls/theirs-ended/recording"),
+                                ("DELETE", "/v1/calls/theirs-ended"),
+                                ("DELETE", "/v1/calls/theirs-live")]:  # fmt: skip
+                got = await client.request(method, url)
+                assert got.status_code == 409, (url, got.text)
+                assert got.headers["x-voicebot-gateway"] == "gw-other"
+                assert "gw-other" in got.json()["error"]
+            listed = (await client.get("/v1/calls")).json()["calls"]
+            assert sorted(c["id"] for c in listed) == ["theirs-ended", "theirs-live"]
+            assert (await client.get("/v1/calls/theirs-ended")).status_code == 200
+
+    asyncio.run(main())
+
+
 # -- auth, records off, OpenAPI -----------------------------------------------------------------
 def test_bearer_token_and_records_off(tmp_path: Path) -> None:
     async def main() -> None:
