@@ -39,8 +39,10 @@ def sipp(
     timeout_s: float = 60,
     log_dir: Path | None = None,
     fill: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a scenario; `fill` replaces @NAME@ placeholders (in a copy in `log_dir`)."""
+    """Run a scenario; `fill` replaces @NAME@ placeholders (in a copy in `log_dir`);
+    `extra_args` go to SIPp as they are (e.g. `["-cid_str", "%u-tag-%p@%s"]`)."""
     cwd = log_dir or Path.cwd()
     text = (SIP_DIR / scenario).read_text()
     for name, value in (fill or {}).items():
@@ -57,6 +59,7 @@ def sipp(
         args += ["-p", str(local_port)]
     for key, value in (keys or {}).items():
         args += ["-key", key, value]
+    args += extra_args or []
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout_s + 30, cwd=cwd)
 
 
