@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -54,6 +55,9 @@ calls = Table(
     Column("heartbeat_at", DateTime(timezone=True)),
     Index("ix_calls_started_at", "started_at", "id"),
     Index("ix_calls_open", "gateway", "ended_at"),
+    # The lost-calls sweep's (migration 0003): open calls only, by gateway and heartbeat.
+    Index("ix_calls_open_heartbeat", "gateway", "heartbeat_at",
+          postgresql_where=text("ended_at IS NULL"), sqlite_where=text("ended_at IS NULL")),
 )
 
 turns = Table(
