@@ -10,8 +10,11 @@ FETCHED := $(VENV)/.fetched
 # Debian packages: espeak-ng (light TTS, test audio), sox, chromium (browser tests),
 # sip-tester = SIPp, tcpdump and kamailio (SIP tests; kamailio is not started as a service),
 # postgresql (the call-records tests start their own server in a temporary directory),
-# haproxy (the scale-out tests run deploy/haproxy/haproxy.cfg; not started as a service).
-DEB_PACKAGES := espeak-ng sox chromium sip-tester tcpdump kamailio postgresql haproxy
+# haproxy (the scale-out tests run deploy/haproxy/haproxy.cfg; not started as a service),
+# rtpengine-daemon (the media-anchoring variant of deploy/kamailio/kamailio.cfg; the test
+# starts its own, userspace forwarding).
+DEB_PACKAGES := espeak-ng sox chromium sip-tester tcpdump kamailio postgresql haproxy \
+	rtpengine-daemon
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench system-deps setup clean

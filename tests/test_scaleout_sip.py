@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -104,9 +106,11 @@ def wait_state(s: Stack, member: Member, state: str, timeout_s: float = 15.0) ->
 _media_bases = iter(range(40000, 60000, 1000))
 
 
-def place_calls(s: Stack, tag: str, calls: int, rate: float, hold_ms: int) -> dict[str, Any]:
+def place_calls(s: Stack, tag: str, calls: int, rate: float, hold_ms: int,
+                trace: bool = False) -> dict[str, Any]:  # fmt: skip
     """SIPp places `calls` at `rate`/s through the proxy, each `hold_ms` from ACK to BYE;
-    returns its exit status, successful/failed counts and output. Call-IDs are `N-tag-pid@ip`."""
+    returns its exit status, successful/failed counts and output. Call-IDs are `N-tag-pid@ip`;
+    with `trace` the SIP messages are in <tag>/*messages.log."""
     log_dir = s.work / tag
     log_dir.mkdir()
     done = siptools.sipp(
@@ -114,7 +118,7 @@ def place_calls(s: Stack, tag: str, calls: int, rate: float, hold_ms: int) -> di
         media_port=next(_media_bases), local_port=free_port_on("127.0.0.1", socket.SOCK_DGRAM),
         timeout_s=calls / rate + hold_ms / 1000 + 30,
         fill={"WAV": str(s.wav), "HOLD_MS": str(hold_ms)},
-        extra_args=["-cid_str", f"%u-{tag}-%p@%s"],
+        extra_args=["-cid_str", f"%u-{tag}-%p@%s", *(["-trace_msg"] if trace else [])],
     )  # fmt: skip
     counts = {}
     for name in ("Successful", "Failed"):
@@ -263,3 +267,77 @@ def test_kamcmd_takes_gateways_out_and_back(stack: Stack) -> None:
     back = place_calls(stack, "manualback", calls=3, rate=10, hold_ms=1000)
     assert back["code"] == 0 and back["ok"] == 3, back["out"]
     assert len({r["gateway"] for r in records_of(stack, "manualback", 3)}) == 3
+
+
+# -- the rtpengine variant -----------------------------------------------------------------------
+RTPENGINE = shutil.which("rtpengine") or "/usr/bin/rtpengine"
+RTPENGINE_PORTS = (35000, 35999)
+
+
+@pytest.fixture(scope="module")
+def media_proxy(stack: Stack) -> Iterator[Stack]:
+    """rtpengine (userspace forwarding, `--table=-1`) and a second Kamailio running the same
+    cfg with `-A WITH_RTPENGINE`, in front of the same gateways."""
+    if not Path(RTPENGINE).exists():
+        pytest.fail("rtpengine is required: apt-get install rtpengine-daemon (make test does)")
+    work = stack.work / "rtpengine"
+    work.mkdir()
+    ng = free_port_on("127.0.0.1", socket.SOCK_DGRAM)
+    log = (work / "rtpengine.log").open("wb")
+    rtp = subprocess.Popen(
+        [RTPENGINE, "--config-file=none", "--table=-1", "--interface=127.0.0.1",
+         f"--listen-ng=127.0.0.1:{ng}", f"--port-min={RTPENGINE_PORTS[0]}",
+         f"--port-max={RTPENGINE_PORTS[1]}", "--foreground", "--log-stderr", "--log-level=6",
+         "--delete-delay=0"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    port = free_port_on("127.0.0.1", socket.SOCK_DGRAM)
+    ctl = f"unix:{work}/kamailio_ctl"
+    proc = kamailio.start_deployed_kamailio(work, {
+        "LISTEN": f"udp:127.0.0.1:{port}", "DSLIST": f'"{stack.work / "dispatcher.list"}"',
+        "CTL_SOCKET": f'"{ctl}"', "WITH_RTPENGINE": None,
+        "RTPENGINE_SOCK": f'"udp:127.0.0.1:{ng}"',
+    })  # fmt: skip
+    s = Stack(stack.gws, port, ctl, work, stack.wav, proc)
+    try:
+        for m in stack.gws.members:
+            wait_state(s, m, "A")
+        yield s
+    finally:
+        kamailio.stop_kamailio(proc)
+        rtp.terminate()
+        try:
+            rtp.wait(10)
+        except subprocess.TimeoutExpired:
+            rtp.kill()
+            rtp.wait(5)
+        log.close()
+
+
+def test_rtpengine_anchors_the_media(media_proxy: Stack) -> None:
+    """With `-A WITH_RTPENGINE` each side's SDP names rtpengine, and the RTP of both (the
+    caller's question, the gateway's answer) goes through it."""
+    s = media_proxy
+    run = place_calls(s, "anchored", calls=3, rate=10, hold_ms=3000, trace=True)
+    assert run["code"] == 0 and run["ok"] == 3, run["out"]
+    records = records_of(s, "anchored", 3)
+    assert len({r["gateway"] for r in records}) == 3
+    assert all(bot_turns(s, r) for r in records)  # the bot heard the caller through it
+    # The caller was told to send its RTP to rtpengine, not to a gateway.
+    messages = "".join(p.read_text() for p in (s.work / "anchored").glob("*messages.log"))
+    answers = [m for m in messages.split("-----") if "SIP/2.0 200 OK" in m and " INVITE" in m]
+    assert len(answers) == 3, messages[-3000:]
+    for answer in answers:
+        media = re.search(r"c=IN IP4 (\S+)\s.*m=audio (\d+) ", answer, re.S)
+        assert media, answer
+        assert media.group(1) == "127.0.0.1", answer
+        assert RTPENGINE_PORTS[0] <= int(media.group(2)) <= RTPENGINE_PORTS[1], answer
+    # rtpengine's stats at each call's end: RTP received from the caller and from a gateway.
+    stats = (s.work / "rtpengine.log").read_text()
+    for record in records:
+        call_id = record["id"].removeprefix("sip-")
+        ports = re.findall(rf"\[{re.escape(call_id)}\]: \[core\] -+ Port +\S+ <> +"
+                           r"(127\.0\.0\.\d+):\d+, SSRC \w+, (\d+) p", stats)  # fmt: skip
+        got = {address: int(n) for address, n in ports}
+        gateway = s.gws.by_name(record["gateway"]).address
+        assert got.get("127.0.0.1", 0) > 50 and got.get(gateway, 0) > 50, (call_id, ports)
