@@ -9,8 +9,9 @@ check interval and sends it no new call, its running call ends normally, it exit
 (3) a live call hung up through the proxy from the wrong gateway (409 naming the owner, then
 routed by the header), and a gateway SIGKILLed mid-call: another gateway closes its call as
 `gateway_lost` after the heartbeat timeout and exactly one call.ended webhook goes out for
-it. At the end every record of all three gateways is in the one database, ended, with its
-call.started and one call.ended webhook received (verified signatures).
+it; (4) both restarted, each takes calls again. At the end every record of all three
+gateways is in the one database, ended, with its call.started and one call.ended webhook
+received (verified signatures).
 """
 
 from __future__ import annotations
@@ -210,10 +211,24 @@ def test_three_gateways_behind_haproxy(postgres_url: str, tmp_path: Path) -> Non
             hung_up = next(g for g in got if call_id(g) != lost_id)
             assert records(proxy)[call_id(hung_up)]["end_reason"] == "api_hangup"
 
+            # (4) The drained and the killed gateway restarted: HAProxy sends them calls again.
+            t0 = time.monotonic()
+            for name in ("gw2", "gw3"):
+                owner[name].start()
+            for name in ("gw2", "gw3"):
+                owner[name].wait_ready()
+            wait_for("gw2 and gw3 UP again", lambda: all(
+                server_states(stats)[("calls", n)] == "UP" for n in ("gw2", "gw3")), 10)
+            figures["restart_to_up_s"] = round(time.monotonic() - t0, 1)
+            back = asyncio.run(_calls(ws, [silence(2.0)] * 3))
+            recs = records(proxy)
+            assert sorted(recs[call_id(g)]["gateway"] for g in back) == ["gw1", "gw2", "gw3"]
+            assert all(g.close_code == 1000 and bot_seconds(g) >= 0.5 for g in back)
+
             # Nothing lost: every call of all three gateways in the one database, ended,
             # with its webhooks, exactly one call.ended each (the lost one's by a survivor).
             final = records(proxy)
-            assert len(final) == 9 + 3 + 3 + 2, sorted(final)
+            assert len(final) == 9 + 3 + 3 + 2 + 3, sorted(final)
             assert {c["gateway"] for c in final.values()} == {"gw1", "gw2", "gw3"}
             assert all(c["ended_at"] for c in final.values()), [
                 c for c in final.values() if not c["ended_at"]]
