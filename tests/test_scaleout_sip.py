@@ -154,6 +154,17 @@ def failovers(s: Stack, tag: str) -> list[str]:
 
 
 # -- tests ---------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def whole_cluster(stack: Stack) -> None:
+    """Each test starts with all three gateways up and active (one failing test does not
+    leave a gateway down for the next)."""
+    for m in stack.gws.members:
+        if not m.running:
+            m.restart()
+    for m in stack.gws.members:
+        wait_state(stack, m, "A")
+
+
 def test_sixty_calls_spread_over_three_gateways(stack: Stack) -> None:
     run = place_calls(stack, "spread", calls=60, rate=5, hold_ms=3000)
     assert run["code"] == 0 and run["ok"] == 60, run["out"]
@@ -208,8 +219,6 @@ def test_sigkill_fails_over_without_failed_calls(stack: Stack) -> None:
 
 def test_sigterm_drains_then_rejoins(stack: Stack) -> None:
     target = stack.gws.by_name("gw3")
-    for m in stack.gws.members:
-        wait_state(stack, m, "A")
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(place_calls, stack, "predrain", 6, 10, 5000)
         time.sleep(1.5)  # two of the six are up on the target
@@ -248,6 +257,10 @@ def test_kamcmd_takes_gateways_out_and_back(stack: Stack) -> None:
     """`kamcmd dispatcher.set_state d 1 <uri>` (disabled: not probed) takes one gateway out
     by hand; with all of them out the proxy itself answers 503; `a` puts them back."""
     out = stack.gws.by_name("gw1")
+    # Inactive set by hand lasts only until the next probe answers 200 (probing mode 1).
+    kamailio.kamcmd(stack.ctl, "dispatcher.set_state", "ip", "1", out.sip_uri)
+    assert ds_flags(stack)[out.sip_uri] == "IP", ds_flags(stack)
+    wait_state(stack, out, "A", timeout_s=PING_INTERVAL_S + FR_TIMER_S + 1)
     try:
         kamailio.kamcmd(stack.ctl, "dispatcher.set_state", "d", "1", out.sip_uri)
         time.sleep(PING_INTERVAL_S + 0.5)  # a probe round: a disabled gateway stays out
