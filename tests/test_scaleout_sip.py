@@ -106,18 +106,20 @@ def wait_state(s: Stack, member: Member, state: str, timeout_s: float = 15.0) ->
 _media_bases = iter(range(40000, 60000, 1000))
 
 
-def place_calls(s: Stack, tag: str, calls: int, rate: float, hold_ms: int,
-                trace: bool = False) -> dict[str, Any]:  # fmt: skip
+def place_calls(s: Stack, tag: str, calls: int, rate: float, hold_ms: int, *,
+                trace: bool = False, scenario: str = SCENARIO,
+                wav: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """SIPp places `calls` at `rate`/s through the proxy, each `hold_ms` from ACK to BYE;
     returns its exit status, successful/failed counts and output. Call-IDs are `N-tag-pid@ip`;
     with `trace` the SIP messages are in <tag>/*messages.log."""
     log_dir = s.work / tag
     log_dir.mkdir()
     done = siptools.sipp(
-        SCENARIO, s.proxy_port, calls=calls, rate=rate, log_dir=log_dir,
+        scenario, s.proxy_port, calls=calls, rate=rate, log_dir=log_dir,
         media_port=next(_media_bases), local_port=free_port_on("127.0.0.1", socket.SOCK_DGRAM),
         timeout_s=calls / rate + hold_ms / 1000 + 30,
-        fill={"WAV": str(s.wav), "HOLD_MS": str(hold_ms)},
+        fill={"WAV": str(wav or s.wav), "HOLD_MS": str(hold_ms),
+              "PROXY": f"127.0.0.1:{s.proxy_port}"},
         extra_args=["-cid_str", f"%u-{tag}-%p@%s", *(["-trace_msg"] if trace else [])],
     )  # fmt: skip
     counts = {}
@@ -251,6 +253,22 @@ def test_sigterm_drains_then_rejoins(stack: Stack) -> None:
     assert again["code"] == 0 and again["ok"] == 9, again["out"]
     rejoined = Counter(r["gateway"] for r in records_of(stack, "rejoined", 9))
     assert rejoined[target.name] >= 2, rejoined
+
+
+def test_transfer_and_bye_from_the_bot_go_through_the_proxy(stack: Stack) -> None:
+    """Record-Route both ways: the bot's REFER and BYE reach the caller through the proxy
+    (a Via of the proxy's on them), the caller's NOTIFY reaches the bot along the route set."""
+    wav = stack.work / "ask-person.wav"
+    question = place(4.0, (0.3, trimmed_speech("Can I talk to a person please?")))
+    write_wav(wav, resample_whole(question, SR, 8000), 8000, encoding="ulaw")
+    run = place_calls(stack, "xfer", calls=1, rate=1, hold_ms=0, wav=wav,
+                      scenario="uac_dispatch_transfer.xml")  # fmt: skip
+    assert run["code"] == 0 and run["ok"] == 1, run["out"]
+    (record,) = records_of(stack, "xfer", 1)
+    assert record["end_reason"] == "transferred", record
+    (transfer,) = record["summary"]["transfers"]
+    assert transfer["outcome"] == "transferred" and transfer["status"] == 200, transfer
+    assert transfer["confirmed"] is True  # the NOTIFY got there
 
 
 def test_kamcmd_takes_gateways_out_and_back(stack: Stack) -> None:
