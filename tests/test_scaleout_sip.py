@@ -9,6 +9,8 @@ settings given as `-A` defines) as the proxy on 127.0.0.1, SIPp calling through 
   failure_route, and not one of the calls placed after the kill fails.
 - SIGTERM one gateway: OPTIONS 503 takes it out, it gets no new calls, its running calls end
   normally, it exits 0; started again, the probes put it back and it takes calls again.
+- Record-Route both ways (a transfer: REFER, NOTIFY, the bot's BYE); `kamcmd` set_state;
+  weighted dispatching (`-A DS_ALG=9`); media anchored in rtpengine (`-A WITH_RTPENGINE`).
 
 Each SIPp run tags its Call-IDs (`-cid_str`), and a SIP call's record id is `sip-<Call-ID>`,
 so every call placed is found in the records with the gateway that carried it.
@@ -300,7 +302,49 @@ def test_kamcmd_takes_gateways_out_and_back(stack: Stack) -> None:
     assert len({r["gateway"] for r in records_of(stack, "manualback", 3)}) == 3
 
 
-# -- the rtpengine variant -----------------------------------------------------------------------
+# -- variants: weighted, rtpengine ----------------------------------------------------------------
+@contextlib.contextmanager
+def another_proxy(stack: Stack, work: Path, defines: dict[str, str | None],
+                  dslist: str | None = None) -> Iterator[Stack]:  # fmt: skip
+    """One more Kamailio on the same cfg with more `-A` defines (and optionally its own
+    dispatcher list), in front of the same gateways; all of them active when yielded."""
+    path = stack.work / "dispatcher.list"
+    if dslist is not None:
+        path = work / "dispatcher.list"
+        path.write_text(dslist)
+    port = free_port_on("127.0.0.1", socket.SOCK_DGRAM)
+    ctl = f"unix:{work}/kamailio_ctl"
+    proc = kamailio.start_deployed_kamailio(work, {
+        "LISTEN": f"udp:127.0.0.1:{port}", "DSLIST": f'"{path}"', "CTL_SOCKET": f'"{ctl}"',
+        **defines,
+    })  # fmt: skip
+    s = Stack(stack.gws, port, ctl, work, stack.wav, proc)
+    try:
+        for m in stack.gws.members:
+            wait_state(s, m, "A")
+        yield s
+    finally:
+        kamailio.stop_kamailio(proc)
+
+
+def test_weighted_by_capacity(stack: Stack) -> None:
+    """`-A DS_ALG=9` and `weight=` attributes: gw1 (weight 50) gets about half the calls,
+    gw2 and gw3 (25 each) a quarter each."""
+    work = stack.work / "weighted"
+    work.mkdir()
+    weights = {"gw1": 50, "gw2": 25, "gw3": 25}
+    dslist = "".join(f"1 {m.sip_uri} 8 0 duid={m.name};weight={weights[m.name]}\n"
+                     for m in stack.gws.members)  # fmt: skip
+    with another_proxy(stack, work, {"DS_ALG": "9"}, dslist) as s:
+        run = place_calls(s, "weighted", calls=40, rate=8, hold_ms=800)
+    assert run["code"] == 0 and run["ok"] == 40, run["out"]
+    got = Counter(r["gateway"] for r in records_of(stack, "weighted", 40))
+    print(f"\nweighted 50/25/25, 40 calls: {dict(sorted(got.items()))}")
+    assert sum(got.values()) == 40
+    assert got["gw1"] >= 14 and got["gw1"] > got["gw2"] and got["gw1"] > got["gw3"], got
+    assert got["gw2"] >= 4 and got["gw3"] >= 4, got
+
+
 RTPENGINE = shutil.which("rtpengine") or "/usr/bin/rtpengine"
 RTPENGINE_PORTS = (35000, 35999)
 
@@ -322,20 +366,13 @@ def media_proxy(stack: Stack) -> Iterator[Stack]:
          "--delete-delay=0"],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    port = free_port_on("127.0.0.1", socket.SOCK_DGRAM)
-    ctl = f"unix:{work}/kamailio_ctl"
-    proc = kamailio.start_deployed_kamailio(work, {
-        "LISTEN": f"udp:127.0.0.1:{port}", "DSLIST": f'"{stack.work / "dispatcher.list"}"',
-        "CTL_SOCKET": f'"{ctl}"', "WITH_RTPENGINE": None,
-        "RTPENGINE_SOCK": f'"udp:127.0.0.1:{ng}"',
-    })  # fmt: skip
-    s = Stack(stack.gws, port, ctl, work, stack.wav, proc)
+    defines: dict[str, str | None] = {
+        "WITH_RTPENGINE": None, "RTPENGINE_SOCK": f'"udp:127.0.0.1:{ng}"',
+    }  # fmt: skip
     try:
-        for m in stack.gws.members:
-            wait_state(s, m, "A")
-        yield s
+        with another_proxy(stack, work, defines) as s:
+            yield s
     finally:
-        kamailio.stop_kamailio(proc)
         rtp.terminate()
         try:
             rtp.wait(10)
