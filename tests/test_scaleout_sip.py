@@ -273,6 +273,34 @@ def test_transfer_and_bye_from_the_bot_go_through_the_proxy(stack: Stack) -> Non
     assert transfer["confirmed"] is True  # the NOTIFY got there
 
 
+def test_dispatcher_reload_removes_and_adds_a_gateway(stack: Stack) -> None:
+    """Edit the list, `kamcmd dispatcher.reload`: a gateway left out gets no calls; put back
+    and reloaded, it is probed and takes calls again."""
+    dslist = stack.work / "dispatcher.list"
+    full = dslist.read_text()
+    gone = stack.gws.by_name("gw2")
+    try:
+        dslist.write_text("".join(line + "\n" for line in full.splitlines()
+                                  if gone.sip_uri not in line))  # fmt: skip
+        kamailio.kamcmd(stack.ctl, "dispatcher.reload")
+        assert gone.sip_uri not in ds_flags(stack) and len(ds_flags(stack)) == 2
+        run = place_calls(stack, "reloaded", calls=4, rate=10, hold_ms=800)
+        assert run["code"] == 0 and run["ok"] == 4, run["out"]
+        assert gone.name not in {r["gateway"] for r in records_of(stack, "reloaded", 4)}
+    finally:
+        dslist.write_text(full)
+        # The dispatcher takes one reload per 5 s at most (reload_delta): retry until it does.
+        deadline = time.monotonic() + 10
+        while gone.sip_uri not in ds_flags(stack) and time.monotonic() < deadline:
+            with contextlib.suppress(RuntimeError):
+                kamailio.kamcmd(stack.ctl, "dispatcher.reload")
+            time.sleep(0.5)
+    wait_state(stack, gone, "A")
+    back = place_calls(stack, "readded", calls=3, rate=10, hold_ms=800)
+    assert back["code"] == 0 and back["ok"] == 3, back["out"]
+    assert gone.name in {r["gateway"] for r in records_of(stack, "readded", 3)}
+
+
 def test_kamcmd_takes_gateways_out_and_back(stack: Stack) -> None:
     """`kamcmd dispatcher.set_state d 1 <uri>` (disabled: not probed) takes one gateway out
     by hand; with all of them out the proxy itself answers 503; `a` puts them back."""
