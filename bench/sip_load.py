@@ -575,6 +575,35 @@ def wait_idle(http: str, timeout_s: float) -> dict[str, Any]:
         time.sleep(0.5)
 
 
+def sipp_command(
+    work: Path, wav: Path, cfg: Config, n: int, spread_s: float, target: str,
+    ports: tuple[int, int, int],
+) -> tuple[list[str], float, float]:  # fmt: skip
+    """SIPp's command line for `n` calls to `target` (host:port; the gateway, or a proxy in
+    front of it, bench/cluster_load.py) from 127.0.0.1's `ports` (SIP, control, media), the
+    scenario written into `work` (statistics and errors there too): (command, ramp seconds,
+    SIPp's timeout)."""
+    local_sip, control, media_port = ports
+    ramp_s = min(cfg.ramp_max_s, max(0.1, n / cfg.min_cps))
+    scenario = work / "scenario.xml"
+    scenario.write_text(
+        SCENARIO.read_text()
+        .replace("@WAV@", str(wav))
+        .replace("@HOLD_MS@", str(int(cfg.hold_s * 1000)))
+        .replace("@SPREAD_MS@", str(int(spread_s * 1000)))
+    )
+    sipp_timeout = ramp_s + spread_s + cfg.hold_s + 60
+    cmd = [
+        SIPP, target, "-sf", str(scenario), "-i", "127.0.0.1",
+        "-p", str(local_sip), "-cp", str(control), "-mi", "127.0.0.1", "-mp", str(media_port),
+        "-m", str(n), "-l", str(n), "-r", str(n), "-rp", f"{ramp_s * 1000:.0f}",
+        "-timeout", f"{int(sipp_timeout)}s", "-timeout_error", "-nostdin",
+        "-trace_stat", "-stf", str(work / "sipp-stat.csv"), "-fd", "1",
+        "-trace_err", "-error_file", str(work / "sipp-errors.log"),
+    ]  # fmt: skip
+    return cmd, ramp_s, sipp_timeout
+
+
 def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict[str, Any]:
     work = base / f"{spec.label.replace(' ', '-')}-n{spec.n}"
     work.mkdir(parents=True, exist_ok=True)
@@ -584,25 +613,11 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
     # SIPp binds the media port (audio; rtp_stream sends from it too) and port + 2 (video).
     media_port = free_udp_ports(taken, span=4)
     local_sip, control, sip_port = (free_udp_ports(taken) for _ in range(3))
-    ramp_s = min(cfg.ramp_max_s, max(0.1, spec.n / cfg.min_cps))
     spread_s = cfg.spread_s if spec.spread else 0.0
-    scenario = work / "scenario.xml"
-    scenario.write_text(
-        SCENARIO.read_text()
-        .replace("@WAV@", str(wav))
-        .replace("@HOLD_MS@", str(int(cfg.hold_s * 1000)))
-        .replace("@SPREAD_MS@", str(int(spread_s * 1000)))
+    cmd, ramp_s, sipp_timeout = sipp_command(
+        work, wav, cfg, spec.n, spread_s, f"127.0.0.1:{sip_port}", (local_sip, control, media_port)
     )
     stat_csv = work / "sipp-stat.csv"
-    sipp_timeout = ramp_s + spread_s + cfg.hold_s + 60
-    cmd = [
-        SIPP, f"127.0.0.1:{sip_port}", "-sf", str(scenario), "-i", "127.0.0.1",
-        "-p", str(local_sip), "-cp", str(control), "-mi", "127.0.0.1", "-mp", str(media_port),
-        "-m", str(spec.n), "-l", str(spec.n), "-r", str(spec.n), "-rp", f"{ramp_s * 1000:.0f}",
-        "-timeout", f"{int(sipp_timeout)}s", "-timeout_error", "-nostdin",
-        "-trace_stat", "-stf", str(stat_csv), "-fd", "1",
-        "-trace_err", "-error_file", str(work / "sipp-errors.log"),
-    ]  # fmt: skip
     pinned = spec.layout == "pinned"
     load_at_start = common.loadavg()
     log(f"{spec.label}: N={spec.n} (ramp {ramp_s:.1f} s, spread {spread_s:.0f} s), "
