@@ -22,6 +22,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -69,7 +70,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterat
     question = place(3.0, (0.3, trimmed_speech("Hello there.")))
     wav = work / "caller.wav"
     write_wav(wav, resample_whole(question, SR, 8000), 8000, encoding="ulaw")
-    with cluster(work, fresh_database(postgres_url)) as gws:
+    # As README advises: the gateways take SIP from the proxy only.
+    with cluster(work, fresh_database(postgres_url),
+                 VOICEBOT_SIP_ALLOW='["127.0.0.1/32"]') as gws:  # fmt: skip
         dslist = work / "dispatcher.list"
         dslist.write_text("".join(f"1 {m.sip_uri} 8 0 duid={m.name}\n" for m in gws.members))
         port = free_port_on("127.0.0.1", socket.SOCK_DGRAM)
@@ -393,6 +396,17 @@ RTPENGINE = shutil.which("rtpengine") or "/usr/bin/rtpengine"
 RTPENGINE_PORTS = (35000, 35999)
 
 
+def ng_ping(port: int) -> bool:
+    """rtpengine's ng control protocol (bencode over UDP): does it answer a ping?"""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.3)
+        s.sendto(b"probe d7:command4:pinge", ("127.0.0.1", port))
+        try:
+            return s.recv(1000).startswith(b"probe d6:result4:ponge")
+        except OSError:
+            return False
+
+
 @pytest.fixture(scope="module")
 def media_proxy(stack: Stack) -> Iterator[Stack]:
     """rtpengine (userspace forwarding, `--table=-1`) and a second Kamailio running the same
@@ -410,6 +424,12 @@ def media_proxy(stack: Stack) -> Iterator[Stack]:
          "--delete-delay=0"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+    # Kamailio pings rtpengine once at start-up (and disables it for a while if it does not
+    # answer): rtpengine must be listening first.
+    deadline = time.monotonic() + 10
+    while not ng_ping(ng):
+        assert rtp.poll() is None and time.monotonic() < deadline, "rtpengine did not start"
+        time.sleep(0.1)
     defines: dict[str, str | None] = {
         "WITH_RTPENGINE": None, "RTPENGINE_SOCK": f'"udp:127.0.0.1:{ng}"',
     }  # fmt: skip
@@ -458,3 +478,19 @@ def test_rtpengine_anchors_the_media(media_proxy: Stack) -> None:
         got = {address: int(n) for address, n in ports}
         gateway = s.gws.by_name(record["gateway"]).address
         assert got.get("127.0.0.1", 0) > 50 and got.get(gateway, 0) > 50, (call_id, ports)
+
+
+def test_no_media_relay_no_call(media_proxy: Stack) -> None:
+    """rtpengine not answering: the proxy refuses the call (503) rather than connect it with
+    media the caller could not reach."""
+    s = media_proxy
+    assert s.rtpengine_pgid is not None
+    os.killpg(s.rtpengine_pgid, signal.SIGSTOP)
+    try:
+        run = place_calls(s, "norelay", calls=1, rate=1, hold_ms=500)
+    finally:
+        os.killpg(s.rtpengine_pgid, signal.SIGCONT)
+    assert run["code"] != 0 and run["failed"] == 1, run["out"]
+    errors = "".join(p.read_text() for p in (s.work / "norelay").glob("*errors.log"))
+    assert "SIP/2.0 503 Media relay unavailable" in errors, errors[-2000:]
+    assert not records_of(s, "norelay", 0, timeout_s=0)  # no gateway saw it
