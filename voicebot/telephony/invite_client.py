@@ -75,32 +75,28 @@ class InviteTransaction:
 
     def _ack_failure(self, response: SipResponse) -> None:
         """Section 17.1.1.3: the ACK to a non-2xx final, in this transaction."""
-        invite = self.invite
-        ack = SipRequest(method="ACK", uri=invite.uri)
-        ack.add("Via", invite.top_via)
-        for route in invite.get_all("Route"):
-            ack.add("Route", route)
-        ack.add("Max-Forwards", "70")
-        ack.add("From", invite.get("From") or "")
-        ack.add("To", response.get("To") or invite.get("To") or "")
-        ack.add("Call-ID", invite.call_id)
-        ack.add("CSeq", f"{invite.cseq[0]} ACK")
+        ack = self._in_transaction("ACK", response.get("To") or self.invite.get("To") or "")
         self.endpoint.send(ack, self.addr)
 
     def cancel_request(self) -> SipRequest:
         """Section 9.1: CANCEL with the INVITE's Request-URI, Call-ID, To, From, CSeq
         number, Route and its single top Via (so the branch matches)."""
+        return self._in_transaction("CANCEL", self.invite.get("To") or "")
+
+    def _in_transaction(self, method: str, to: str) -> SipRequest:
+        """A request of this INVITE's transaction (ACK of a failure, CANCEL): the
+        INVITE's Request-URI, top Via, Route, From, Call-ID and CSeq number."""
         invite = self.invite
-        cancel = SipRequest(method="CANCEL", uri=invite.uri)
-        cancel.add("Via", invite.top_via)
+        request = SipRequest(method=method, uri=invite.uri)
+        request.add("Via", invite.top_via)
         for route in invite.get_all("Route"):
-            cancel.add("Route", route)
-        cancel.add("Max-Forwards", "70")
-        cancel.add("From", invite.get("From") or "")
-        cancel.add("To", invite.get("To") or "")
-        cancel.add("Call-ID", invite.call_id)
-        cancel.add("CSeq", f"{invite.cseq[0]} CANCEL")
-        return cancel
+            request.add("Route", route)
+        request.add("Max-Forwards", "70")
+        request.add("From", invite.get("From") or "")
+        request.add("To", to)
+        request.add("Call-ID", invite.call_id)
+        request.add("CSeq", f"{invite.cseq[0]} {method}")
+        return request
 
     async def cancel(self, timeout: float = 8.0) -> None:
         """Send CANCEL (once a provisional came; section 9.1) and wait for its 200; the
