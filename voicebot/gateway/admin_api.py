@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, Protocol
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from voicebot.calls.manager import CallManager
 from voicebot.config import Settings
-from voicebot.gateway.ws import bearer_ok
+from voicebot.gateway.ws import bearer_required
 
 
 class _Gateway(Protocol):
@@ -33,11 +33,7 @@ class DrainOut(BaseModel):
 
 
 def admin_router(state: _Gateway, request_exit: Callable[[], None] | None) -> APIRouter:
-    def authorized(request: Request) -> None:
-        token = state.settings.api_token
-        if token and not bearer_ok(request, token):
-            raise HTTPException(401, "unauthorized: bearer token required",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    authorized = bearer_required(lambda: state.settings.api_token)
 
     router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(authorized)])
 

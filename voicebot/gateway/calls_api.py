@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,7 +32,7 @@ from voicebot.calls.records.retention import erase_call
 from voicebot.calls.records.service import CallRecords
 from voicebot.calls.records.times import CursorError
 from voicebot.config import Settings
-from voicebot.gateway.ws import bearer_ok
+from voicebot.gateway.ws import bearer_required
 
 HANGUP_REASON = "api_hangup"
 # Names the gateway a call belongs to, on a 409 from another one; a load balancer sends a
@@ -202,11 +202,7 @@ _TEXT_EXAMPLE = (
 def calls_router(state: GatewayLike) -> APIRouter:
     """The `/v1/calls` routes over a gateway's records and call manager."""
 
-    def authorized(request: Request) -> None:
-        token = state.settings.api_token
-        if token and not bearer_ok(request, token):
-            raise HTTPException(401, "unauthorized: bearer token required",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    authorized = bearer_required(lambda: state.settings.api_token)
 
     def records() -> tuple[CallRecords, AsyncEngine]:
         current = state.records

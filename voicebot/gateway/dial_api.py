@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from voicebot.calls.manager import CallManager, CallRefusedError
 from voicebot.calls.outbound import NoDialerError, OutboundLimitError, OutboundRequest, Trunk
 from voicebot.calls.variables import MAX_VALUE, MAX_VARIABLES, call_variables
 from voicebot.config import Settings
-from voicebot.gateway.ws import bearer_ok
+from voicebot.gateway.ws import bearer_required
 
 
 class _Gateway(Protocol):
@@ -65,11 +65,7 @@ class DialOut(BaseModel):
 
 
 def dial_router(state: _Gateway) -> APIRouter:
-    def authorized(request: Request) -> None:
-        token = state.settings.api_token
-        if token and not bearer_ok(request, token):
-            raise HTTPException(401, "unauthorized: bearer token required",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    authorized = bearer_required(lambda: state.settings.api_token)
 
     router = APIRouter(prefix="/v1/calls", tags=["calls"], dependencies=[Depends(authorized)])
 

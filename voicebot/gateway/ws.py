@@ -16,9 +16,11 @@ import hmac
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -121,6 +123,19 @@ def bearer_ok(conn: HTTPConnection, token: str) -> bool:
     given = header[7:].strip() if header.lower().startswith("bearer ") else ""
     given = given or conn.query_params.get("token", "")
     return hmac.compare_digest(given.encode(), token.encode())
+
+
+def bearer_required(token: Callable[[], str | None]) -> Callable[[HTTPConnection], None]:
+    """A route dependency: 401 with `WWW-Authenticate: Bearer` unless the request carries
+    the token `token()` gives (none configured: open)."""
+
+    def authorized(request: HTTPConnection) -> None:
+        expected = token()
+        if expected and not bearer_ok(request, expected):
+            raise HTTPException(401, "unauthorized: bearer token required",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    return authorized
 
 
 async def _refuse(ws: WebSocket, code: int, reason: str) -> None:
