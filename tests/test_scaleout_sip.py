@@ -340,6 +340,18 @@ def test_kamcmd_takes_gateways_out_and_back(stack: Stack) -> None:
         assert refused["code"] != 0 and refused["failed"] == 1, refused["out"]
         errors = "".join(p.read_text() for p in (stack.work / "nogw").glob("*errors.log"))
         assert "SIP/2.0 503 No gateway available" in errors, errors[-2000:]
+        # The last gateway dies under the call (stopped: no answer, no ICMP): the failure route
+        # finds no next one and the proxy answers 503 itself, not the dead branch's 408.
+        kamailio.kamcmd(stack.ctl, "dispatcher.set_state", "a", "1", out.sip_uri)
+        assert out.proc is not None
+        out.proc.send_signal(signal.SIGSTOP)
+        try:
+            dead = place_calls(stack, "lastdead", calls=1, rate=1, hold_ms=500)
+        finally:
+            out.proc.send_signal(signal.SIGCONT)
+        assert dead["code"] != 0 and dead["failed"] == 1, dead["out"]
+        errors = "".join(p.read_text() for p in (stack.work / "lastdead").glob("*errors.log"))
+        assert "SIP/2.0 503 All gateways failed" in errors, errors[-2000:]
     finally:
         kamailio.kamcmd(stack.ctl, "dispatcher.set_state", "ap", "1", "all")
     for m in stack.gws.members:
