@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -44,14 +45,19 @@ def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None =
 
 
 @contextlib.contextmanager
-def llama_chat_server(model_path: str) -> Iterator[str]:
-    """llama_cpp.server on a free loopback port; yields its /v1 base URL."""
+def llama_chat_server(model_path: str, log_path: Path | None = None) -> Iterator[str]:
+    """llama_cpp.server on a free loopback port; yields its /v1 base URL. With `log_path`, its
+    output (uvicorn's access log: one line per request, with the client's address) goes there."""
     port = free_port()
+    log = log_path.open("ab") if log_path is not None else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "1024", "--n_threads", "2"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "tests.llama_server", "--model", model_path, "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "1024", "--n_threads", "2",
+         # Its default lets a new request abort the stream in progress: with several
+         # gateways (or calls) on one server, requests must queue instead.
+         "--interrupt_requests", "False"],
+        stdout=log,
+        stderr=subprocess.STDOUT if log_path is not None else subprocess.DEVNULL,
     )  # fmt: skip
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
@@ -62,6 +68,8 @@ def llama_chat_server(model_path: str) -> Iterator[str]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if log_path is not None:
+            log.close()  # type: ignore[union-attr]
 
 
 def openai_audio_app(stt, tts):  # type: ignore[no-untyped-def]

@@ -23,6 +23,7 @@ from pathlib import Path
 from voicebot.models import executor
 from voicebot.models.base import ChatMessage, EngineError, LlmOutput, TextDelta
 from voicebot.models.executor import model_worker
+from voicebot.models.llm.llama_amx import avoid_amx_repack
 from voicebot.models.llm.shaping import shape_reply
 from voicebot.models.weights import SMOLLM2_GGUF
 
@@ -47,6 +48,7 @@ class LlamaCppLanguageModel:
             raise EngineError(
                 "llama-cpp-python is not installed (pip install 'voicebot[llama]')"
             ) from exc
+        avoid_amx_repack()
         path = model_path or SMOLLM2_GGUF.verified_path()
         self.name = f"llama.cpp-{Path(path).stem}"
         self.max_tokens = max_tokens
