@@ -112,10 +112,14 @@ class Speculator:
 
     def _start_reply(self, speculation: Speculation) -> None:
         """The early transcript is in: start the LLM and TTS on it, output held back."""
+        if speculation.task.cancelled():
+            return
+        # Retrieved on every path: a speculation superseded while its STT failed (a timeout
+        # under overload) would otherwise be logged by asyncio as "never retrieved".
+        failed = speculation.task.exception() is not None
         if (
-            speculation is not self.current
-            or speculation.task.cancelled()
-            or speculation.task.exception() is not None
+            failed
+            or speculation is not self.current
             or self.conversation.suspended is not None  # a false interruption may resume
         ):
             return
