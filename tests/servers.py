@@ -8,6 +8,7 @@ our embedded Whisper and Piper engines, in the request/response shapes of OpenAI
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -47,9 +48,9 @@ def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None =
 @contextlib.contextmanager
 def llama_chat_server(model_path: str, log_path: Path | None = None) -> Iterator[str]:
     """llama_cpp.server on a free loopback port; yields its /v1 base URL. With `log_path`, its
-    output (uvicorn's access log: one line per request, with the client's address) goes there."""
+    output (uvicorn's access log: one line per request) goes there."""
     port = free_port()
-    log = log_path.open("ab") if log_path is not None else subprocess.DEVNULL
+    log = (log_path or Path(os.devnull)).open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.llama_server", "--model", model_path, "--host", "127.0.0.1",
          "--port", str(port), "--n_ctx", "1024", "--n_threads", "2",
@@ -57,7 +58,7 @@ def llama_chat_server(model_path: str, log_path: Path | None = None) -> Iterator
          # gateways (or calls) on one server, requests must queue instead.
          "--interrupt_requests", "False"],
         stdout=log,
-        stderr=subprocess.STDOUT if log_path is not None else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
@@ -68,8 +69,7 @@ def llama_chat_server(model_path: str, log_path: Path | None = None) -> Iterator
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-        if log_path is not None:
-            log.close()  # type: ignore[union-attr]
+        log.close()
 
 
 def openai_audio_app(stt, tts):  # type: ignore[no-untyped-def]

@@ -227,14 +227,11 @@ def test_three_gateways_behind_haproxy(postgres_url: str, tmp_path: Path) -> Non
 
             # Nothing lost: every call of all three gateways in the one database, ended,
             # with its webhooks, exactly one call.ended each (the lost one's by a survivor).
-            final = records(proxy)
             # A call's end row is written by its gateway's records writer just after the call
             # closes, so the last calls' rows may trail their WebSocket close (seen under load).
-            for _ in range(50):
-                if all(c["ended_at"] for c in final.values()):
-                    break
-                time.sleep(0.3)
-                final = records(proxy)
+            wait_for("the last calls' end rows",
+                     lambda: all(c["ended_at"] for c in records(proxy).values()), 15, every_s=0.3)
+            final = records(proxy)
             assert len(final) == 9 + 3 + 3 + 2 + 3, sorted(final)
             assert {c["gateway"] for c in final.values()} == {"gw1", "gw2", "gw3"}
             assert all(c["ended_at"] for c in final.values()), [

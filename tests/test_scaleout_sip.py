@@ -149,6 +149,12 @@ def place_calls(s: Stack, tag: str, calls: int, rate: float, hold_ms: int, *,
             "ok": counts["Successful"], "failed": counts["Failed"]}  # fmt: skip
 
 
+def sipp_errors(s: Stack, tag: str) -> str:
+    """What SIPp logged as unexpected for the calls of `place_calls(s, tag, ...)` (a refused
+    call's final response is there, status line first)."""
+    return "".join(p.read_text() for p in (s.work / tag).glob("*errors.log"))
+
+
 def records_of(s: Stack, tag: str, expect: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
     """The records of run `tag`, once `expect` of them have ended."""
     deadline = time.monotonic() + timeout_s
@@ -338,7 +344,7 @@ def test_kamcmd_takes_gateways_out_and_back(stack: Stack) -> None:
         kamailio.kamcmd(stack.ctl, "dispatcher.set_state", "d", "1", "all")
         refused = place_calls(stack, "nogw", calls=1, rate=1, hold_ms=500)
         assert refused["code"] != 0 and refused["failed"] == 1, refused["out"]
-        errors = "".join(p.read_text() for p in (stack.work / "nogw").glob("*errors.log"))
+        errors = sipp_errors(stack, "nogw")
         assert "SIP/2.0 503 No gateway available" in errors, errors[-2000:]
         # The last gateway dies under the call (stopped: no answer, no ICMP): the failure route
         # finds no next one and the proxy answers 503 itself, not the dead branch's 408.
@@ -350,7 +356,7 @@ def test_kamcmd_takes_gateways_out_and_back(stack: Stack) -> None:
         finally:
             out.proc.send_signal(signal.SIGCONT)
         assert dead["code"] != 0 and dead["failed"] == 1, dead["out"]
-        errors = "".join(p.read_text() for p in (stack.work / "lastdead").glob("*errors.log"))
+        errors = sipp_errors(stack, "lastdead")
         assert "SIP/2.0 503 All gateways failed" in errors, errors[-2000:]
     finally:
         kamailio.kamcmd(stack.ctl, "dispatcher.set_state", "ap", "1", "all")
@@ -503,6 +509,6 @@ def test_no_media_relay_no_call(media_proxy: Stack) -> None:
     finally:
         os.killpg(s.rtpengine_pgid, signal.SIGCONT)
     assert run["code"] != 0 and run["failed"] == 1, run["out"]
-    errors = "".join(p.read_text() for p in (s.work / "norelay").glob("*errors.log"))
+    errors = sipp_errors(s, "norelay")
     assert "SIP/2.0 503 Media relay unavailable" in errors, errors[-2000:]
     assert not records_of(s, "norelay", 0, timeout_s=0)  # no gateway saw it
