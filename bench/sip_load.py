@@ -650,6 +650,7 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
     sipp = sipp_stats(stat_csv)
     sent = metrics["rtp_packets"].get("sent", 0.0)
     errors = [ln for ln in server_log.splitlines() if "ERROR" in ln or "Traceback" in ln]
+    stalls = [ln for ln in server_log.splitlines() if "event loop held" in ln]
     # Call-seconds of wall time (SIPp: INVITE sent -> BYE answered). Not the events' call
     # time: that counts the server's media ticks, which an overloaded server skips.
     call_s = (sipp.get("call_length_mean_s") or cfg.hold_s) * (sipp.get("successful") or spec.n)
@@ -658,6 +659,7 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
         "engines": spec.engines.label,
         "layout": spec.layout,
         "n": spec.n,
+        "loop_stalls": stalls[:20],
         "env": dict(spec.env),
         "ramp_s": ramp_s,
         "hold_s": cfg.hold_s,

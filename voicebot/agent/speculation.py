@@ -78,14 +78,16 @@ class Speculator:
                 speculation.cancel()
                 self.current = None
             return
-        segment = self.segmenter.open_segment()
         # Audio of the turn never transcribed: its STT must hear that too; wait for the end.
-        if segment is None or self.conversation.unanswered.audio:
+        end = self.segmenter.open_segment_end()
+        if end is None or self.conversation.unanswered.audio:
             return
+        if speculation is not None and abs(speculation.end - end) < 1e-6:
+            return  # still the same pause (checked before copying the segment's audio)
+        segment = self.segmenter.open_segment()
+        assert segment is not None
         _, end, audio = segment
         if speculation is not None:
-            if abs(speculation.end - end) < 1e-6:
-                return  # still the same pause
             speculation.cancel()
         times = StageTimes(self.now, speculative=True, vad_speech_end=end)
         task = asyncio.create_task(self.engine_calls.transcribe(audio, times))

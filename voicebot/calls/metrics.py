@@ -115,6 +115,17 @@ class GatewayMetrics:
             " peer (underrun) or dropped for one running ahead (dropped)",
             ["transport", "kind"], registry=self.registry,
         )  # fmt: skip
+        self.loop_stalls = Counter(
+            "voicebot_event_loop_stalls_total",
+            "Times one callback held the event loop (every call's media) past server.stall_log_ms",
+            registry=self.registry,
+        )
+        self.gc_seconds = Histogram(
+            "voicebot_gc_seconds",
+            "Python garbage collections, by generation (a full one pauses the thread it runs on)",
+            ["generation"], buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+            registry=self.registry,
+        )  # fmt: skip
         self.media_ticks_skipped = Counter(
             "voicebot_media_ticks_skipped_total",
             "SIP media ticks never run: the clock fell over 1 s behind and re-anchored",

@@ -184,6 +184,11 @@ class ServerSettings(BaseModel):
     ws_client_buffer_frames: int = Field(3, ge=0, description="client playout buffer assumed")
     warm_up: bool = Field(True, description="run each engine once at start-up")
     events_log: Path | None = Field(None, description="append every call event here (JSONL)")
+    stall_log_ms: float = Field(
+        60.0, ge=0,
+        description="log (one line, at most one a second) and count each time one callback"
+        " holds the event loop longer than this, with where it was (0 = off)",
+    )  # fmt: skip
     max_engine_wait_s: float = Field(
         3.0, ge=0,
         description="refuse new calls while STT, TTS or LLM requests wait longer than this for"

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voicebot import __version__
 from voicebot.audio.resample import prepare as prepare_resamplers
+from voicebot.calls.loop_watch import LoopWatch
 from voicebot.calls.manager import CallManager, Refusal
 from voicebot.calls.metrics import GatewayMetrics
 from voicebot.calls.records.service import CallRecords
@@ -110,6 +111,12 @@ def create_app(
         # loop, ~0.1 s during which no media tick runs (late packets on every call).
         gc.collect()
         gc.freeze()
+        watch = None
+        if settings.server.stall_log_ms > 0:
+            watch = LoopWatch(
+                state.metrics.loop_stalls, state.metrics.gc_seconds, settings.server.stall_log_ms
+            )
+            watch.start()
         try:
             yield
         finally:
@@ -122,6 +129,8 @@ def create_app(
                 await state.webhooks.close()
             if state.records is not None:
                 await state.records.close()
+            if watch is not None:
+                watch.close()
 
     app = FastAPI(title="voicebot", version=__version__, lifespan=lifespan)
     app.state.gateway = state

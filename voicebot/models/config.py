@@ -44,7 +44,11 @@ class EngineSettings(BaseModel):
     tts_remote_model: str = "tts-1"
     tts_remote_voice: str = "alloy"
 
-    threads: int = Field(2, ge=1, description="CPU threads per local model")
+    threads: int = Field(2, ge=1, description="CPU threads per local model (LLM, TTS)")
+    # CTranslate2 (faster-whisper) on 2 threads took twice the time and twice the CPU of one
+    # thread per decode on a 2-core Xeon (tiny.en 86 vs 44 ms, base 191 vs 99 ms; Piper and
+    # llama.cpp do gain from 2): one thread by default, and concurrent calls' decodes queue.
+    stt_threads: int = Field(1, ge=1, description="CPU threads of the local Whisper model")
     nice: int = Field(
         19, ge=0, le=19,
         description="local engines' threads run this much lower in priority than the media"

@@ -40,8 +40,8 @@ def build_stt(cfg: EngineSettings) -> SpeechToText:
     from voicebot.models.stt.whisper import WhisperSpeechToText
 
     return _cached(
-        f"whisper:{cfg.stt_model}:{cfg.threads}",
-        lambda: WhisperSpeechToText(cfg.stt_model, threads=cfg.threads),
+        f"whisper:{cfg.stt_model}:{cfg.stt_threads}",
+        lambda: WhisperSpeechToText(cfg.stt_model, threads=cfg.stt_threads),
     )
 
 

@@ -158,7 +158,7 @@ class WhisperSpeechToText:
         model: str = "base",
         *,
         language: str = "en",
-        threads: int = 2,
+        threads: int = 1,
         beam_size: int = 1,
         trim_encoder: bool = True,
         loop_guard: bool = True,
