@@ -41,9 +41,11 @@ def create_engine(url: str) -> AsyncEngine:
     path = _sqlite_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {}
     if url.startswith("postgresql"):
-        kwargs.update(pool_size=5, max_overflow=5, pool_timeout=5)
+        # A server connection can drop (restart, idle timeout): checked on checkout. A
+        # SQLite file's cannot, and the check cost a round trip on every transaction.
+        kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=5)
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
 
