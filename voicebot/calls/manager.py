@@ -25,6 +25,7 @@ from voicebot.agent.session import CallControl, CallSession, CallSetup
 from voicebot.agent.vad_runner import BatchedVad
 from voicebot.audio.denoise import NoiseSuppressor
 from voicebot.audio.echo import EchoCanceller
+from voicebot.calls.cpu_budget import CpuBudget
 from voicebot.calls.metrics import GatewayMetrics
 from voicebot.calls.outbound import OutboundCalls
 from voicebot.calls.records.recorder import CallRecorder
@@ -48,6 +49,7 @@ class Refusal(StrEnum):
     BUSY = "busy"  # the transport's own limit (`limits`), e.g. sip.max_calls
     CAPACITY = "capacity"  # the process-wide limit, server.max_calls
     ENGINE_BACKLOG = "engine_backlog"
+    CPU = "cpu"  # the process's CPU would not carry one more call (calls/cpu_budget.py)
     MEDIA_OVERLOAD = "overload"
 
 
@@ -124,6 +126,8 @@ class CallManager:
         # Hang-up of calls still setting up (an outbound call ringing: CANCEL).
         self._abort: dict[str, Callable[[], None]] = {}
         self.engine_backlog: EngineBacklog = ENGINE_BACKLOG
+        self.cpu = CpuBudget(settings.server.cpu_budget, settings.server.cpu_per_call)
+        self._cpu_task: asyncio.Task[None] | None = None
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -174,6 +178,18 @@ class CallManager:
             # is the time to answer a turn. Past this, another call makes every caller wait.
             log.warning("new %s call refused: engine requests waiting %.1f s", transport, wait)
             self._refuse(transport, Refusal.ENGINE_BACKLOG, "engines overloaded")
+        if not self.cpu.admits(self.active + 1):
+            log.warning("new %s call refused: %d calls at %.2f %% of a core each would pass"
+                        " the CPU budget", transport, self.active + 1,
+                        100 * self.cpu.per_call)  # fmt: skip
+            self._refuse(transport, Refusal.CPU, "CPU at capacity")
+
+    def measure_cpu(self) -> None:
+        """Start measuring what a call costs (on the running loop)."""
+        if self._cpu_task is None:
+            self._cpu_task = asyncio.get_running_loop().create_task(
+                self.cpu.run(lambda: len(self.calls)), name="cpu-budget"
+            )
 
     def readiness(self) -> tuple[Refusal, str] | None:
         """Why a new call would be refused now, or None if one would be taken: the rule of
@@ -185,6 +201,8 @@ class CallManager:
         max_wait = self.settings.server.max_engine_wait_s
         if max_wait > 0 and self.engine_backlog.wait_s() > max_wait:
             return Refusal.ENGINE_BACKLOG, "engines overloaded"
+        if not self.cpu.admits(self.active + 1):
+            return Refusal.CPU, "CPU at capacity"
         return None
 
     def _refuse(self, transport: str, kind: Refusal, reason: str) -> None:
@@ -304,6 +322,8 @@ class CallManager:
                 log.error("%d call(s) did not end", self.active)
 
     def close(self) -> None:
+        if self._cpu_task is not None:
+            self._cpu_task.cancel()
         self.vad.close()
         if self.turn_model is not None:
             self.turn_model.close()

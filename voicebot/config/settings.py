@@ -184,6 +184,19 @@ class ServerSettings(BaseModel):
     ws_client_buffer_frames: int = Field(3, ge=0, description="client playout buffer assumed")
     warm_up: bool = Field(True, description="run each engine once at start-up")
     events_log: Path | None = Field(None, description="append every call event here (JSONL)")
+    cpu_budget: float = Field(
+        0.8, ge=0, le=1,
+        description="new calls are refused while this process's CPU, predicted from what a"
+        " call costs here (measured, see cpu_per_call) with one more call, would pass this"
+        " share of its CPUs (0 = never refuse on it; the rest is headroom for a proxy, a"
+        " database, packet capture on the same box)",
+    )  # fmt: skip
+    cpu_per_call: float = Field(
+        0.02, ge=0,
+        description="CPUs one call is assumed to use until the gateway has measured its own"
+        " (2 % of a core: a SIP call with tiny.en, espeak-ng, records and webhooks on a 2-core"
+        " Xeon measured 1.7-1.9 %)",
+    )  # fmt: skip
     stall_log_ms: float = Field(
         60.0, ge=0,
         description="log (one line, at most one a second) and count each time one callback"

@@ -100,6 +100,7 @@ def create_app(
                 await state.webhooks.start()
                 watch_webhooks(state.metrics, state.webhooks)
         state.manager = CallManager(settings, ready, state.metrics, records=state.records)
+        state.manager.measure_cpu()
         state.webrtc = WebRtcGateway(state.manager, settings.webrtc)
         for factory in services:
             service = factory(state.manager)

@@ -60,6 +60,7 @@ REFUSALS: dict[Refusal, tuple[int, str, int]] = {
     Refusal.CAPACITY: (503, "Service Unavailable (too many calls)", 10),
     Refusal.ENGINE_BACKLOG: (503, "Service Unavailable (engines overloaded)", 10),
     Refusal.MEDIA_OVERLOAD: (503, "Service Unavailable (media overloaded)", 5),
+    Refusal.CPU: (503, "Service Unavailable (CPU at capacity)", 5),
 }
 
 
