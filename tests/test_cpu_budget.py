@@ -49,6 +49,8 @@ def test_the_prior_is_a_floor_until_enough_is_measured() -> None:
     process.run(budget, LEARNED + int(SPAN_S), busy=1.2, calls=40)
     assert budget.per_call == pytest.approx(0.03)
     assert budget.capacity == 53
+    status = budget.status()
+    assert status["measured"] and status["capacity"] == 53 and status["busy"] == pytest.approx(1.2)
 
 
 def test_a_cheaper_measured_call_raises_capacity_and_is_kept_while_idle() -> None:

@@ -101,6 +101,14 @@ class CpuBudget:
             return 1 << 30
         return max(0, int((self.budget * self.cpus - self.idle_rate) / self._estimate))
 
+    def status(self) -> dict[str, float | int | bool]:
+        """For /healthz: the estimate, the calls it allows, what the process uses now."""
+        return {
+            "per_call": round(self._estimate, 4), "capacity": self.capacity,
+            "measured": self._taken >= LEARNED, "busy": round(self.rate, 3),
+            "idle": round(self.idle_rate, 3), "cpus": self.cpus, "budget": self.budget,
+        }  # fmt: skip
+
     def admits(self, calls: int) -> bool:
         """Whether `calls` calls (this new one included) fit in the budget."""
         return self.budget <= 0 or calls <= self.capacity

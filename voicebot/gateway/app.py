@@ -165,6 +165,7 @@ def create_app(
             "sip": None,  # the SIP service's status when SIP is on
             **{service.name: service.status() for service in state.services},
             "engine_wait_s": 0.0 if manager is None else round(manager.engine_backlog.wait_s(), 3),
+            "cpu": None if manager is None else manager.cpu.status(),
             "records": None if state.records is None else state.records.status(),
             "webhooks": None if state.webhooks is None else state.webhooks.status(),
             "tasks": len(asyncio.all_tasks()),
