@@ -132,7 +132,8 @@ def render(res: dict[str, Any]) -> str:
                   "turns stored", "webhooks received"], rows),
         "",
         "SIPp calls ok = calls admitted; the others were refused at once with 503 by the "
-        "gateway's admission (`sip.tick_budget`), so what was admitted keeps its timing. "
+        "gateway's admission (the CPU budget, `server.cpu_budget` x CPUs over the cost per "
+        "call, the `server.cpu_per_call` prior on a fresh process; and `sip.tick_budget`). "
         "CPU per call is the server's CPU over the admitted calls' seconds (refusals cost "
         "some too). Reading: what records, recordings and webhooks cost is the difference "
         "between the two rows of one N; the media path is unaffected where the late "
