@@ -79,7 +79,8 @@ class Speculator:
                 self.current = None
             return
         # Audio of the turn never transcribed: its STT must hear that too; wait for the end.
-        end = self.segmenter.open_segment_end()
+        # In a pause the open segment ends where the pause began: `pause_start`.
+        end = self.segmenter.pause_start
         if end is None or self.conversation.unanswered.audio:
             return
         if speculation is not None and abs(speculation.end - end) < 1e-6:

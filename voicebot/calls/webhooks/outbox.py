@@ -124,10 +124,10 @@ async def claim(
     return claimed
 
 
-def _mine(delivery_id: str, owner: str) -> ColumnElement[bool]:
+def _mine(delivery_ids: list[str], owner: str) -> ColumnElement[bool]:
     # Only while the row is still ours: if our lease ran out and another gateway took the
     # row, its attempt decides the outcome.
-    return and_(outbox.c.id == delivery_id, outbox.c.locked_by == owner,
+    return and_(outbox.c.id.in_(delivery_ids), outbox.c.locked_by == owner,
                 outbox.c.status == "pending")  # fmt: skip
 
 
@@ -142,9 +142,7 @@ async def delivered(
     ids = [delivery.id for delivery in deliveries]
     async with engine.begin() as connection:
         result = await connection.execute(
-            update(outbox)
-            .where(outbox.c.id.in_(ids), outbox.c.locked_by == owner, outbox.c.status == "pending")
-            .values(
+            update(outbox).where(_mine(ids, owner)).values(
                 status="delivered", delivered_at=now, attempts=outbox.c.attempts + 1,
                 locked_by=None, locked_until=None,  # last_error kept: how earlier tries failed
             )
@@ -166,7 +164,7 @@ async def failed(
     else:
         values["next_attempt_at"] = next_attempt_at
     async with engine.begin() as connection:
-        result = await connection.execute(update(outbox).where(_mine(delivery.id, owner))
+        result = await connection.execute(update(outbox).where(_mine([delivery.id], owner))
                                           .values(**values))  # fmt: skip
     return bool(result.rowcount)
 

@@ -188,21 +188,12 @@ class SpeechSegmenter:
             return None
         return self._end_segment(t=self._time(self._window_index))
 
-    def open_segment_end(self) -> float | None:
-        """Where `open_segment` would end (the pause's start), without copying its audio."""
-        if self._phase is not _Phase.SPEECH:
-            return None
-        return self._time(self._open_end_index())
-
-    def _open_end_index(self) -> int:
-        return self._silence_from if self._silence_from is not None else self._window_index
-
     def open_segment(self) -> tuple[float, float, np.ndarray] | None:
         """(start, end so far, audio with prefix) of the open segment, ending where a pause
         began; None outside speech. What STT would get if the caller stopped here."""
         if self._phase is not _Phase.SPEECH:
             return None
-        end_index = self._open_end_index()
+        end_index = self._silence_from if self._silence_from is not None else self._window_index
         keep = end_index * self.window_samples - self._audio_start_sample
         audio = np.concatenate(self._segment)[:keep]
         return self._time(self._onset_index), self._time(end_index), audio
