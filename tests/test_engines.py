@@ -151,12 +151,12 @@ def test_llama_replies_queued_behind_another_count_as_engine_backlog(monkeypatch
     now = [100.0]
     backlog = executor.EngineBacklog(clock=lambda: now[0])
     monkeypatch.setattr(executor, "ENGINE_BACKLOG", backlog)
-    llm = LlamaCppLanguageModel(max_tokens=48, max_sentences=0)
+    llm = LlamaCppLanguageModel(max_tokens=48, max_sentences=0, instances=1)
     msgs = [ChatMessage("system", "Answer at length."), ChatMessage("user", "Tell me a story.")]
 
     async def main() -> float:
         first = llm.stream(msgs)
-        await anext(first)  # generating on the model's only thread
+        await anext(first)  # generating on the model's only context
         second = llm.stream(msgs)
         waiting = asyncio.create_task(anext(second))
         await asyncio.sleep(0.05)
@@ -169,6 +169,31 @@ def test_llama_replies_queued_behind_another_count_as_engine_backlog(monkeypatch
 
     assert asyncio.run(main()) >= 2.0
     assert backlog.wait_s() >= 2.0  # the wait stays on record after it started
+
+
+def test_llama_contexts_run_two_replies_side_by_side_on_a_share_of_the_threads() -> None:
+    from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
+
+    llm = LlamaCppLanguageModel(max_tokens=64, max_sentences=0, threads=2, instances=2)
+    msgs = [ChatMessage("system", "Answer at length."), ChatMessage("user", "Tell me a story.")]
+
+    async def main() -> tuple[list[bool], list[int], str, str]:
+        first = llm.stream(msgs)
+        alone = await anext(first)
+        second = llm.stream(msgs)
+        beside = await asyncio.wait_for(anext(second), 30)  # not queued behind the first
+        running = [c.running for c in llm._contexts]
+        threads = [c.threads for c in llm._contexts]
+        texts = []
+        for stream, head in ((first, alone), (second, beside)):
+            texts.append(head.text + "".join([p.text async for p in stream]))  # type: ignore[union-attr]
+        return running, threads, texts[0], texts[1]
+
+    running, threads, one, two = asyncio.run(main())
+    assert running == [True, True]
+    assert threads == [2, 1]  # the lone first reply had both; the second took one
+    assert one.strip() and one == two  # greedy decoding: the same reply on either context
+    assert [c.pending for c in llm._contexts] == [0, 0]
 
 
 def test_scripted_engine_matches_intents(tmp_path: Path) -> None:

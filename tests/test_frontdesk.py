@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -169,6 +170,44 @@ def test_a_later_sentence_with_an_invented_number_is_dropped() -> None:
     fake = FakeLlm("Hello, happy to help. Our dentist has 35 years of experience.")
     text, _ = run(FrontDeskLanguageModel(PROFILE, fake), "hi")
     assert text == "Hello, happy to help."
+
+
+class QueuedLlm(FakeLlm):
+    """A model busy with other callers' replies: its first word comes after `wait_s`."""
+
+    def __init__(self, reply: str, wait_s: float) -> None:
+        super().__init__(reply)
+        self.wait_s = wait_s
+        self.gave_up = False
+
+    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
+        try:
+            await asyncio.sleep(self.wait_s)
+        except asyncio.CancelledError:
+            self.gave_up = True
+            raise
+        async for piece in super().stream(messages):
+            yield piece
+
+
+def test_a_busy_llm_gets_the_fallback_line_said_at_its_wait_limit() -> None:
+    slow = QueuedLlm("Happy to help with that.", wait_s=5.0)
+    desk = FrontDeskLanguageModel(PROFILE, slow, llm_wait_s=0.2)
+    started = time.monotonic()
+    text, _ = run(desk, "Can you tell me a joke?")
+    assert time.monotonic() - started < 2.0
+    assert text == PROFILE.fallback
+    assert desk.last_topic == "llm-busy"
+    assert slow.gave_up  # its generation is given up, not left to occupy the model
+
+
+def test_an_llm_that_starts_within_its_wait_limit_is_heard_whole() -> None:
+    # The limit is on the first word only: a reply that has started is never cut by it.
+    prompt = QueuedLlm("Happy to help with that. Ask me anything.", wait_s=0.05)
+    desk = FrontDeskLanguageModel(PROFILE, prompt, llm_wait_s=1.0)
+    text, _ = run(desk, "Can you tell me a joke?")
+    assert text == prompt.reply
+    assert desk.last_topic == "llm"
 
 
 def test_llm_loops_are_cut_and_generation_stops() -> None:

@@ -9,6 +9,7 @@ which the session turns into an `error` event (the call itself goes on).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from voicebot.agent.playout import Playout
 from voicebot.agent.reply import ReplyPipeline
 from voicebot.agent.turn_timing import StageTimes
 from voicebot.models.base import Engines, Transcript
+from voicebot.models.deadline_executor import ENGINE_DUE
 
 log = logging.getLogger("voicebot.agent")
 
@@ -42,15 +44,23 @@ class EngineCalls:
     def stt_name(self) -> str:
         return self.engines.stt.name
 
-    async def transcribe(self, audio: np.ndarray, times: StageTimes | None = None) -> Transcript:
-        """STT of `audio`; `times`, if given, gets the call's start and end stamped."""
+    async def transcribe(
+        self, audio: np.ndarray, times: StageTimes | None = None, *, slack_s: float = 0.0
+    ) -> Transcript:
+        """STT of `audio`; `times`, if given, gets the call's start and end stamped.
+        `slack_s`: how long after now the transcript is needed, which orders this call
+        among other calls' waiting for the same model (`deadline_executor`)."""
         self.stt_inputs.append(audio)
         stt = self.engines.stt
         if times is not None:
             times.mark("stt_start")
-        transcript = await self.clock.call(
-            with_timeout(stt.transcribe(audio), self.config.stt_timeout_s)
-        )
+        due_token = ENGINE_DUE.set(time.monotonic() + slack_s)
+        try:
+            transcript = await self.clock.call(
+                with_timeout(stt.transcribe(audio), self.config.stt_timeout_s)
+            )
+        finally:
+            ENGINE_DUE.reset(due_token)
         if times is not None:
             times.mark("stt_end")
         return transcript

@@ -35,6 +35,7 @@ log = logging.getLogger("voicebot.agent")
 LOUD_PERCENTILE = 90  # the background's loud end: most of it stays under the floor
 LIFT_BELOW_DB = 10.0  # the background has gone when it is this far under the floor...
 LIFT_AFTER_MS = 1_500.0  # ...for this long
+CHECK_SLACK_S = 1.0  # a wordless-segment check is needed this long after it is asked
 
 
 @dataclass(eq=False)
@@ -73,7 +74,10 @@ class FloorGuard:
             if audio is not None and len(audio):
                 self._forget()
                 self.checked_onset = onset
-                self.check = asyncio.create_task(self.engine_calls.transcribe(audio))
+                # Nobody waits on this check: callers' turns go first on a busy STT.
+                self.check = asyncio.create_task(
+                    self.engine_calls.transcribe(audio, slack_s=CHECK_SLACK_S)
+                )
                 self.check.add_done_callback(lambda task, at=onset: self._checked(task, at))
         return None
 

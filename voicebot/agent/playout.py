@@ -53,6 +53,12 @@ class Playout:
     def empty(self) -> bool:
         return not self._queue
 
+    @property
+    def queued_samples(self) -> int:
+        """Audio queued and not yet handed to the sink: how long until a sentence appended
+        now starts playing."""
+        return sum(max(0, u.remaining) for u in self._queue)
+
     def append(self, utterance: Utterance) -> None:
         self._queue.append(utterance)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -20,6 +21,7 @@ from voicebot.agent.clock import EngineClock, with_timeout
 from voicebot.agent.playout import Playout, Utterance
 from voicebot.agent.sentences import SentenceSplitter
 from voicebot.agent.turn_timing import StageTimes
+from voicebot.audio.frames import SAMPLE_RATE
 from voicebot.models.base import (
     CallAction,
     ChatMessage,
@@ -28,6 +30,7 @@ from voicebot.models.base import (
     TextToSpeech,
     WrittenReplies,
 )
+from voicebot.models.deadline_executor import ENGINE_DUE
 
 log = logging.getLogger("voicebot.agent")
 T = TypeVar("T")
@@ -165,6 +168,10 @@ class ReplyPipeline:
             self._in_synthesis = sentence
             if self.times is not None:
                 self.times.mark("tts_start")
+            # Needed when the audio queued ahead has played: a first sentence at once, a
+            # later one may wait behind other callers' first sentences (deadline_executor).
+            ahead_s = self._playout.queued_samples / SAMPLE_RATE
+            due_token = ENGINE_DUE.set(time.monotonic() + ahead_s)
             try:
                 audio = await self._clock.call(
                     with_timeout(self._tts.synthesize(sentence), self._tts_timeout)
@@ -176,6 +183,8 @@ class ReplyPipeline:
                 self._in_synthesis = None
                 self._on_error(f"TTS {self._tts.name}", exc)
                 return
+            finally:
+                ENGINE_DUE.reset(due_token)
             self._in_synthesis = None
             if self.times is not None and len(audio):
                 self.times.mark("tts_first_audio")

@@ -91,7 +91,9 @@ class Speculator:
         if speculation is not None:
             speculation.cancel()
         times = StageTimes(self.now, speculative=True, vad_speech_end=end)
-        task = asyncio.create_task(self.engine_calls.transcribe(audio, times))
+        # Wanted when the pause would end the turn, a little later than a final transcript.
+        slack_s = max(0, self.config.turn_min_silence_ms - self.config.speculative_pause_ms) / 1e3
+        task = asyncio.create_task(self.engine_calls.transcribe(audio, times, slack_s=slack_s))
         self.current = Speculation(end, task, times)
         task.add_done_callback(lambda done, spec=self.current: self._start_reply(spec))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -38,7 +38,7 @@ class AdaptiveBatcher(Generic[T]):
     def __init__(
         self,
         run: Callable[[list[T]], np.ndarray],
-        executor: ThreadPoolExecutor,
+        executor: Executor,
         what: str,
         select: Select[T],
     ) -> None:

@@ -26,7 +26,17 @@ class EngineSettings(BaseModel):
     frontdesk_llm: Literal["llama", "openai", "none"] = Field(
         "llama", description="frontdesk: the LLM that answers what the profile does not"
     )
+    # A busy embedded LLM (every call's reply queues on one model) would leave a caller in
+    # silence for seconds; past this wait for its first word the profile's fallback is said.
+    frontdesk_llm_wait_ms: int = Field(
+        1_200, ge=0, le=60_000,
+        description="frontdesk: longest wait for the LLM's first word (0 = no limit)",
+    )  # fmt: skip
     llm_model_path: Path | None = Field(None, description="GGUF file instead of SmolLM2-135M")
+    llm_instances: int = Field(
+        2, ge=1, le=16,
+        description="llama: contexts of the model, so that calls' replies run side by side",
+    )  # fmt: skip
     llm_script: Path | None = Field(None, description="YAML script for the scripted engine")
     llm_url: str | None = None
     llm_api_key: str | None = None

@@ -3,7 +3,8 @@
 ONNX Runtime, CTranslate2 and llama.cpp release the GIL while they compute, so threads
 give real parallelism without pickling audio. Each model instance gets its own single
 worker: calls to one model queue there (a model does one thing at a time anyway) and a
-queue for the LLM never holds up the STT or TTS of another call.
+queue for the LLM never holds up the STT or TTS of another call. The queue is ordered by
+when each result is needed (`deadline_executor`), not by arrival.
 
 Engine threads run at a lower priority than the event loop (Linux nice values are per
 thread, and threads and processes they start inherit them): a turn's STT or TTS may take
@@ -23,8 +24,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import TypeVar
+
+from voicebot.models.deadline_executor import DeadlineExecutor
 
 T = TypeVar("T")
 log = logging.getLogger("voicebot.models")
@@ -48,15 +51,11 @@ def _lower_priority(nice: int) -> None:
         log.warning("cannot lower engine thread priority: %s", exc)
 
 
-def model_worker(name: str, workers: int = 1) -> ThreadPoolExecutor:
+def model_worker(name: str, workers: int = 1) -> DeadlineExecutor:
     """A single-thread executor for one model instance (or a small pool for a subprocess
-    engine), its threads at the engines' lower priority."""
-    return ThreadPoolExecutor(
-        max_workers=workers,
-        thread_name_prefix=name,
-        initializer=_lower_priority,
-        initargs=(_engine_nice,),
-    )
+    engine), its threads at the engines' lower priority, the call needed soonest first
+    (`ENGINE_DUE`)."""
+    return DeadlineExecutor(workers, name, initializer=_lower_priority, initargs=(_engine_nice,))
 
 
 class EngineBacklog:
@@ -102,7 +101,7 @@ class EngineBacklog:
 ENGINE_BACKLOG = EngineBacklog()
 
 
-async def run_blocking(executor: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
+async def run_blocking(executor: Executor, fn: Callable[..., T], *args: object) -> T:
     """Run `fn(*args)` on `executor` and await its result; its wait for the thread is
     counted in `ENGINE_BACKLOG`."""
     loop = asyncio.get_running_loop()

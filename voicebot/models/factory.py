@@ -62,7 +62,8 @@ def build_llm(cfg: EngineSettings) -> LanguageModel:
     if cfg.llm == "frontdesk":
         return _cached(
             f"frontdesk:{cfg.business_profile}:{cfg.frontdesk_llm}:{cfg.llm_model_path}:"
-            f"{cfg.threads}:{cfg.llm_max_tokens}:{cfg.llm_max_sentences}",
+            f"{cfg.threads}:{cfg.llm_max_tokens}:{cfg.llm_max_sentences}:{cfg.llm_instances}:"
+            f"{cfg.frontdesk_llm_wait_ms}",
             lambda: _frontdesk(cfg),
         )
     if cfg.llm == "llama":
@@ -83,13 +84,14 @@ def _llama(cfg: EngineSettings) -> LanguageModel | None:
         from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
 
         key = (
-            f"llama:{cfg.llm_model_path}:{cfg.threads}:{cfg.llm_max_tokens}:{cfg.llm_max_sentences}"
+            f"llama:{cfg.llm_model_path}:{cfg.threads}:{cfg.llm_max_tokens}:"
+            f"{cfg.llm_max_sentences}:{cfg.llm_instances}"
         )
         return _cached(
             key,
             lambda: LlamaCppLanguageModel(
                 cfg.llm_model_path, threads=cfg.threads, max_tokens=cfg.llm_max_tokens,
-                max_sentences=cfg.llm_max_sentences,
+                max_sentences=cfg.llm_max_sentences, instances=cfg.llm_instances,
             ),
         )  # fmt: skip
     except EngineError as exc:
@@ -109,7 +111,10 @@ def _frontdesk(cfg: EngineSettings) -> LanguageModel:
             log.warning("front desk: no LLM, questions off its topics get the fallback line")
     elif cfg.frontdesk_llm == "openai":
         inner = build_llm(cfg.model_copy(update={"llm": "openai"}))
-    return FrontDeskLanguageModel(profile, inner, max_sentences=cfg.llm_max_sentences or 2)
+    wait_s = cfg.frontdesk_llm_wait_ms / 1e3 or None
+    return FrontDeskLanguageModel(
+        profile, inner, max_sentences=cfg.llm_max_sentences or 2, llm_wait_s=wait_s
+    )
 
 
 def build_tts(cfg: EngineSettings) -> TextToSpeech:

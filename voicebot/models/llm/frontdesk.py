@@ -17,6 +17,7 @@ registries does much better within the latency budget.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -213,8 +214,12 @@ class FrontDeskLanguageModel:
         *,
         max_sentences: int = 2,
         weekday: Callable[[], int] | None = None,
+        llm_wait_s: float | None = None,
     ) -> None:
+        """`llm_wait_s`: longest wait for `llm`'s first word (None: no limit); past it the
+        fallback line is said and the generation given up."""
         self.profile = profile
+        self.llm_wait_s = llm_wait_s
         self.desk = FrontDesk(profile, weekday)
         self.llm = llm
         self.max_sentences = max_sentences
@@ -250,7 +255,21 @@ class FrontDeskLanguageModel:
         said = False
         shaped = shape_reply(self.llm.stream(prompt), self.max_sentences)
         try:
-            async for piece in shaped:
+            while True:
+                try:
+                    if said or self.llm_wait_s is None:
+                        piece = await anext(shaped)
+                    else:
+                        piece = await asyncio.wait_for(anext(shaped), self.llm_wait_s)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    # The model is busy with other callers' replies (one generation at a
+                    # time): an answer now beats a sensible one after seconds of silence.
+                    self.last_topic = "llm-busy"
+                    for word in _words(render(self.profile.fallback)):
+                        yield word
+                    return
                 if isinstance(piece, TextDelta) and self.invents(piece.text):
                     if not said:  # nothing true said yet: say what we can do instead
                         self.last_topic = "llm-guarded"

