@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import random
 import sys
 import tempfile
@@ -114,6 +115,7 @@ class Turn:
     bot_stopped: float | None = None  # barge-in trials: last audible bot audio before quiet
     transcript: str = ""
     stages: dict[str, Any] | None = None  # the server's turn_latency event
+    reply: str = ""  # the bot's first sentence after this turn (events log)
 
     @property
     def voice_to_voice_ms(self) -> float | None:
@@ -295,6 +297,10 @@ def attach_server_events(run: CallRun, events: list[dict[str, Any]]) -> None:
             turn = owner(event["t"])
             if turn is not None:
                 turn.transcript = (turn.transcript + " " + event["text"]).strip()
+        elif event["type"] == "bot_text":
+            turn = owner(event["t"])
+            if turn is not None and not turn.reply and turn.transcript:
+                turn.reply = event["text"]
         elif event["type"] == "turn_latency":
             turn = owner(event["vad_speech_end"] if event.get("vad_speech_end") else event["t"])
             if turn is not None and turn.stages is None:
@@ -413,6 +419,7 @@ def summarise(runs: list[CallRun], row: dict[str, Any]) -> dict[str, Any]:
             "max": max(v2v, default=None),
             "n": len(v2v),
         },
+        "fallback_replies": sum(is_fallback(t.reply) for _, t in turns),
         "wer": errors["words"] / max(1, errors["ref"]),
         "wer_by_kind": {k: v["words"] / max(1, v["ref"]) for k, v in by_kind.items()},
         **barge_in_summary(row),
@@ -421,6 +428,14 @@ def summarise(runs: list[CallRun], row: dict[str, Any]) -> dict[str, Any]:
 
 
 UTTERANCES: list[Utterance] = []
+
+
+def is_fallback(reply: str) -> bool:
+    """The front desk's "can't help" line (its LLM guarded, busy or absent), not an answer."""
+    from voicebot.models.llm.business_profile import BusinessProfile
+
+    first = BusinessProfile.from_file().fallback.split(".")[0]
+    return bool(reply) and reply.startswith(first)
 
 
 def barge_in_summary(row: dict[str, Any]) -> dict[str, Any]:
@@ -475,6 +490,7 @@ def render(res: dict[str, Any]) -> str:
     calls = [
         [
             row["transport"], s["calls"], s["turns"], _triple(s["v2v_ms"]), s["no_answer"],
+            s.get("fallback_replies", "-"),
             f"{_triple(s['barge_in_ms'])} ({s['barge_in_trials']})", s["barge_in_never_stopped"],
             " / ".join(f"{w:.1%}" for w in (s["wer"], *(s["wer_by_kind"].get(k, 0)
                                                       for k in ("short", "read", "generated")))),
@@ -501,7 +517,9 @@ def render(res: dict[str, Any]) -> str:
         f"Machine: {m['nproc']} CPUs, {m['cpu_model']} (flags {' '.join(res['cpu_flags'])}); "
         f"load average at start {res['loadavg_at_start']}, at end {res['loadavg_at_end']}. "
         f"Server: `voicebot serve` with its default engines ({res['engines']}); callers in "
-        "one process beside it (the same 2 CPUs).",
+        "one process beside it (the same 2 CPUs)."
+        + "".join(f" Changed from the defaults: `{k}={v}`." for k, v in
+                  res.get("overrides", {}).items()),
         "",
         __doc__.split("\n\n")[1].replace("\n", " "),
         "",
@@ -509,6 +527,7 @@ def render(res: dict[str, Any]) -> str:
         "",
         common.md_table(
             ["transport", "calls", "turns", "voice-to-voice p50 / p90 / max ms", "no answer",
+             "fallback line",
              "barge-in p50 / p90 / max ms (trials)", "never stopped",
              "WER all / short / read / generated", "calls failed"], calls),
         "",
@@ -549,6 +568,8 @@ async def bench(args: Any, log: common.StderrLog) -> dict[str, Any]:
         "cpu_flags": common.cpu_flags(),
         "loadavg_at_start": common.loadavg(),
         "engines": f"STT whisper {defaults.stt_model}, LLM {defaults.llm}, TTS {defaults.tts}",
+        # Settings this run changed from the defaults (from the environment the server gets).
+        "overrides": {k: v for k, v in os.environ.items() if k.startswith("VOICEBOT_")},
         "rows": [],
     }
     sip_port = free_port()

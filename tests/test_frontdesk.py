@@ -173,7 +173,7 @@ def test_a_later_sentence_with_an_invented_number_is_dropped() -> None:
 
 
 class QueuedLlm(FakeLlm):
-    """A model busy with other callers' replies: its first word comes after `wait_s`."""
+    """A model busy with other callers' replies: its first sentence comes after `wait_s`."""
 
     def __init__(self, reply: str, wait_s: float) -> None:
         super().__init__(reply)
@@ -202,7 +202,7 @@ def test_a_busy_llm_gets_the_fallback_line_said_at_its_wait_limit() -> None:
 
 
 def test_an_llm_that_starts_within_its_wait_limit_is_heard_whole() -> None:
-    # The limit is on the first word only: a reply that has started is never cut by it.
+    # The limit is on the first sentence only: a reply that has started is never cut by it.
     prompt = QueuedLlm("Happy to help with that. Ask me anything.", wait_s=0.05)
     desk = FrontDeskLanguageModel(PROFILE, prompt, llm_wait_s=1.0)
     text, _ = run(desk, "Can you tell me a joke?")

@@ -27,10 +27,10 @@ class EngineSettings(BaseModel):
         "llama", description="frontdesk: the LLM that answers what the profile does not"
     )
     # A busy embedded LLM (every call's reply queues on one model) would leave a caller in
-    # silence for seconds; past this wait for its first word the profile's fallback is said.
+    # silence for seconds; past this wait for its first sentence the profile's fallback is said.
     frontdesk_llm_wait_ms: int = Field(
         1_200, ge=0, le=60_000,
-        description="frontdesk: longest wait for the LLM's first word (0 = no limit)",
+        description="frontdesk: longest wait for the LLM's first sentence (0 = no limit)",
     )  # fmt: skip
     llm_model_path: Path | None = Field(None, description="GGUF file instead of SmolLM2-135M")
     llm_instances: int = Field(
@@ -49,6 +49,10 @@ class EngineSettings(BaseModel):
 
     tts: Literal["piper", "espeak", "openai"] = "piper"
     tts_voice_path: Path | None = Field(None, description="Piper .onnx voice instead of joe")
+    tts_cache_s: float = Field(
+        600.0, ge=0,
+        description="seconds of synthesized sentences kept to be said again (0 = off)",
+    )  # fmt: skip
     tts_url: str | None = None
     tts_api_key: str | None = None
     tts_remote_model: str = "tts-1"

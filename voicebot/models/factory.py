@@ -118,6 +118,18 @@ def _frontdesk(cfg: EngineSettings) -> LanguageModel:
 
 
 def build_tts(cfg: EngineSettings) -> TextToSpeech:
+    """The configured voice, behind the process's cache of sentences already said."""
+    tts = _build_voice(cfg)
+    if cfg.tts_cache_s <= 0:
+        return tts
+    from voicebot.models.tts.cache import CachedTextToSpeech
+
+    return _cached(
+        f"tts-cache:{id(tts)}:{cfg.tts_cache_s}", lambda: CachedTextToSpeech(tts, cfg.tts_cache_s)
+    )
+
+
+def _build_voice(cfg: EngineSettings) -> TextToSpeech:
     if cfg.tts == "openai":
         from voicebot.models.tts.openai_compat import OpenAISpeechTextToSpeech
 

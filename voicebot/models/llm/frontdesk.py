@@ -216,7 +216,7 @@ class FrontDeskLanguageModel:
         weekday: Callable[[], int] | None = None,
         llm_wait_s: float | None = None,
     ) -> None:
-        """`llm_wait_s`: longest wait for `llm`'s first word (None: no limit); past it the
+        """`llm_wait_s`: longest wait for `llm`'s first sentence (None: no limit); past it the
         fallback line is said and the generation given up."""
         self.profile = profile
         self.llm_wait_s = llm_wait_s
