@@ -241,6 +241,9 @@ def scrape_metrics(http: str) -> dict[str, Any]:
         "vad_window_mean_s": m.mean("voicebot_vad_window_seconds"),
         "end_of_turn_mean_s": m.mean("voicebot_end_of_turn_latency_seconds"),
         "end_of_turn_count": m.total("voicebot_end_of_turn_latency_seconds_count"),
+        # Python's collections, by generation: a full one holds the GIL (every call's media).
+        "gc_count": m.by("voicebot_gc_seconds_count", "generation"),
+        "gc_seconds": m.by("voicebot_gc_seconds_sum", "generation"),
     }
 
 
@@ -557,6 +560,7 @@ EMPTY_METRICS: dict[str, Any] = {
     "rtp_packets": {}, "rtp_late_ticks": 0.0, "active_calls": 0.0, "calls_total": {},
     "rejected_total": 0.0, "engine_errors": {}, "vad_batch_mean": None,
     "vad_window_mean_s": None, "end_of_turn_mean_s": None, "end_of_turn_count": 0.0,
+    "gc_count": {}, "gc_seconds": {},
 }  # fmt: skip
 
 

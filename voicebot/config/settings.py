@@ -192,10 +192,11 @@ class ServerSettings(BaseModel):
         " database, packet capture on the same box)",
     )  # fmt: skip
     cpu_per_call: float = Field(
-        0.022, ge=0,
+        0.0155, ge=0,
         description="CPUs one call is assumed to use until the gateway has measured its own"
-        " (2.2 % of a core: a SIP call with tiny.en, espeak-ng and the scripted LLM measured"
-        " 1.7-1.9 % on a 2-core Xeon, 2.2-2.9 % with records, recordings and webhooks)",
+        " (1.55 % of a core: a SIP call with tiny.en, espeak-ng and the scripted LLM, records"
+        " and recordings on, measured 1.35-1.51 % on a 2-core Xeon once repeated sentences"
+        " came from the TTS cache; 1.7-1.9 % before)",
     )  # fmt: skip
     stall_log_ms: float = Field(
         60.0, ge=0,
