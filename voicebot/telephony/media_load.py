@@ -25,7 +25,7 @@ PRIOR_PER_CALL_S = 0.0002
 
 class MediaLoad:
     def __init__(
-        self, max_late_ratio: float, window_ticks: int = 250, tick_budget: float = 0.5
+        self, max_late_ratio: float, window_ticks: int = 250, tick_budget: float = 0.6
     ) -> None:
         self.max_late_ratio = max_late_ratio
         self.tick_budget = tick_budget
