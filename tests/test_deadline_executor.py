@@ -157,3 +157,15 @@ async def _reply_dues() -> None:
     assert ahead[1] == pytest.approx(1.0, abs=0.2)
     assert ahead[2] == pytest.approx(2.0, abs=0.2)
     assert ENGINE_DUE.get() is None  # the pipeline's setting did not leak into its caller
+
+
+def test_a_worker_that_cannot_start_fails_its_calls_instead_of_leaving_them_waiting() -> None:
+    def refuse() -> None:
+        raise OSError("no such thread")
+
+    executor = DeadlineExecutor(1, "test-broken", initializer=refuse)
+    for thread in executor._threads:
+        thread.join(5)
+    with pytest.raises(RuntimeError, match="failed to start"):
+        executor.submit(int, "1")
+    executor.shutdown()

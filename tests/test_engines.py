@@ -178,20 +178,24 @@ def test_llama_contexts_run_two_replies_side_by_side_on_a_share_of_the_threads()
     msgs = [ChatMessage("system", "Answer at length."), ChatMessage("user", "Tell me a story.")]
 
     async def main() -> tuple[list[bool], list[int], str, str]:
+        llm.warm_contexts()
         first = llm.stream(msgs)
         alone = await anext(first)
         second = llm.stream(msgs)
+        alone_threads = llm._contexts[0].threads
         beside = await asyncio.wait_for(anext(second), 30)  # not queued behind the first
+        more = [await anext(first), await anext(first)]  # tokens after the second began
         running = [c.running for c in llm._contexts]
-        threads = [c.threads for c in llm._contexts]
-        texts = []
-        for stream, head in ((first, alone), (second, beside)):
-            texts.append(head.text + "".join([p.text async for p in stream]))  # type: ignore[union-attr]
+        threads = [alone_threads, *(c.threads for c in llm._contexts)]
+        texts = [alone.text + "".join(p.text for p in more), beside.text]  # type: ignore[union-attr]
+        for i, stream in enumerate((first, second)):
+            texts[i] += "".join([p.text async for p in stream])  # type: ignore[union-attr]
         return running, threads, texts[0], texts[1]
 
     running, threads, one, two = asyncio.run(main())
     assert running == [True, True]
-    assert threads == [2, 1]  # the lone first reply had both; the second took one
+    # The lone first reply had both threads; with the second running, each has one.
+    assert threads == [2, 1, 1]
     assert one.strip() and one == two  # greedy decoding: the same reply on either context
     assert [c.pending for c in llm._contexts] == [0, 0]
 

@@ -66,6 +66,7 @@ class ReplyPipeline:
         self._sentences: deque[str] = deque()
         self._sentence_ready = asyncio.Event()
         self._in_synthesis: str | None = None
+        self._synthesis_s = 0.0  # the longest a sentence's synthesis took in this reply
         self.llm_done = llm is None
         self._uses_llm = False
         self.action: CallAction | None = None
@@ -168,10 +169,12 @@ class ReplyPipeline:
             self._in_synthesis = sentence
             if self.times is not None:
                 self.times.mark("tts_start")
-            # Needed when the audio queued ahead has played: a first sentence at once, a
-            # later one may wait behind other callers' first sentences (deadline_executor).
+            # Needed when the audio queued ahead has played, less the time a synthesis took
+            # in this reply: a first sentence at once, a later one may wait behind other
+            # callers' first sentences (deadline_executor) but start in time to follow on.
             ahead_s = self._playout.queued_samples / SAMPLE_RATE
-            due_token = ENGINE_DUE.set(time.monotonic() + ahead_s)
+            started = time.monotonic()
+            due_token = ENGINE_DUE.set(started + max(0.0, ahead_s - self._synthesis_s))
             try:
                 audio = await self._clock.call(
                     with_timeout(self._tts.synthesize(sentence), self._tts_timeout)
@@ -185,6 +188,7 @@ class ReplyPipeline:
                 return
             finally:
                 ENGINE_DUE.reset(due_token)
+            self._synthesis_s = max(self._synthesis_s, time.monotonic() - started)
             self._in_synthesis = None
             if self.times is not None and len(audio):
                 self.times.mark("tts_first_audio")

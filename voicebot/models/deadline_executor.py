@@ -52,6 +52,7 @@ class DeadlineExecutor(Executor):
         self._order = itertools.count()
         self._ready = threading.Condition()
         self._closed = False
+        self._broken: BaseException | None = None
         self._threads = [
             threading.Thread(
                 target=self._serve, args=(initializer, initargs), name=f"{name}-{i}", daemon=True
@@ -74,10 +75,21 @@ class DeadlineExecutor(Executor):
         with self._ready:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._broken is not None:
+                raise RuntimeError(f"engine worker failed to start: {self._broken}")
             when = time.monotonic() if due is None else due
             heapq.heappush(self._queue, (when, next(self._order), future, fn, args, kwargs))
             self._ready.notify()
         return future
+
+    def _break(self, exc: BaseException) -> None:
+        """Fail every queued call and refuse new ones (as a broken ThreadPoolExecutor does)."""
+        with self._ready:
+            self._broken = exc
+            for _, _, future, _, _, _ in self._queue:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(RuntimeError(f"engine worker failed to start: {exc}"))
+            self._queue.clear()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._ready:
@@ -95,7 +107,11 @@ class DeadlineExecutor(Executor):
 
     def _serve(self, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
         if initializer is not None:
-            initializer(*initargs)
+            try:
+                initializer(*initargs)
+            except BaseException as exc:  # a thread that cannot start must not leave waiters
+                self._break(exc)
+                return
         while True:
             with self._ready:
                 while not self._queue and not self._closed:

@@ -8,6 +8,7 @@ line saying so, so `voicebot serve` always starts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 
@@ -167,3 +168,8 @@ async def warm_up(engines: Engines) -> None:
     await engines.stt.transcribe(tone)
     async for _ in engines.llm.stream([ChatMessage("user", "Hi")]):
         pass
+    # The front desk may answer "Hi" itself; its LLM's contexts are warmed directly.
+    for llm in (engines.llm, getattr(engines.llm, "llm", None)):
+        warm = getattr(llm, "warm_contexts", None)
+        if callable(warm):
+            await asyncio.to_thread(warm)

