@@ -33,8 +33,10 @@ class EngineSettings(BaseModel):
         description="frontdesk: longest wait for the LLM's first sentence (0 = no limit)",
     )  # fmt: skip
     llm_model_path: Path | None = Field(None, description="GGUF file instead of SmolLM2-135M")
+    # On 2 cores two contexts made every reply 2-3x slower, even one at a time: each
+    # context's llama.cpp thread pool spins while idle. More contexts want more cores.
     llm_instances: int = Field(
-        2, ge=1, le=16,
+        1, ge=1, le=16,
         description="llama: contexts of the model, so that calls' replies run side by side",
     )  # fmt: skip
     llm_script: Path | None = Field(None, description="YAML script for the scripted engine")

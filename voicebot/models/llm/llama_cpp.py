@@ -60,7 +60,7 @@ class LlamaCppLanguageModel:
         temperature: float = 0.0,
         repeat_penalty: float = 1.1,
         max_sentences: int = 2,
-        instances: int = 2,
+        instances: int = 1,
     ) -> None:
         try:
             from llama_cpp import Llama
