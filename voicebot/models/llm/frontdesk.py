@@ -257,11 +257,10 @@ class FrontDeskLanguageModel:
         try:
             while True:
                 try:
-                    if said or self.llm_wait_s is None:
+                    # Only the first sentence is timed; in this task (wait_for would step
+                    # the stream in another).
+                    async with asyncio.timeout(None if said else self.llm_wait_s):
                         piece = await anext(shaped)
-                    else:  # in this task (wait_for would step the stream in another)
-                        async with asyncio.timeout(self.llm_wait_s):
-                            piece = await anext(shaped)
                 except StopAsyncIteration:
                     return
                 except TimeoutError:

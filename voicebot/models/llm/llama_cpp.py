@@ -5,8 +5,8 @@ One model per process, in `instances` llama.cpp contexts (each its own KV cache 
 thread; the weights are one mmapped file). A context is not thread-safe, so each runs one
 generation at a time on its own worker; a new reply goes to the context with the least
 queued. The CPU threads are shared out, re-set between tokens: a lone generation runs on
-all `threads`, two at once on half each (on 2 cores one thread per generation costs 0.8x
-the CPU per reply of two threads, and two contexts serve 1.6x the replies per second).
+all `threads`, two at once on half each. One context is the default: on 2 cores a second
+one made every reply 2-3x slower, even one reply at a time (its idle thread pool spins).
 Each generation lives entirely in its worker thread and streams its pieces back to the
 event loop; a reply cut off by barge-in sets a stop flag the thread checks between tokens,
 so the generator is closed by the thread that runs it and the next generation on that
@@ -128,8 +128,10 @@ class LlamaCppLanguageModel:
             job.result()
 
     def _end(self, context: _Context) -> None:
+        """On `context`'s worker, as a generation ends (or is skipped, stopped before it ran)."""
         with self._lock:
             context.running = False
+            context.pending -= 1
 
     def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
         if self.max_sentences:
@@ -159,36 +161,29 @@ class LlamaCppLanguageModel:
             backlog.started(ticket)
             try:
                 if not stop.is_set():
-                    try:
-                        self._start(context)
-                        run(context)
-                    except Exception as exc:  # reported to the awaiting call
-                        deliver(exc)
-                    finally:
-                        self._end(context)
+                    self._start(context)
+                    run(context)
+            except Exception as exc:  # reported to the awaiting call, not lost in the thread
+                deliver(exc)
             finally:
-                with self._lock:
-                    context.pending -= 1
+                self._end(context)
                 deliver(_DONE)
 
         def run(context: _Context) -> None:
+            chunks = context.llm.create_chat_completion(
+                messages=chat, stream=True, max_tokens=self.max_tokens,
+                temperature=self.temperature, repeat_penalty=self.repeat_penalty,
+            )  # fmt: skip
             try:
-                chunks = context.llm.create_chat_completion(
-                    messages=chat, stream=True, max_tokens=self.max_tokens,
-                    temperature=self.temperature, repeat_penalty=self.repeat_penalty,
-                )  # fmt: skip
-                try:
-                    for chunk in chunks:
-                        if stop.is_set():
-                            break
-                        self._share(context)
-                        delta = chunk["choices"][0].get("delta", {}).get("content")
-                        if delta:
-                            deliver(delta)
-                finally:
-                    chunks.close()
-            except Exception as exc:  # reported to the awaiting call, not lost in the thread
-                deliver(exc)
+                for chunk in chunks:
+                    if stop.is_set():
+                        break
+                    self._share(context)
+                    delta = chunk["choices"][0].get("delta", {}).get("content")
+                    if delta:
+                        deliver(delta)
+            finally:
+                chunks.close()
 
         try:
             context.worker.submit(generate)
