@@ -118,3 +118,48 @@ async def _manager_refuses() -> None:
         off.close()
     finally:
         manager.close()
+
+
+def test_calibration_scales_the_prior_until_measured() -> None:
+    process = _Process()
+    budget = _budget(process)
+    budget.calibrate(2.0)  # a machine doing a call's work at half the speed
+    assert budget.per_call == pytest.approx(0.04) and budget.capacity == 40
+    budget.calibrate(0.5)  # re-calibrating replaces the ratio, it does not compound
+    assert budget.per_call == pytest.approx(0.01) and budget.capacity == 160
+    assert budget.status()["calibration"] == 0.5
+    process.run(budget, 2 * LEARNED, busy=1.5, calls=50)  # measured: 3 % a call decides
+    assert budget.per_call == pytest.approx(0.03)
+    budget.calibrate(1.0)
+    assert budget.per_call == pytest.approx(0.03)
+
+
+def test_calibration_times_the_real_parts() -> None:
+    from voicebot.calls import cpu_calibration
+    from voicebot.models.turn import load_turn_model
+    from voicebot.models.vad.silero import SileroVad
+
+    vad, turn = SileroVad.shared(), load_turn_model()
+    assert turn is not None
+    result = cpu_calibration.calibrate(vad, turn)
+    assert set(result.parts) == {"media", "vad", "turn"}
+    assert all(value > 0 for value in result.parts.values())
+    assert cpu_calibration.MIN_RATIO <= result.ratio <= cpu_calibration.MAX_RATIO
+    assert "media x" in result.describe()
+    without_turn = cpu_calibration.calibrate(vad, None)
+    assert set(without_turn.parts) == {"media", "vad"}
+
+
+def test_calibration_is_clamped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from voicebot.calls import cpu_calibration
+    from voicebot.models.vad.silero import SileroVad
+
+    vad = SileroVad.shared()
+    # A reference machine a million times faster: this one is "slower" than any clamp.
+    reference = dict(cpu_calibration.REFERENCE_S)
+    fast = {name: seconds * 1e-6 for name, seconds in reference.items()}
+    monkeypatch.setattr(cpu_calibration, "REFERENCE_S", fast)
+    assert cpu_calibration.calibrate(vad, None).ratio == cpu_calibration.MAX_RATIO
+    slow = {name: seconds * 1e6 for name, seconds in reference.items()}
+    monkeypatch.setattr(cpu_calibration, "REFERENCE_S", slow)
+    assert cpu_calibration.calibrate(vad, None).ratio == cpu_calibration.MIN_RATIO

@@ -13,7 +13,8 @@ uses with no call at all (measured while idle), over the mean calls up then: a t
 is averaged over the calls that were quiet meanwhile. The estimate is the 90th percentile of
 the last `WINDOW` of those figures taken with at least `MIN_CALLS` calls (it must hold at the
 busy moments), kept while idle so the next ramp starts from what this machine measured.
-Until `LEARNED` such figures exist the prior (`server.cpu_per_call`) is a floor: a fresh
+Until `LEARNED` such figures exist the prior (`server.cpu_per_call`, scaled by the start-up
+calibration of calls/cpu_calibration.py to this machine's speed) is a floor: a fresh
 process's first ramp is judged by it, not by calls that have not spoken yet. One more call
 is admitted while idle use + calls x estimate stays within `server.cpu_budget` of the CPUs
 this process may run on.
@@ -56,6 +57,7 @@ class CpuBudget:
     ) -> None:
         self.budget = budget
         self.prior_per_call = prior_per_call
+        self.calibration = 1.0  # this machine's speed at a call's work (calls/cpu_calibration.py)
         self.cpus = float(cpus if cpus is not None else usable_cpus())
         self._clock = clock
         self._cpu_s = cpu_s
@@ -89,6 +91,16 @@ class CpuBudget:
         p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
         self._estimate = p90 if self._taken >= LEARNED else max(p90, self.prior_per_call)
 
+    def calibrate(self, ratio: float) -> None:
+        """Scale the prior by how much more CPU a call's work takes here than on the machine
+        it was measured on (`cpu_calibration.calibrate`); measured figures still decide."""
+        self.prior_per_call = self.prior_per_call / self.calibration * ratio
+        self.calibration = ratio
+        if self._taken < LEARNED:
+            ordered = sorted(self._figures)
+            p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] if ordered else 0.0
+            self._estimate = max(p90, self.prior_per_call)
+
     @property
     def per_call(self) -> float:
         """CPUs one call is expected to use (the estimate of the module docstring)."""
@@ -105,6 +117,7 @@ class CpuBudget:
         """For /healthz: the estimate, the calls it allows, what the process uses now."""
         return {
             "per_call": round(self._estimate, 4), "capacity": self.capacity,
+            "calibration": self.calibration,
             "measured": self._taken >= LEARNED, "busy": round(self.rate, 3),
             "idle": round(self.idle_rate, 3), "cpus": self.cpus, "budget": self.budget,
         }  # fmt: skip

@@ -203,6 +203,12 @@ class ServerSettings(BaseModel):
         " repeated sentences came from the TTS cache, and 100 such calls were late in one run"
         " of three, 103 in one of two)",
     )  # fmt: skip
+    cpu_calibrate: bool = Field(
+        True,
+        description="at start-up, time a call's media, VAD and turn-model work (~0.2 s) and"
+        " scale the cpu_per_call prior by how much slower or faster this machine does it than"
+        " the one the prior was measured on (x0.5 to x4)",
+    )  # fmt: skip
     stall_log_ms: float = Field(
         60.0, ge=0,
         description="log (one line, at most one a second) and count each time one callback"

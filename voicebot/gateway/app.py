@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voicebot import __version__
 from voicebot.audio.resample import prepare as prepare_resamplers
+from voicebot.calls.cpu_calibration import calibrate
 from voicebot.calls.loop_watch import LoopWatch
 from voicebot.calls.manager import CallManager, Refusal
 from voicebot.calls.metrics import GatewayMetrics
@@ -100,6 +101,13 @@ def create_app(
                 await state.webhooks.start()
                 watch_webhooks(state.metrics, state.webhooks)
         state.manager = CallManager(settings, ready, state.metrics, records=state.records)
+        if settings.server.cpu_budget > 0 and settings.server.cpu_calibrate:
+            calibration = await asyncio.to_thread(
+                calibrate, state.manager.vad_model, state.manager.turn_model
+            )
+            state.manager.cpu.calibrate(calibration.ratio)
+            log.info("CPU calibration %s: %.2f %% of a core per call until measured",
+                     calibration.describe(), 100 * state.manager.cpu.per_call)  # fmt: skip
         state.manager.measure_cpu()
         state.webrtc = WebRtcGateway(state.manager, settings.webrtc)
         for factory in services:
