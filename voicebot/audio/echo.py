@@ -77,12 +77,16 @@ class EchoCanceller:
         self._ref_end += FRAME_SAMPLES
         slot = self._ref_end // FRAME_SAMPLES % len(self._ref_powers)
         if frame is None:
-            # The common case on a quiet bot: no arithmetic on the frame at all.
-            self._ref[at : at + FRAME_SAMPLES] = 0.0
-            self._ref[mirror : mirror + FRAME_SAMPLES] = 0.0
-            self._ref_energy *= 0.9
+            # The common case on a quiet bot: no arithmetic on the frame at all, and once
+            # the bot has been quiet for the whole ring, nothing to write either.
+            if self._quiet_ticks * FRAME_SAMPLES < self._ref_len:
+                self._ref[at : at + FRAME_SAMPLES] = 0.0
+                self._ref[mirror : mirror + FRAME_SAMPLES] = 0.0
+                self._ref_powers[slot] = 0.0
+                self._ref_energy *= 0.9
+            else:
+                self._ref_energy = 0.0
             self._quiet_ticks += 1
-            self._ref_powers[slot] = 0.0
             return
         block = self._ref[at : at + FRAME_SAMPLES]
         block[:] = frame

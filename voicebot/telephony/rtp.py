@@ -5,8 +5,8 @@ the 20 ms clock that moves audio through it is shared by every SIP call of the p
 (`telephony.media_clock`): each tick takes one packet's worth of caller audio from each
 jitter buffer and sends one packet of bot audio (or silence) per call, so input, output
 and RTP timestamps never drift apart, however long the call. Packets are parsed and built
-with aiortc's `RtpPacket`; the jitter buffer is our own: it reorders, drops duplicates and
-late packets, and hides losses by fading the last frame.
+by `rtp_header` (struct, no object per packet); the jitter buffer is our own: it reorders,
+drops duplicates and late packets, and hides losses by fading the last frame.
 
 Packet sizes (RFC 4566 `a=ptime`, RFC 3264 section 6.1): the caller may send any size (10,
 20, 30, 40 ms ...); `read_tick` cuts whatever arrives into the clock's 20 ms ticks. What we
@@ -31,10 +31,10 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from aiortc.rtp import RtpPacket
 
 from voicebot.audio.frames import FRAME_SAMPLES
 from voicebot.audio.resample import from_canonical, to_canonical
+from voicebot.telephony import rtp_header
 from voicebot.telephony.dtmf import DtmfDetector
 from voicebot.telephony.sdp import PCMA, PCMU
 
@@ -169,29 +169,27 @@ class RtpSession(asyncio.DatagramProtocol):
         self.port = transport.get_extra_info("sockname")[1]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if len(data) < 12 or data[0] >> 6 != 2:
-            return  # not RTP version 2 (RFC 3550 section 5.1)
-        try:
-            packet = RtpPacket.parse(data)
-        except ValueError:
-            return
+        packet = rtp_header.parse(data)
+        if packet is None:
+            return  # not RTP version 2, or shorter than its header says (RFC 3550 5.1)
+        payload_type, seq, timestamp, ssrc, payload = packet
         if self._latched and addr != self.remote:
-            if not self._follows(packet.ssrc, addr):
-                if packet.ssrc != self._remote_ssrc:  # the latched stream moving is no news
+            if not self._follows(ssrc, addr):
+                if ssrc != self._remote_ssrc:  # the latched stream moving is no news
                     self._drop_foreign(addr)
                 return
         elif self._latched:
             self._moving = None  # the latched source is alive: no rebinding under way
-            if packet.payload_type == self.payload_type:
+            if payload_type == self.payload_type:
                 # The audio's SSRC is the stream's (an SBC may restart it, e.g. after a
                 # transfer); telephone-events may come with an SSRC of their own.
-                self._remote_ssrc = packet.ssrc
-        if packet.payload_type == self.te_pt:
-            digit = self._dtmf.packet(packet.timestamp, packet.payload)
+                self._remote_ssrc = ssrc
+        if payload_type == self.te_pt:
+            digit = self._dtmf.packet(timestamp, payload)
             if digit is not None:
                 self._on_dtmf(digit)
-        elif packet.payload_type == self.payload_type:
-            self.jitter.put(packet.sequence_number, packet.payload)
+        elif payload_type == self.payload_type:
+            self.jitter.put(seq, payload)
         else:
             return
         if not self._latched:
@@ -200,7 +198,7 @@ class RtpSession(asyncio.DatagramProtocol):
             # a share of the bot's audio; a new address comes with a re-INVITE (`relatch`)
             # or as a sustained move of the same stream (`_follows`).
             self.remote = addr
-            self._remote_ssrc = packet.ssrc
+            self._remote_ssrc = ssrc
             self._latched = True
 
     def _follows(self, ssrc: int, addr: tuple[str, int]) -> bool:
@@ -346,15 +344,10 @@ class RtpSession(asyncio.DatagramProtocol):
             self._ts = (self._ts + size) & 0xFFFFFFFF
             if not self.send_enabled or self._transport is None or self._closed:
                 continue
-            packet = RtpPacket(
-                payload_type=self.payload_type,
-                sequence_number=self._seq,
-                timestamp=self._ts,
-                ssrc=self._ssrc,
-                payload=chunk,
-                marker=1 if self.sent == 0 else 0,
+            packet = rtp_header.build(
+                self.payload_type, self._seq, self._ts, self._ssrc, chunk, marker=self.sent == 0
             )
-            self._transport.sendto(packet.serialize(), self.remote)
+            self._transport.sendto(packet, self.remote)
             self.sent += 1
 
 
