@@ -195,6 +195,9 @@ class _VadWrapper:
             raise RuntimeError("bad window")
         return await self.vad.probabilities(streams, windows)
 
+    def start(self, streams, windows):  # type: ignore[no-untyped-def]
+        return asyncio.ensure_future(self.probabilities(streams, windows))
+
 
 def _spy_finish(session: CallSession) -> list[int]:
     calls: list[int] = []

@@ -15,8 +15,10 @@ def test_build_matches_aiortc_and_parses_back() -> None:
     payload = bytes(range(160))
     for marker in (False, True):
         ours = rtp_header.build(0, 65535, 0xFFFFFFFF, 0x12345678, payload, marker=marker)
-        theirs = RtpPacket(payload_type=0, sequence_number=65535, timestamp=0xFFFFFFFF,
-                           ssrc=0x12345678, payload=payload, marker=int(marker)).serialize()  # fmt: skip
+        theirs = RtpPacket(
+            payload_type=0, sequence_number=65535, timestamp=0xFFFFFFFF, ssrc=0x12345678,
+            payload=payload, marker=int(marker),
+        ).serialize()  # fmt: skip
         assert ours == theirs
         assert rtp_header.parse(ours) == (0, 65535, 0xFFFFFFFF, 0x12345678, payload)
 

@@ -9,6 +9,7 @@ event loop keeps moving frames meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +73,13 @@ class BatchedVad:
         if not streams:
             return np.zeros(0, np.float32)
         return await self._batcher.submit(list(zip(streams, windows, strict=True)))
+
+    def start(
+        self, streams: list[VadStream], windows: list[np.ndarray]
+    ) -> asyncio.Future[np.ndarray]:
+        """`probabilities` already running when this returns (the worker was idle) or queued
+        for its next run: the SIP media clock goes on with other calls meanwhile."""
+        return self._batcher.start(list(zip(streams, windows, strict=True)))
 
     def _select(
         self, waiting: list[BatchRequest[Window]]

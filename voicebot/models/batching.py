@@ -53,7 +53,8 @@ class AdaptiveBatcher(Generic[T]):
         self.items_run = 0  # items of every run so far (cancelled requests' included)
 
     async def submit(self, items: list[T]) -> np.ndarray:
-        """The results for `items`, from the next run that takes them."""
+        """The results for `items`, from the next run that takes them. An idle worker starts
+        in the loop's next turn, so requests of this turn (each call's own) share its run."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._pending.append(BatchRequest(items, future))
@@ -61,6 +62,17 @@ class AdaptiveBatcher(Generic[T]):
             self._running = True
             loop.call_soon(self._start_batch)
         return await future
+
+    def start(self, items: list[T]) -> asyncio.Future[np.ndarray]:
+        """`submit` for a caller that already gathered every item of its turn (the SIP media
+        clock): an idle worker starts on them before this returns, so the caller's next
+        work overlaps the run; a busy one takes them in its next run."""
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._pending.append(BatchRequest(items, future))
+        if not self._running:
+            self._running = True
+            self._start_batch()
+        return future
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -143,31 +144,36 @@ class SipMediaClock:
             for leg in legs:
                 leg.rtp.late_ticks += 1
         frames = _caller_frames(legs)
-        windows = _begin(legs, frames)
-        await self._run_vad(legs, windows)
-        for leg, due in zip(legs, windows, strict=True):
-            if due is None or leg.session.ending:  # failed, or hung up during the VAD run
-                continue
-            try:
-                leg.session.finish_frame(due.windows, due.probabilities)
-            except Exception as exc:
-                leg.session.fail(exc)
+        due = _begin(legs, frames)
+        await self._run_vad(legs, due, self._start_vad(legs, due))
+        _finish(legs, due)
         self._outbox = _encode_bot_frames(legs)
         return len(legs)
 
-    async def _run_vad(self, legs: list[MediaLeg], due: list[_Due | None]) -> None:
+    def _start_vad(self, legs: list[MediaLeg], due: list[_Due | None]) -> _Round | None:
+        """A VAD round for the windows due, started on the VAD thread before this returns
+        (not a loop turn later, after whatever packets arrived meanwhile). Tried: starting
+        the run for half the calls while the loop steps the other half cost more CPU (the
+        two threads trading the GIL) than the overlap saved."""
+        todo = [i for i, d in enumerate(due) if d is not None and not d.complete]
+        if not todo:
+            return None
+        streams = [legs[i].session.vad_stream for i in todo]
+        windows = [due[i].next_window for i in todo]  # type: ignore[union-attr]
+        return _Round(todo, streams, windows, self.vad.start(streams, windows))
+
+    async def _run_vad(
+        self, legs: list[MediaLeg], due: list[_Due | None], started: _Round | None
+    ) -> None:
         # 20 ms frames give at most one 32 ms window per call; a longer backlog (never with
         # 20 ms frames) takes one more round per extra window, in order per stream.
         while True:
-            todo = [i for i, d in enumerate(due) if d is not None and not d.complete]
-            if not todo:
+            request, started = started or self._start_vad(legs, due), None
+            if request is None:
                 return
-            streams = [legs[i].session.vad_stream for i in todo]
-            windows = [due[i].next_window for i in todo]  # type: ignore[union-attr]
+            todo, streams, windows, running = request
             try:
-                probabilities = await asyncio.wait_for(
-                    self.vad.probabilities(streams, windows), _VAD_TIMEOUT_S
-                )
+                probabilities = await asyncio.wait_for(running, _VAD_TIMEOUT_S)
             except TimeoutError:
                 for i in todo:  # the model is stuck, not one stream's input: all calls
                     due[i] = None
@@ -200,6 +206,15 @@ class SipMediaClock:
                 legs[i].session.fail(exc)
                 probabilities.append(0.0)
         return probabilities
+
+
+class _Round(NamedTuple):
+    """One VAD request of a tick: which calls, their streams and windows, its future."""
+
+    todo: list[int]
+    streams: list[VadStream]
+    windows: list[np.ndarray]
+    running: asyncio.Future[np.ndarray]
 
 
 @dataclass
@@ -248,6 +263,16 @@ def _begin(legs: list[MediaLeg], frames: np.ndarray) -> list[_Due | None]:
             leg.session.fail(exc)
             due.append(None)
     return due
+
+
+def _finish(legs: list[MediaLeg], due: list[_Due | None]) -> None:
+    for leg, step in zip(legs, due, strict=True):
+        if step is None or leg.session.ending:  # failed, or hung up during the VAD run
+            continue
+        try:
+            leg.session.finish_frame(step.windows, step.probabilities)
+        except Exception as exc:
+            leg.session.fail(exc)
 
 
 def _encode_bot_frames(legs: list[MediaLeg]) -> list[tuple[RtpSession, bytes]]:
