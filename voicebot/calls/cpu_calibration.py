@@ -4,7 +4,7 @@ is judged by a prior that holds here.
 
 Place in the flow: run once by the gateway's start-up, after the engines are warm, before
 the first call; its ratio scales the prior of `CpuBudget` (calls/cpu_budget.py). The prior
-alone was measured on one 2-core Xeon with AVX-512 VNNI (1.75 % of a core per call); a 2-core
+alone was measured on one 2-core Xeon with AVX-512 VNNI (1.5 % of a core per call); a 2-core
 AMD EPYC without AVX-512 was measured at 2.6-3 % for the same calls, so the same prior there
 let a ramp admit ~90 calls that ran late until the tick rule reacted (issue 12). The
 measurement after `LEARNED` seconds of calls replaces the prior either way; this only makes
@@ -16,7 +16,9 @@ machine (bench/sip_load.py at 90 calls, per-thread CPU): the media path of the e
 in a batch (15 %) and the end-of-turn model (30 %); speech recognition (the other 20 %)
 depends on the engine chosen and is taken to scale like the ONNX models. Each part is timed
 in CPU time of the calibrating thread (what the work costs, not how long it waited for a
-core), the best of a few repeats; the ratio is clamped to `[MIN_RATIO, MAX_RATIO]`.
+core), the least of `_ROUNDS` rounds; the ratio is clamped to `[MIN_RATIO, MAX_RATIO]`.
+Contention still inflates CPU time (a cache shared with a busy neighbour: the media part
+measured x2.2 with three busy loops on the two cores), which errs on the safe side.
 """
 
 from __future__ import annotations
@@ -39,12 +41,12 @@ log = logging.getLogger("voicebot.calls.cpu")
 
 # CPU seconds of each part on the reference machine (2-core Intel Xeon, Sapphire Rapids
 # class: avx512f avx512_vnni avx512_bf16 amx_tile; Python 3.11, numpy 2.4, onnxruntime
-# 1.32), the best of the repeats, and its share of a SIP call's cost there.
-REFERENCE_S = {"media": 0.0060, "vad": 0.0013, "turn": 0.0350}
+# 1.32), the least of the rounds, and its share of a SIP call's cost there.
+REFERENCE_S = {"media": 0.0063, "vad": 0.0016, "turn": 0.0355}
 SHARE = {"media": 0.35, "vad": 0.15, "turn": 0.30, "stt": 0.20}
 MIN_RATIO = 0.5
 MAX_RATIO = 4.0
-_REPEATS = 3
+_ROUNDS = 5
 _MEDIA_TICKS = 50  # one second of a talking call
 _VAD_STREAMS = 32
 
@@ -61,12 +63,17 @@ class CpuCalibration:
         return f"x{self.ratio:.2f} ({parts})"
 
 
-def _cpu_time(work: Callable[[], object]) -> float:
-    best = float("inf")
-    for _ in range(_REPEATS):
-        began = time.thread_time()
-        work()
-        best = min(best, time.thread_time() - began)
+def _best_cpu_times(works: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Each part's least CPU time over `_ROUNDS` rounds of all parts in turn. Contention
+    (another process on the core, a cold cache) only ever adds time, so the least is the
+    machine's own speed; rounds rather than repeats of one part, so that a burst of it
+    spoils one round of every part instead of every repeat of one."""
+    best = dict.fromkeys(works, float("inf"))
+    for _ in range(_ROUNDS):
+        for name, work in works.items():
+            began = time.thread_time()
+            work()
+            best[name] = min(best[name], time.thread_time() - began)
     return best
 
 
@@ -102,13 +109,11 @@ def _turn_work(turn: BatchedTurnModel) -> Callable[[], object]:
 
 
 def calibrate(vad: SileroVad, turn: BatchedTurnModel | None) -> CpuCalibration:
-    """Time the parts (about 0.2 s of CPU; blocking: run it on a worker thread)."""
-    parts = {
-        "media": _cpu_time(_media_work()) / REFERENCE_S["media"],
-        "vad": _cpu_time(_vad_work(vad)) / REFERENCE_S["vad"],
-    }
+    """Time the parts (about 0.25 s of CPU; blocking: run it on a worker thread)."""
+    works: dict[str, Callable[[], object]] = {"media": _media_work(), "vad": _vad_work(vad)}
     if turn is not None:
-        parts["turn"] = _cpu_time(_turn_work(turn)) / REFERENCE_S["turn"]
+        works["turn"] = _turn_work(turn)
+    parts = {name: seconds / REFERENCE_S[name] for name, seconds in _best_cpu_times(works).items()}
     models = [parts[name] for name in ("vad", "turn") if name in parts]
     onnx = sum(models) / len(models)
     weights = {name: SHARE[name] for name in parts}

@@ -196,16 +196,16 @@ class ServerSettings(BaseModel):
         " database, packet capture on the same box)",
     )  # fmt: skip
     cpu_per_call: float = Field(
-        0.0175, ge=0,
-        description="CPUs one call is assumed to use until the gateway has measured its own"
-        " (1.75 % of a core, ~90 calls on 2 CPUs: a SIP call with tiny.en, espeak-ng and the"
-        " scripted LLM, records and recordings on, measured 1.35-1.55 % on a 2-core Xeon once"
-        " repeated sentences came from the TTS cache, and 100 such calls were late in one run"
-        " of three, 103 in one of two)",
+        0.015, ge=0,
+        description="CPUs one call is assumed to use until the gateway has measured its own,"
+        " scaled by the start-up calibration (cpu_calibrate) to this machine's speed (1.5 % of"
+        " a core, ~105 calls on 2 CPUs: a SIP call with tiny.en, espeak-ng and the scripted"
+        " LLM, records and recordings on, measured 1.24-1.27 % at 100 calls on a quiet 2-core"
+        " Xeon with AVX-512 VNNI, the machine the calibration's reference times come from)",
     )  # fmt: skip
     cpu_calibrate: bool = Field(
         True,
-        description="at start-up, time a call's media, VAD and turn-model work (~0.2 s) and"
+        description="at start-up, time a call's media, VAD and turn-model work (~0.25 s) and"
         " scale the cpu_per_call prior by how much slower or faster this machine does it than"
         " the one the prior was measured on (x0.5 to x4)",
     )  # fmt: skip
