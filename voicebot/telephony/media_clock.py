@@ -145,7 +145,7 @@ class SipMediaClock:
                 leg.rtp.late_ticks += 1
         frames = _caller_frames(legs)
         due = _begin(legs, frames)
-        await self._run_vad(legs, due, self._start_vad(legs, due))
+        await self._run_vad(legs, due)
         _finish(legs, due)
         self._outbox = _encode_bot_frames(legs)
         return len(legs)
@@ -162,13 +162,11 @@ class SipMediaClock:
         windows = [due[i].next_window for i in todo]  # type: ignore[union-attr]
         return _Round(todo, streams, windows, self.vad.start(streams, windows))
 
-    async def _run_vad(
-        self, legs: list[MediaLeg], due: list[_Due | None], started: _Round | None
-    ) -> None:
+    async def _run_vad(self, legs: list[MediaLeg], due: list[_Due | None]) -> None:
         # 20 ms frames give at most one 32 ms window per call; a longer backlog (never with
         # 20 ms frames) takes one more round per extra window, in order per stream.
         while True:
-            request, started = started or self._start_vad(legs, due), None
+            request = self._start_vad(legs, due)  # before this coroutine first awaits
             if request is None:
                 return
             todo, streams, windows, running = request
