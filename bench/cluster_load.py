@@ -226,7 +226,9 @@ def run_row(k: int, n: int, cfg: sl.Config, wav: Path, base: Path, log: Log) -> 
         alive = [m.running for m in members]
         es.close()  # samplers, tcpdump, then Kamailio and the gateways
     kam_log = (work / "kamailio.log").read_text(errors="replace")
-    wire = sl.analyse_capture(work / "rtp.pcap", (t0, t0 + ramp_s, t0 + cfg.hold_s))
+    wire = sl.analyse_capture(
+        work / "rtp.pcap", (t0, t0 + ramp_s, t0 + cfg.hold_s), capture.get("clock")
+    )
     sipp = sl.sipp_stats(work / "sipp-stat.csv")
     per_gw = []
     for m, mx, split, ok, sampler in zip(members, metrics, cpu_split, alive, samplers,

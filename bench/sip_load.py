@@ -343,9 +343,17 @@ def stream_stats(t: np.ndarray, seq: np.ndarray, ts: np.ndarray) -> dict[str, An
     }
 
 
-def analyse_capture(path: Path, phases: tuple[float, float, float]) -> dict[str, Any]:
-    """Bot streams (from the server's RTP ports) and caller streams (to them)."""
+def analyse_capture(
+    path: Path,
+    phases: tuple[float, float, float],
+    clock: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Bot streams (from the server's RTP ports) and caller streams (to them).
+
+    `clock`: the capture's WallClockSampler samples, to time packets by the monotonic clock.
+    """
     p = read_pcap(path)
+    p["t"] = steady_times(p["t"], clock)
     bot_mask = (p["sport"] >= RTP_MIN) & (p["sport"] <= RTP_MAX)
     caller_mask = (p["dport"] >= RTP_MIN) & (p["dport"] <= RTP_MAX) & ~bot_mask
     out: dict[str, Any] = {}
@@ -512,6 +520,50 @@ def gateway_env(spec: RunSpec, sip_port: int, events: Path) -> dict[str, str]:
     return {k: v for k, v in env.items() if v != ""}
 
 
+class WallClockSampler(threading.Thread):
+    """(wall clock, monotonic clock) pairs every 10 ms while a capture runs.
+
+    pcap timestamps are wall-clock (CLOCK_REALTIME) time, but the server paces its packets by
+    the monotonic clock. Where something steps the wall clock while calls run (seen on a
+    Firecracker VM: +0.5 ms every 100 ms, the wall clock gaining 0.5 % on the monotonic one),
+    every bot stream would read as drifting late by 5 ms a second though no tick was late.
+    With these samples the capture's times are put back on the monotonic clock.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self._samples: list[tuple[float, float]] = []
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self._samples.append((time.time(), time.monotonic()))
+            self._done.wait(0.010)
+
+    def stop(self) -> tuple[np.ndarray, np.ndarray]:
+        self._done.set()
+        self.join()
+        walls, monos = zip(*self._samples, strict=True) if self._samples else ((), ())
+        return np.asarray(walls, dtype=np.float64), np.asarray(monos, dtype=np.float64)
+
+
+def steady_times(t: np.ndarray, clock: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """Wall-clock capture times moved onto the monotonic clock (kept in wall-clock units)."""
+    if clock is None or len(clock[0]) < 2 or not t.size:
+        return t
+    walls, monos = clock
+    offsets = walls - monos
+    return t - (np.interp(t, walls, offsets) - offsets[0])
+
+
+def wall_clock_drift_ms(clock: tuple[np.ndarray, np.ndarray] | None) -> float:
+    """How far the wall clock moved against the monotonic one over the capture, ms."""
+    if clock is None or len(clock[0]) < 2:
+        return 0.0
+    walls, monos = clock
+    return 1000 * float((walls[-1] - monos[-1]) - (walls[0] - monos[0]))
+
+
 @contextlib.contextmanager
 def tcpdump(path: Path) -> Iterator[dict[str, Any]]:
     """Capture RTP from and to the server's RTP ports on loopback (headers only)."""
@@ -524,10 +576,13 @@ def tcpdump(path: Path) -> Iterator[dict[str, Any]]:
         text=True,
     )
     time.sleep(1.0)  # let tcpdump open the device before packets flow
+    clock = WallClockSampler()
+    clock.start()
     try:
         yield result
     finally:
         time.sleep(0.3)
+        result["clock"] = clock.stop()
         proc.send_signal(signal.SIGINT)
         try:
             _, err = proc.communicate(timeout=15)
@@ -649,7 +704,8 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
         server_log = gw.log()
     phases = (t0, t0 + ramp_s, t0 + cfg.hold_s)
     window = all_up_window(monitor, t0 + ramp_s + 1.0, t0 + cfg.hold_s - 0.5)
-    wire = analyse_capture(pcap, phases)
+    wire = analyse_capture(pcap, phases, capture.get("clock"))
+    wire["wall_clock_drift_ms"] = wall_clock_drift_ms(capture.get("clock"))
     turns = analyse_events(events)
     sipp = sipp_stats(stat_csv)
     sent = metrics["rtp_packets"].get("sent", 0.0)
@@ -853,6 +909,10 @@ def notes_for(rows: Sequence[dict[str, Any]]) -> list[str]:
             notes.append(f"{tag}: SIPp failures {r['sipp']['failed_kinds']}")
         if r["tcpdump_dropped"]:
             notes.append(f"{tag}: tcpdump dropped {r['tcpdump_dropped']} packets")
+        drift = r["wire"].get("wall_clock_drift_ms", 0.0)
+        if abs(drift) >= 1.0:
+            notes.append(f"{tag}: the wall clock moved {drift:+.0f} ms against the monotonic "
+                         "clock during the capture (packets timed by the monotonic clock)")
         if r["server_errors"]:
             notes.append(f"{tag}: server log: {r['server_errors'][0][:160]}")
         if r["metrics"]["engine_errors"]:
