@@ -241,6 +241,9 @@ def scrape_metrics(http: str) -> dict[str, Any]:
         "vad_window_mean_s": m.mean("voicebot_vad_window_seconds"),
         "end_of_turn_mean_s": m.mean("voicebot_end_of_turn_latency_seconds"),
         "end_of_turn_count": m.total("voicebot_end_of_turn_latency_seconds_count"),
+        # The end-of-turn model: how many turns it judged (one per pause) and their CPU time.
+        "turn_model_runs": m.total("voicebot_turn_model_batch_size_sum"),
+        "turn_model_seconds": m.total("voicebot_turn_model_seconds_sum"),
         # Python's collections, by generation: a full one holds the GIL (every call's media).
         "gc_count": m.by("voicebot_gc_seconds_count", "generation"),
         "gc_seconds": m.by("voicebot_gc_seconds_sum", "generation"),
@@ -615,7 +618,7 @@ EMPTY_METRICS: dict[str, Any] = {
     "rtp_packets": {}, "rtp_late_ticks": 0.0, "active_calls": 0.0, "calls_total": {},
     "rejected_total": 0.0, "engine_errors": {}, "vad_batch_mean": None,
     "vad_window_mean_s": None, "end_of_turn_mean_s": None, "end_of_turn_count": 0.0,
-    "gc_count": {}, "gc_seconds": {},
+    "gc_count": {}, "gc_seconds": {}, "turn_model_runs": 0.0, "turn_model_seconds": 0.0,
 }  # fmt: skip
 
 
