@@ -12,7 +12,12 @@ audio can be predicted and subtracted before the VAD sees it — otherwise the b
   a block that is no louder than the echo could be — before the delay is known, half the
   loudest reference power within the delay range (echo returns at least 6 dB down); after,
   the filter's own echo estimate — is attenuated, so leftover echo does not reach the VAD.
-  A caller talking over the bot is louder than that and passes.
+  A caller talking over the bot is louder than that and passes. A delay search that finds
+  no echo bounds it too: any echo is part of the input, so the input's power relative to
+  the reference's bounds the echo's gain (on a line with its own echo control, the noise
+  floor); the gate drops to that bound. Without it a caller more than 3 dB quieter
+  than the bot could not barge in on an echo-free line (a softphone, a PBX with its own
+  canceller): measured in the simulator, 12 dB quieter interrupted 1.4 s late, 18 dB never.
 The residual goes on to the VAD; with no reference energy the input passes untouched.
 """
 
@@ -57,6 +62,9 @@ class EchoCanceller:
         self._inp = np.zeros(self.window // FRAME_SAMPLES * FRAME_SAMPLES)
         self._inp_end = 0
         self._misses = 0  # delay searches in a row that found no echo
+        # Echo power at most this fraction of the reference's: _ECHO_RETURN until a search
+        # found no echo, then the input/reference power ratio of the quietest such search.
+        self._echo_bound = _ECHO_RETURN
         self._confirmed = 0  # searches in a row that found the delay already in use
         self._w = np.zeros(taps)
         self._r = np.zeros((taps, taps))
@@ -114,6 +122,7 @@ class EchoCanceller:
         echo's delay often again instead of trusting the one found."""
         self._confirmed = 0
         self._misses = 0
+        self._echo_bound = _ECHO_RETURN
 
     def _input_window(self) -> np.ndarray:
         """The last `window` input samples, oldest first."""
@@ -139,7 +148,7 @@ class EchoCanceller:
             self._estimate_delay()
         in_power = float(np.dot(d, d))
         if self.delay is None:
-            if in_power < _ECHO_RETURN * float(self._ref_powers.max()):
+            if in_power < self._echo_bound * float(self._ref_powers.max()):
                 self.gated += 1
                 return np.clip(np.rint(d * _GATE_GAIN), -32768, 32767).astype(np.int16)
             return np.asarray(frame, np.int16)
@@ -201,6 +210,15 @@ class EchoCanceller:
         if abs(best_v) / norm < self.min_correlation:
             self._misses += 1
             self._confirmed = 0  # no echo found where one was: check often again
+            # Whatever echo the line has is part of the input: the input's power over the
+            # power of the reference that echoed into it bounds the echo's gain (x2: 3 dB
+            # for its variation). That reference is b[m : m + n] for the unknown lag: the
+            # quietest such span counts (the bot may have just started, its echo not back).
+            # The quietest search counts too; one over the caller's own speech bounds nothing.
+            energy = np.concatenate([[0.0], np.cumsum(b * b)])
+            spans = energy[n : n + max_d - FRAME_SAMPLES + 1] - energy[: max_d - FRAME_SAMPLES + 1]
+            ratio = float(np.dot(a, a)) / (float(spans.min()) + _EPS)
+            self._echo_bound = min(self._echo_bound, 2 * ratio)
             return
         self._misses = 0
         lag = max_d - best_m
