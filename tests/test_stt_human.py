@@ -52,6 +52,14 @@ def test_speech_is_not_flagged(text: str, seconds: float) -> None:
     assert loop_reason(text, seconds) is None
 
 
+def test_a_spelled_out_stutter_is_a_loop_a_spelled_name_is_not() -> None:
+    # tiny.en on 'librivox-0880' with a 5 s window on an AVX2-only CPU: too few repeats of
+    # one word for the repeat rule, but a letter said twice in a row in a hyphenated run.
+    assert loop_reason("he was not an old-s-s-y-y-y-", 2.99) == "stutter"
+    assert loop_reason("My name is S-M-I-T-H.", 2.0) is None
+    assert loop_reason("It's 5-5, then 1-2-3-3.", 2.0) is None  # digits: never a stutter
+
+
 def test_long_loops_by_compression_and_fast_text_by_rate() -> None:
     # A loop that changes a word in each copy has no long exact run; gzip still squeezes it
     # (faster-whisper's 2.4 threshold).

@@ -25,6 +25,7 @@ Go"); so did timestamps (tiny.en loops with them too) and beam search (it loops 
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import zlib
@@ -57,6 +58,12 @@ COMPRESSION_RATIO_MAX = 2.4  # faster-whisper's compression_ratio_threshold
 MIN_REPEAT_WORDS = 4
 MIN_REPEAT_PERIODS = 1.75
 _WORD = re.compile(r"[^\W_]+")
+# Letters joined by hyphens: Whisper spells out a stutter this way when a trimmed window
+# loops on a word ("an old-s-s-y-y-y-", tiny.en on AVX2-only kernels), too short for the
+# word repeat rule. A spelled name ("S-M-I-T-H") matches too, but only a run with a letter
+# said twice in a row is taken for a loop ("A-A-R-O-N" then costs one more decode, and the
+# last window's text is taken all the same).
+_SPELLED = re.compile(r"(?:\b[^\W\d_]-){3,}")
 
 
 @dataclass(frozen=True)
@@ -109,16 +116,23 @@ def compression_ratio(text: str) -> float:
 
 def loop_reason(text: str, seconds: float) -> str | None:
     """Why a decode of `seconds` of audio looks like a loop rather than speech ("repeat",
-    "compression", "rate"), None if it does not."""
+    "compression", "stutter", "rate"), None if it does not."""
     words = words_of(text)
     repeat = longest_repeat(words)
     if repeat is not None and repeat.is_loop:
         return "repeat"
     if compression_ratio(text) > COMPRESSION_RATIO_MAX:
         return "compression"
+    if any(_stutters(m.group()) for m in _SPELLED.finditer(text.lower())):
+        return "stutter"
     if len(words) > 3 + MAX_WORDS_PER_SECOND * seconds:
         return "rate"
     return None
+
+
+def _stutters(spelled: str) -> bool:
+    letters = spelled.split("-")
+    return any(a == b for a, b in itertools.pairwise(letters) if a)
 
 
 def first_copy(text: str) -> str:
@@ -134,7 +148,8 @@ def first_copy(text: str) -> str:
 @dataclass(frozen=True)
 class DecodePass:
     """One decode of an utterance: the encoder window, its text, and why it looks like a
-    loop ("repeat", "compression", "rate", "length": out of tokens), None if it does not."""
+    loop ("repeat", "compression", "stutter", "rate", "length": out of tokens), None if it
+    does not."""
 
     window_s: float
     text: str
