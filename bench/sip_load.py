@@ -550,6 +550,55 @@ class WallClockSampler(threading.Thread):
         return np.asarray(walls, dtype=np.float64), np.asarray(monos, dtype=np.float64)
 
 
+_PROBE_SIGNAL = np.random.default_rng(0).standard_normal(1 << 16)
+_PROBE_MATRIX = np.random.default_rng(1).standard_normal((192, 192))
+
+
+def _probe_work() -> float:
+    """CPU seconds of one fixed piece of work like the server's: a Python loop, FFTs over
+    512 KB and a matrix product (about 2.5 ms on this AMD EPYC when idle)."""
+    began = time.thread_time()
+    total = 0
+    for i in range(10_000):
+        total += i * i
+    np.fft.rfft(_PROBE_SIGNAL)
+    _PROBE_MATRIX @ _PROBE_MATRIX
+    return time.thread_time() - began if total >= 0 else 0.0
+
+
+class SpeedProbe(threading.Thread):
+    """How fast this machine runs the same work while calls run: the CPU time of a fixed
+    piece of work every 250 ms (CPU time, so waiting for a core does not count, but a
+    slower core does: a busy hyperthread sibling or a throttled clock on the host).
+
+    Runs of one command on one VM were seen to cost twice the CPU per call of the run
+    before; this tells a slower machine from a heavier server."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.baseline_ms = 1000 * float(np.median([_probe_work() for _ in range(20)]))
+        self.samples: list[tuple[float, float]] = []
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.samples.append((time.time(), 1000 * _probe_work()))
+            self._done.wait(0.25)
+
+    def stop(self, t0: float) -> dict[str, Any]:
+        self._done.set()
+        self.join()
+        ms = np.asarray([m for _, m in self.samples] or [self.baseline_ms])
+        slow = Counter(int(t - t0) for t, m in self.samples if m > 1.5 * self.baseline_ms)
+        return {
+            "baseline_ms": self.baseline_ms,
+            "p50_x": float(np.median(ms)) / self.baseline_ms,
+            "p90_x": float(np.percentile(ms, 90)) / self.baseline_ms,
+            "max_x": float(ms.max()) / self.baseline_ms,
+            "slow_seconds": dict(sorted(slow.items())),
+        }
+
+
 def steady_times(t: np.ndarray, clock: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
     """Wall-clock capture times moved onto the monotonic clock (kept in wall-clock units)."""
     if clock is None or len(clock[0]) < 2 or not t.size:
@@ -684,6 +733,7 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
     load_at_start = common.loadavg()
     log(f"{spec.label}: N={spec.n} (ramp {ramp_s:.1f} s, spread {spread_s:.0f} s), "
         f"load {load_at_start[0]:.2f}")  # fmt: skip
+    probe = SpeedProbe()  # its idle baseline first, before the server loads
     began = time.monotonic()
     with contextlib.ExitStack() as stack:
         env = gateway_env(spec, sip_port, events)
@@ -694,7 +744,9 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
         monitor = stack.enter_context(driver.CpuSampler(pid, 0.25, clock=time.time))
         cpu_before = proc_cpu_split(pid)
         t0 = time.time()
+        probe.start()
         code, sipp_cpu, sipp_wall = run_sipp(cmd, work, sipp_timeout + 15)
+        machine_speed = probe.stop(t0)
         metrics = wait_idle(gw.http, 30)
         t_end = time.time()
         cpu_after = dict(cpu_before)
@@ -716,7 +768,11 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
     stalls = [ln for ln in server_log.splitlines() if "event loop held" in ln]
     # Call-seconds of wall time (SIPp: INVITE sent -> BYE answered). Not the events' call
     # time: that counts the server's media ticks, which an overloaded server skips.
-    call_s = (sipp.get("call_length_mean_s") or cfg.hold_s) * (sipp.get("successful") or spec.n)
+    # SIPp's mean call length is over every call, the refused ones (0 s) included: their sum
+    # is the admitted calls' seconds. (Times the admitted count alone, a run with refusals
+    # read as costing up to twice the CPU per call it did.)
+    finished = (sipp.get("successful") or 0) + (sipp.get("failed") or 0)
+    call_s = (sipp.get("call_length_mean_s") or cfg.hold_s) * (finished or spec.n)
     row: dict[str, Any] = {
         "label": spec.label,
         "engines": spec.engines.label,
@@ -739,6 +795,7 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
         "metrics": metrics,
         "late_rate_server": ratio(metrics["rtp_late_ticks"], sent),
         "wire": wire,
+        "machine_speed": machine_speed,
         "tcpdump_dropped": capture.get("dropped"),
         "turns": turns,
         "server_cpu_s": cpu_s,
@@ -912,6 +969,12 @@ def notes_for(rows: Sequence[dict[str, Any]]) -> list[str]:
             notes.append(f"{tag}: SIPp failures {r['sipp']['failed_kinds']}")
         if r["tcpdump_dropped"]:
             notes.append(f"{tag}: tcpdump dropped {r['tcpdump_dropped']} packets")
+        speed = r.get("machine_speed")
+        if speed and speed["p90_x"] > 1.3:
+            notes.append(f"{tag}: the machine ran fixed work slower during the run (CPU time "
+                         f"x{speed['p50_x']:.2f} median, x{speed['p90_x']:.2f} p90 of its idle "
+                         f"time before the run; seconds over x1.5: "
+                         f"{list(speed['slow_seconds'])[:12]})")
         drift = r["wire"].get("wall_clock_drift_ms", 0.0)
         if abs(drift) >= 1.0:
             notes.append(f"{tag}: the wall clock moved {drift:+.0f} ms against the monotonic "
