@@ -63,7 +63,7 @@ class EchoCanceller:
         self._inp_end = 0
         self._misses = 0  # delay searches in a row that found no echo
         # Echo power at most this fraction of the reference's: _ECHO_RETURN until a search
-        # found no echo, then the input/reference power ratio of the quietest such search.
+        # found no echo, then twice the input/reference power ratio of the quietest one.
         self._echo_bound = _ECHO_RETURN
         self._confirmed = 0  # searches in a row that found the delay already in use
         self._w = np.zeros(taps)
