@@ -246,11 +246,8 @@ def run_row(k: int, n: int, cfg: sl.Config, wav: Path, base: Path, log: Log) -> 
     late_ticks = sum(g["metrics"]["rtp_late_ticks"] for g in per_gw)
     gw_cpu_s = sum(sum(g["cpu_split_s"].values()) for g in per_gw)
     answered = sum(g["answered"] for g in per_gw)
-    # SIPp's mean call length counts refused calls as 0 s: times all calls, it is the
-    # admitted calls' seconds (as in sip_load).
     completed = sipp.get("successful", 0)
-    finished = (completed or 0) + (sipp.get("failed") or 0)
-    call_s = (sipp.get("call_length_mean_s") or cfg.hold_s) * (finished or n)
+    call_s = sl.admitted_call_seconds(sipp, cfg.hold_s, n)
     cores = [g["all_up_core_pct"] for g in per_gw]
     row: dict[str, Any] = {
         "k": k, "n": n, "ramp_s": ramp_s, "hold_s": cfg.hold_s, "spread_s": cfg.spread_s,

@@ -451,6 +451,17 @@ def analyse_events(path: Path) -> dict[str, Any]:
     }
 
 
+def admitted_call_seconds(sipp: dict[str, Any], hold_s: float, offered: int) -> float:
+    """Call-seconds of wall time (SIPp: INVITE sent -> BYE answered) of the admitted calls.
+
+    Not the events' call time: that counts the server's media ticks, which an overloaded
+    server skips. SIPp's mean call length is over every call, the refused ones (0 s)
+    included, so times all calls it is the admitted calls' sum (times the admitted count
+    alone, a run with refusals read as costing up to twice the CPU per call it did)."""
+    finished = (sipp.get("successful") or 0) + (sipp.get("failed") or 0)
+    return (sipp.get("call_length_mean_s") or hold_s) * (finished or offered)
+
+
 def sipp_stats(path: Path) -> dict[str, Any]:
     """Final counters and peak concurrency from SIPp's `-trace_stat` CSV."""
     if not path.exists():
@@ -523,7 +534,27 @@ def gateway_env(spec: RunSpec, sip_port: int, events: Path) -> dict[str, str]:
     return {k: v for k, v in env.items() if v != ""}
 
 
-class WallClockSampler(threading.Thread):
+class _PeriodicSampler(threading.Thread):
+    """`sample()` every `period` seconds into `samples`, from start() to stop()."""
+
+    def __init__(self, period: float, sample: Callable[[], tuple[float, float]]) -> None:
+        super().__init__(daemon=True)
+        self.period = period
+        self.sample = sample
+        self.samples: list[tuple[float, float]] = []
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.samples.append(self.sample())
+            self._done.wait(self.period)
+
+    def _finish(self) -> None:
+        self._done.set()
+        self.join()
+
+
+class WallClockSampler(_PeriodicSampler):
     """(wall clock, monotonic clock) pairs every 10 ms while a capture runs.
 
     pcap timestamps are wall-clock (CLOCK_REALTIME) time, but the server paces its packets by
@@ -534,19 +565,11 @@ class WallClockSampler(threading.Thread):
     """
 
     def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self._samples: list[tuple[float, float]] = []
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.is_set():
-            self._samples.append((time.time(), time.monotonic()))
-            self._done.wait(0.010)
+        super().__init__(0.010, lambda: (time.time(), time.monotonic()))
 
     def stop(self) -> tuple[np.ndarray, np.ndarray]:
-        self._done.set()
-        self.join()
-        walls, monos = zip(*self._samples, strict=True) if self._samples else ((), ())
+        self._finish()
+        walls, monos = zip(*self.samples, strict=True) if self.samples else ((), ())
         return np.asarray(walls, dtype=np.float64), np.asarray(monos, dtype=np.float64)
 
 
@@ -566,7 +589,7 @@ def _probe_work() -> float:
     return time.thread_time() - began if total >= 0 else 0.0
 
 
-class SpeedProbe(threading.Thread):
+class SpeedProbe(_PeriodicSampler):
     """How fast this machine runs the same work while calls run: the CPU time of a fixed
     piece of work every 250 ms (CPU time, so waiting for a core does not count, but a
     slower core does: a busy hyperthread sibling or a throttled clock on the host).
@@ -575,19 +598,11 @@ class SpeedProbe(threading.Thread):
     before; this tells a slower machine from a heavier server."""
 
     def __init__(self) -> None:
-        super().__init__(daemon=True)
+        super().__init__(0.25, lambda: (time.time(), 1000 * _probe_work()))
         self.baseline_ms = 1000 * float(np.median([_probe_work() for _ in range(20)]))
-        self.samples: list[tuple[float, float]] = []
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.is_set():
-            self.samples.append((time.time(), 1000 * _probe_work()))
-            self._done.wait(0.25)
 
     def stop(self, t0: float) -> dict[str, Any]:
-        self._done.set()
-        self.join()
+        self._finish()
         ms = np.asarray([m for _, m in self.samples] or [self.baseline_ms])
         slow = Counter(int(t - t0) for t, m in self.samples if m > 1.5 * self.baseline_ms)
         return {
@@ -766,13 +781,7 @@ def run_one(spec: RunSpec, cfg: Config, wav: Path, base: Path, log: Log) -> dict
     sent = metrics["rtp_packets"].get("sent", 0.0)
     errors = [ln for ln in server_log.splitlines() if "ERROR" in ln or "Traceback" in ln]
     stalls = [ln for ln in server_log.splitlines() if "event loop held" in ln]
-    # Call-seconds of wall time (SIPp: INVITE sent -> BYE answered). Not the events' call
-    # time: that counts the server's media ticks, which an overloaded server skips.
-    # SIPp's mean call length is over every call, the refused ones (0 s) included: their sum
-    # is the admitted calls' seconds. (Times the admitted count alone, a run with refusals
-    # read as costing up to twice the CPU per call it did.)
-    finished = (sipp.get("successful") or 0) + (sipp.get("failed") or 0)
-    call_s = (sipp.get("call_length_mean_s") or cfg.hold_s) * (finished or spec.n)
+    call_s = admitted_call_seconds(sipp, cfg.hold_s, spec.n)
     row: dict[str, Any] = {
         "label": spec.label,
         "engines": spec.engines.label,

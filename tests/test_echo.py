@@ -55,16 +55,23 @@ def test_no_self_interruption_on_echo(engines: Engines, line: EchoPath) -> None:
     assert len(stt.inputs) == 1  # the echo never reached STT as a turn
 
 
-@pytest.mark.parametrize("line", LINES[:2], ids=lambda p: f"{p.gain_db:g}dB-{p.delay_ms:g}ms")
-def test_caller_still_interrupts_over_the_echo(engines: Engines, line: EchoPath) -> None:
+def _talk_over(engines: Engines, line: EchoPath | None, gain_db: float = 0.0) -> list[dict]:
+    """The `interrupted` events of a call where, at 5.0 s, the caller talks over the reply
+    to a question (`gain_db` relative to the recorded voice), the canceller on."""
     talk_over = audiogen.trimmed_speech("No, stop, I want to talk to somebody.", "en-gb")
-    audio = place(12.0, (0.5, question()), (5.0, talk_over))
+    voice = (talk_over.astype(np.float64) * 10 ** (gain_db / 20)).astype(np.int16)
+    audio = place(12.0, (0.5, question()), (5.0, voice))
     stt = ScriptedSTT(["what is the balance on my account", "no stop"])
     result = asyncio.run(simulate_call(
         audio, Engines(stt, engines.llm, engines.tts), config=QUIET, echo_path=line,
         echo_cancellation=True,
     ))  # fmt: skip
-    barge = [e for e in result.events if e["type"] == "interrupted"]
+    return [e for e in result.events if e["type"] == "interrupted"]
+
+
+@pytest.mark.parametrize("line", LINES[:2], ids=lambda p: f"{p.gain_db:g}dB-{p.delay_ms:g}ms")
+def test_caller_still_interrupts_over_the_echo(engines: Engines, line: EchoPath) -> None:
+    barge = _talk_over(engines, line)
     assert len(barge) == 1 and barge[0]["latency_ms"] <= 150
     assert 5.0 <= barge[0]["t"] <= 5.4
 
@@ -74,15 +81,7 @@ def test_quiet_caller_interrupts_on_a_line_without_echo(engines: Engines, caller
     # A softphone or a PBX with its own echo control returns no echo: the canceller's delay
     # search never finds one, and its gate must then not hold back a caller quieter than the
     # bot (before the fix: 12 dB quieter interrupted 1.4 s late, 18 dB never).
-    talk_over = audiogen.trimmed_speech("No, stop, I want to talk to somebody.", "en-gb")
-    quiet = (talk_over.astype(np.float64) * 10 ** (caller_db / 20)).astype(np.int16)
-    audio = place(12.0, (0.5, question()), (5.0, quiet))
-    stt = ScriptedSTT(["what is the balance on my account", "no stop"])
-    result = asyncio.run(simulate_call(
-        audio, Engines(stt, engines.llm, engines.tts), config=QUIET, echo_path=None,
-        echo_cancellation=True,
-    ))  # fmt: skip
-    barge = [e for e in result.events if e["type"] == "interrupted"]
+    barge = _talk_over(engines, None, caller_db)
     assert len(barge) == 1 and barge[0]["latency_ms"] <= 150
     assert 5.0 <= barge[0]["t"] <= 5.4
 
