@@ -200,6 +200,61 @@ def test_llama_contexts_run_two_replies_side_by_side_on_a_share_of_the_threads()
     assert [c.pending for c in llm._contexts] == [0, 0]
 
 
+def test_llama_leaves_a_core_to_another_engine_running_beside_it() -> None:
+    import threading
+
+    from voicebot.models.executor import model_worker
+    from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
+
+    llm = LlamaCppLanguageModel(max_tokens=64, max_sentences=0, threads=2, instances=1)
+    msgs = [ChatMessage("system", "Answer at length."), ChatMessage("user", "Tell me a story.")]
+    other = model_worker("other-engine")
+    release, began = threading.Event(), threading.Event()
+
+    def transcribing() -> None:  # stands for an STT call holding a core
+        began.set()
+        release.wait(30)
+
+    async def main() -> list[int]:
+        stream = llm.stream(msgs)
+        await anext(stream)
+        await anext(stream)
+        seen = [llm._contexts[0].threads]
+        job = other.submit(transcribing)
+        began.wait(30)
+        await anext(stream)
+        await anext(stream)
+        seen.append(llm._contexts[0].threads)
+        release.set()
+        job.result(30)
+        await anext(stream)
+        await anext(stream)
+        seen.append(llm._contexts[0].threads)
+        await stream.aclose()
+        return seen
+
+    try:
+        assert asyncio.run(main()) == [2, 1, 2]
+    finally:
+        release.set()
+        other.shutdown()
+
+
+def test_front_desk_warms_its_llm_with_the_facts() -> None:
+    from voicebot.models.llm.business_profile import BusinessProfile
+    from voicebot.models.llm.frontdesk import FrontDeskLanguageModel
+    from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
+
+    llm = LlamaCppLanguageModel(max_tokens=8, instances=1)
+    profile = BusinessProfile.from_file()
+    FrontDeskLanguageModel(profile, llm).warm_contexts()
+    facts = llm._llm.tokenize(profile.system_prompt().encode(), add_bos=False)
+    cached = list(llm._llm._input_ids[: llm._llm.n_tokens])
+    # The facts' tokens are in the KV cache, for the first caller's prompt to reuse.
+    assert len(cached) > len(facts)
+    assert any(cached[i : i + 20] == facts[2:22] for i in range(len(cached)))
+
+
 def test_scripted_engine_matches_intents(tmp_path: Path) -> None:
     llm = ScriptedLanguageModel.from_file()
     assert llm.respond("I want to speak to a human")[1] == CallAction(

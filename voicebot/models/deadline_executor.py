@@ -34,6 +34,21 @@ ENGINE_DUE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 _Job = tuple[float, int, Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 _live: weakref.WeakSet[DeadlineExecutor] = weakref.WeakSet()
 
+_busy_lock = threading.Lock()
+_busy = 0  # worker threads running a call now, all engines together
+
+
+def busy_workers() -> int:
+    """Engine worker threads running a call right now, over every model: the LLM reads it
+    between tokens to leave a core to an STT or TTS that started beside it."""
+    return _busy
+
+
+def _count_busy(step: int) -> None:
+    global _busy
+    with _busy_lock:
+        _busy += step
+
 
 class DeadlineExecutor(Executor):
     """`workers` threads (named `name`-N, each running `initializer(*initargs)` first)
@@ -121,12 +136,15 @@ class DeadlineExecutor(Executor):
                 _, _, future, fn, args, kwargs = heapq.heappop(self._queue)
             if not future.set_running_or_notify_cancel():
                 continue  # its caller gave up while it waited
+            _count_busy(1)
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:  # handed to the waiting caller, as Executor does
                 future.set_exception(exc)
             else:
                 future.set_result(result)
+            finally:
+                _count_busy(-1)
             del future, fn, args, kwargs  # drop the call's audio before waiting again
 
 

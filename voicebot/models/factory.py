@@ -168,8 +168,7 @@ async def warm_up(engines: Engines) -> None:
     await engines.stt.transcribe(tone)
     async for _ in engines.llm.stream([ChatMessage("user", "Hi")]):
         pass
-    # The front desk may answer "Hi" itself; its LLM's contexts are warmed directly.
-    for llm in (engines.llm, getattr(engines.llm, "llm", None)):
-        warm = getattr(llm, "warm_contexts", None)
-        if callable(warm):
-            await asyncio.to_thread(warm)
+    # The front desk may answer "Hi" itself: it warms its LLM's contexts with its facts.
+    warm = getattr(engines.llm, "warm_contexts", None)
+    if callable(warm):
+        await asyncio.to_thread(warm)

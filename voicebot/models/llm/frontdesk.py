@@ -228,6 +228,12 @@ class FrontDeskLanguageModel:
         # What answered the last turn, for benches and logs (with calls at once: any one's).
         self.last_topic: str | None = None
 
+    def warm_contexts(self) -> None:
+        """Blocking, at start-up: the wrapped LLM ready, with the facts already read."""
+        warm = getattr(self.llm, "warm_contexts", None)
+        if callable(warm):
+            warm(self.profile.system_prompt())
+
     def invents(self, sentence: str) -> bool:
         """A number the profile does not state: a made-up price, time or date."""
         return any(n not in self._known_numbers for n in numbers_in(sentence))

@@ -5,7 +5,8 @@ One model per process, in `instances` llama.cpp contexts (each its own KV cache 
 thread; the weights are one mmapped file). A context is not thread-safe, so each runs one
 generation at a time on its own worker; a new reply goes to the context with the least
 queued. The CPU threads are shared out, re-set between tokens: a lone generation runs on
-all `threads`, two at once on half each. One context is the default: on 2 cores a second
+all `threads`, two at once on half each, and each gives up one more per other engine call
+(STT, TTS, turn model) running at that moment. One context is the default: on 2 cores a second
 one made every reply 2-3x slower, even one reply at a time (its idle thread pool spins).
 Each generation lives entirely in its worker thread and streams its pieces back to the
 event loop; a reply cut off by barge-in sets a stop flag the thread checks between tokens,
@@ -29,7 +30,7 @@ from typing import Any
 
 from voicebot.models import executor
 from voicebot.models.base import ChatMessage, EngineError, LlmOutput, TextDelta
-from voicebot.models.deadline_executor import DeadlineExecutor
+from voicebot.models.deadline_executor import DeadlineExecutor, busy_workers
 from voicebot.models.executor import model_worker
 from voicebot.models.llm.llama_amx import avoid_amx_repack
 from voicebot.models.llm.shaping import shape_reply
@@ -108,18 +109,30 @@ class LlamaCppLanguageModel:
 
     def _share(self, context: _Context) -> None:
         """On `context`'s worker, between two tokens: its share of the threads now (a
-        running generation gives up half when another starts, and takes it back after)."""
+        running generation gives up half when another starts, and takes it back after),
+        less one per other engine call running beside it (an STT, a TTS, the turn model).
+
+        Why the second rule: llama.cpp's threads meet at a spinning barrier after every
+        layer, so with a core taken by another engine one thread sits descheduled while the
+        rest spin. On 2 cores beside a Whisper transcription, a first sentence took 6.5 s
+        (median) on 2 threads and 0.68 s on 1; alone, 2 threads are faster (0.18 vs 0.28 s)."""
         with self._lock:
             busy = sum(c.running for c in self._contexts)
-        share = max(1, self.threads // max(1, busy))
+        others = max(0, busy_workers() - busy)
+        share = max(1, self.threads // max(1, busy) - others)
         if share != context.threads:
             context.llm._ctx.set_n_threads(share, share)
             context.threads = share
 
-    def warm_contexts(self) -> None:
+    def warm_contexts(self, system_prompt: str | None = None) -> None:
         """One token on every context, side by side (blocking): each context's first
-        generation pays for llama.cpp's lazy set-up, which must not be a caller's wait."""
+        generation pays for llama.cpp's lazy set-up, which must not be a caller's wait.
+        With the `system_prompt` replies will start with, its tokens are left in each
+        context's KV cache, which llama.cpp reuses for any prompt with the same start: a
+        front desk's 360-token facts took 1.1 s to read on a cold context, 0.05 s cached."""
         chat = [{"role": "user", "content": "Hi"}]
+        if system_prompt:
+            chat.insert(0, {"role": "system", "content": system_prompt})
         jobs = [
             c.worker.submit(c.llm.create_chat_completion, messages=chat, max_tokens=1)
             for c in self._contexts
