@@ -60,11 +60,12 @@ REPLY_TIMEOUT_S = 20.0
 # An end-of-turn wait this long: the turn model judged the turn unfinished and its longest
 # wait ended it.
 LONGEST_WAIT_MS = AgentConfig().turn_max_silence_ms - 100.0
+CLOSING = "No, that is all, thank you."  # a goodbye: the last turn of a call
 GENERATED = (
     "What time do you open on Saturday?",
     "I would like to book an appointment for next week.",
     "Can you tell me your address please?",
-    "No, that is all, thank you.",
+    CLOSING,
 )
 
 
@@ -344,6 +345,9 @@ def call_script(pool: list[Utterance], rng: random.Random, n: int) -> list[tuple
     order = pool[:] if n >= len(pool) else rng.sample(pool, n)
     if n >= len(pool):
         rng.shuffle(order)
+    # "No, that is all, thank you." is a goodbye the front desk answers by hanging up (when
+    # STT hears it so): said mid-call it would end the call and lose the turns after it.
+    order.sort(key=lambda u: u.text == CLOSING)
     return [(u, i % 4 == 3) for i, u in enumerate(order)]
 
 

@@ -265,6 +265,57 @@ def test_shape_reply_passes_actions_through() -> None:
     ]
 
 
+def test_a_reply_shaped_twice_gives_its_first_sentence_as_soon_as_it_ends() -> None:
+    # The front desk shapes what the llama engine already shaped: the outer shaper must
+    # not hold the first sentence back until the second has been written.
+    words = ["I'm", " sorry", " for", " that.", " We", " open", " at", " nine.", " Bye", " now."]
+    read = 0
+
+    async def model() -> AsyncIterator[LlmOutput]:
+        nonlocal read
+        for word in words:
+            read += 1
+            yield TextDelta(word)
+
+    async def go() -> tuple[LlmOutput, int, list[LlmOutput]]:
+        outer = shape_reply(shape_reply(model(), 3), 2)
+        first = await anext(outer)
+        read_then = read
+        return first, read_then, [p async for p in outer]
+
+    first, read_then, rest = asyncio.run(go())
+    assert first == TextDelta("I'm sorry for that.")
+    assert read_then == 5  # the inner shaper needed " We" to see the sentence end; no more
+    assert rest == [TextDelta(" We open at nine.")]  # two sentences, the outer limit
+    assert read < len(words)  # generation stopped once the reply was complete
+
+
+def test_the_llms_window_of_the_conversation_keeps_its_start_between_steps() -> None:
+    from voicebot.agent.config import AgentConfig
+    from voicebot.agent.conversation import Conversation
+    from voicebot.models.llm.frontdesk import HISTORY_MESSAGES, recent_history
+
+    conversation = Conversation(AgentConfig(max_history_messages=8))
+    conversation.history.append(ChatMessage("assistant", "greeting"))
+    starts, sizes = [], []
+    for turn in range(12):
+        window = recent_history(conversation.messages(f"question {turn}"))
+        assert window[-1] == ChatMessage("user", f"question {turn}")
+        starts.append(window[0].content)
+        sizes.append(len(window) - 1)
+        conversation.history += [
+            ChatMessage("user", f"question {turn}"), ChatMessage("assistant", f"answer {turn}")
+        ]  # fmt: skip
+        sent = conversation.messages("next")[1:-1]
+        kept = len(conversation.history)
+        assert len(sent) == kept if kept <= 8 else 8 - 4 < len(sent) <= 8  # four at a time
+    assert max(sizes) == HISTORY_MESSAGES and min(sizes[3:]) >= 1
+    # The window's first message changes every other turn, not every turn: a prompt cache
+    # keeps the start in between.
+    changes = sum(a != b for a, b in zip(starts, starts[1:], strict=False))
+    assert changes <= len(starts) // 2
+
+
 def test_numbers_in_reads_digits_and_words() -> None:
     assert numbers_in("eighty-five dollars, 9:30, two hundred and fifty") == [85, 9, 30, 250]
     assert numbers_in("five five five, twenty four hours, one hundred and twenty") == [

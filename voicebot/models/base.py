@@ -28,6 +28,12 @@ class Transcript:
         return not any(ch.isalnum() for ch in self.text)
 
 
+# How many old messages a conversation's history loses at a time when it is trimmed (the
+# agent's `max_history_messages`, the front desk's window): an LLM's prompt cache reuses a
+# prompt's unchanged start, so a history trimmed in steps keeps it between steps.
+HISTORY_TRIM_STEP = 4
+
+
 @dataclass(frozen=True)
 class ChatMessage:
     role: Literal["system", "user", "assistant"]

@@ -86,6 +86,13 @@ class ReplyShaper:
             out += self._accept(sentence)
         return out
 
+    def push_sentence(self, sentence: str) -> list[str]:
+        """Add one whole sentence (from a stream shaped already); return it if it may be
+        spoken."""
+        if self.done:
+            return []
+        return self._accept(sentence.strip())
+
     def flush(self) -> list[str]:
         """The model stopped: what is left, if it may be said."""
         if self.done:
@@ -114,11 +121,37 @@ class ReplyShaper:
         return [sentence]
 
 
-async def shape_reply(
-    stream: AsyncIterator[LlmOutput], max_sentences: int = 2
-) -> AsyncIterator[LlmOutput]:
+class ShapedReply:
+    """A reply stream as `shape_reply` makes it: whole sentences, the first without a
+    leading space, each later one with one. Another `shape_reply` on it takes each piece as
+    the sentence it is: reading it as raw text, it would hold every sentence back until the
+    next one began (no whitespace after the full stop yet), so the caller would wait a
+    whole sentence longer for the first (a front desk over the llama engine, both shaped)."""
+
+    def __init__(self, sentences: AsyncIterator[LlmOutput]) -> None:
+        self._sentences = sentences
+
+    def __aiter__(self) -> ShapedReply:
+        return self
+
+    async def __anext__(self) -> LlmOutput:
+        return await anext(self._sentences)
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._sentences, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def shape_reply(stream: AsyncIterator[LlmOutput], max_sentences: int = 2) -> ShapedReply:
     """`stream` as sentences, at most `max_sentences`, loops cut; generation is stopped
     (the stream closed) as soon as the reply is complete. Call actions pass through."""
+    return ShapedReply(_shape(stream, max_sentences, whole=isinstance(stream, ShapedReply)))
+
+
+async def _shape(
+    stream: AsyncIterator[LlmOutput], max_sentences: int, *, whole: bool
+) -> AsyncIterator[LlmOutput]:
     shaper = ReplyShaper(max_sentences)
     first = True
     try:
@@ -126,7 +159,8 @@ async def shape_reply(
             if not isinstance(piece, TextDelta):
                 yield piece
                 continue
-            for sentence in shaper.push(piece.text):
+            ready = shaper.push_sentence(piece.text) if whole else shaper.push(piece.text)
+            for sentence in ready:
                 yield TextDelta(sentence if first else " " + sentence)
                 first = False
             if shaper.done:
