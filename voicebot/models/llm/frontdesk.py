@@ -41,13 +41,13 @@ from voicebot.models.llm.business_profile import (
 )
 from voicebot.models.llm.shaping import shape_reply
 
-# Of the conversation, the LLM sees at most this many messages before the caller's turn: a
-# 135M model loses itself in more.
-HISTORY_MESSAGES = 5
-# The window's start moves HISTORY_TRIM_STEP messages (two exchanges) at a time, not one
-# exchange per turn: llama.cpp reuses the KV cache of a prompt's unchanged start, so with the
-# start fixed a turn reads only the last reply and the new words (~40 tokens) instead of the
-# whole window again (~150 tokens, 0.25-0.45 s at ~350-600 tokens/s on 2 cores).
+# Of the conversation, the LLM sees at most this many messages before the caller's turn:
+# a 135M model loses itself in more, and each costs its reading time on every LLM turn
+# (~3 ms a token on 2 cores in a live call; a front desk answer is ~40 tokens). The
+# window's start moves HISTORY_TRIM_STEP messages (two exchanges) at a time, not one per
+# turn: llama.cpp reuses the KV cache of a prompt's unchanged start, so two LLM turns in a
+# row share it (windows of 3 and 1 messages, alternately).
+HISTORY_MESSAGES = 3
 
 
 def recent_history(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
