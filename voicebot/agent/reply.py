@@ -15,13 +15,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-import numpy as np
-
 from voicebot.agent.clock import EngineClock, with_timeout
 from voicebot.agent.playout import Playout, Utterance
 from voicebot.agent.sentences import SentenceSplitter
 from voicebot.agent.turn_timing import StageTimes
-from voicebot.audio.frames import SAMPLE_RATE
+from voicebot.audio.frames import SAMPLE_RATE, trim_leading_silence
 from voicebot.models.base import (
     CallAction,
     ChatMessage,
@@ -192,5 +190,6 @@ class ReplyPipeline:
             self._in_synthesis = None
             if self.times is not None and len(audio):
                 self.times.mark("tts_first_audio")
+            audio = trim_leading_silence(audio)
             if len(audio):
-                self._playout.append(Utterance(sentence, np.asarray(audio, dtype=np.int16)))
+                self._playout.append(Utterance(sentence, audio))

@@ -29,6 +29,22 @@ def block_dbfs(samples: np.ndarray, block: int = FRAME_SAMPLES) -> np.ndarray:
     return 10 * np.log10(np.mean(x * x, axis=1) + 1e-12)
 
 
+def trim_leading_silence(
+    samples: np.ndarray, floor_dbfs: float = -60.0, keep_ms: int = 10
+) -> np.ndarray:
+    """`samples` from `keep_ms` before the first 5 ms block louder than `floor_dbfs` (all of
+    them if none is). A TTS voice's leading silence is pure wait for a caller: Piper puts
+    25-400 ms of it before a sentence, varying from one rendition to the next."""
+    samples = np.asarray(samples, dtype=np.int16)
+    block = SAMPLE_RATE // 200
+    levels = block_dbfs(samples, block)
+    loud = np.flatnonzero(levels > floor_dbfs)
+    if not len(loud):
+        return samples
+    start = max(0, int(loud[0]) * block - keep_ms * SAMPLE_RATE // 1000)
+    return samples[start:]
+
+
 def float_to_pcm16(samples: np.ndarray) -> np.ndarray:
     """float samples in [-1, 1] -> int16, rounded to nearest and clipped (never wraps)."""
     scaled = np.rint(np.asarray(samples, dtype=np.float64) * _INT16_SCALE)
