@@ -201,6 +201,9 @@ class Caller:
             await self._converse(reply_over)
         except CallEndedByBotError:
             self.run.ended_by_bot = True  # it hung up (a "bye" topic): the script stops here
+            last = self.run.turns[-1] if self.run.turns else None
+            if last is not None and last.first_audible is None:
+                self._first_audible(last)  # its answer was the goodbye, heard before the hang-up
         for turn in self.run.turns:
             if turn.barge_in and not self._bot_audible_at(turn.true_onset):
                 turn.barge_in = False  # the reply was late or over: nothing to talk over
