@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -312,8 +313,50 @@ def test_the_llms_window_of_the_conversation_keeps_its_start_between_steps() -> 
     assert max(sizes) == HISTORY_MESSAGES and min(sizes[3:]) >= 1
     # The window's first message changes every other turn, not every turn: a prompt cache
     # keeps the start in between.
-    changes = sum(a != b for a, b in zip(starts, starts[1:], strict=False))
+    changes = sum(a != b for a, b in itertools.pairwise(starts))
     assert changes <= len(starts) // 2
+
+
+def test_the_first_sentences_opening_clause_goes_ahead_and_counts_with_its_sentence() -> None:
+    shaper = ReplyShaper(max_sentences=2)
+    text = "I am sorry about that, but we close at six. Come back tomorrow. Bye now."
+    pieces = []
+    for i in range(0, len(text), 3):
+        for piece in shaper.push(text[i : i + 3]):
+            pieces.append((piece, i))
+    pieces += [(p, len(text)) for p in shaper.flush()]
+    said = [p for p, _ in pieces]
+    assert said == ["I am sorry about that,", "but we close at six.", "Come back tomorrow."]
+    # The clause went out as soon as its comma had been written, before the sentence ended.
+    assert pieces[0][1] < text.index("six")
+    whole = "I am sorry about that, but we close at six."
+    assert shaper.sentences == [whole, "Come back tomorrow."]
+    short = ReplyShaper(max_sentences=2)
+    assert short.push("No, no, that is fine. ") == ["No, no, that is fine."]  # clause too short
+
+
+def test_shaped_pieces_say_where_sentences_end_for_the_agents_splitter() -> None:
+    from voicebot.agent.sentences import SentenceSplitter
+
+    async def model() -> AsyncIterator[LlmOutput]:
+        for word in ["Thanks", " for", " calling", " us", " today,", " we", " are", " open."]:
+            yield TextDelta(word)
+        yield TextDelta(" See you soon.")
+        await asyncio.sleep(3600)  # the model is still writing: nothing may wait for it
+
+    async def go() -> list[str]:
+        splitter, spoken = SentenceSplitter(), []
+        stream = shape_reply(model(), 3)
+        while len(spoken) < 2:
+            piece = await asyncio.wait_for(anext(stream), 5)
+            assert isinstance(piece, TextDelta)
+            spoken += splitter.push(piece.text, piece.ends_phrase)
+        await stream.aclose()
+        return spoken
+
+    # "we are open." is spoken once " See" shows it ended; the splitter must not wait for
+    # the piece after it (the model is still writing "See you soon.").
+    assert asyncio.run(go()) == ["Thanks for calling us today,", "we are open."]
 
 
 def test_numbers_in_reads_digits_and_words() -> None:

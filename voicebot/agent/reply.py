@@ -134,7 +134,7 @@ class ReplyPipeline:
                 except StopAsyncIteration:
                     break
                 if isinstance(piece, TextDelta):
-                    for sentence in splitter.push(piece.text):
+                    for sentence in splitter.push(piece.text, piece.ends_phrase):
                         self._add_sentence(sentence)
                 elif isinstance(piece, CallAction):
                     self.action = piece

@@ -29,9 +29,10 @@ class SentenceSplitter:
         self._buffer = ""
         self._emitted = 0
 
-    def push(self, text: str) -> list[str]:
-        """Add text; return the sentences it completed."""
-        self._buffer += text
+    def push(self, text: str, ends_phrase: bool = False) -> list[str]:
+        """Add text; return the sentences it completed. `ends_phrase`: the text is known to
+        end where a sentence or clause does, so it is not held for the next piece."""
+        self._buffer += text + (" " if ends_phrase else "")
         out: list[str] = []
         while True:
             cut = self._find_cut()

@@ -8,7 +8,7 @@ Audio in and out is canonical: 16 kHz mono int16 numpy arrays.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -42,9 +42,12 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class TextDelta:
-    """A piece of the reply text, in order."""
+    """A piece of the reply text, in order. `ends_phrase`: the piece is known to end where a
+    sentence or clause ends (a shaped reply's pieces), so the agent need not wait for the
+    next piece's whitespace to see that it ended; not compared (the text is the piece)."""
 
     text: str
+    ends_phrase: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,12 @@
 
 Place in the flow: between an LLM's token stream and the agent (`shape_reply` wraps any
 `LanguageModel.stream`). Small models drift into "I'm not. I'm not. I'm not. ..." or
-"5 5 5 5 5" and ramble for 96 tokens; a caller hears every word of it. Text is let through a
-whole sentence at a time so a sentence that repeats an earlier one can be dropped before it
-is heard; the stream is closed (generation stops) as soon as the reply is complete, which
-also saves the CPU the rest would have cost. The agent splits sentences again for TTS; that
-is unaffected (it gets the same text, a sentence at a time).
+"5 5 5 5 5" and ramble for 96 tokens; a caller hears every word of it. Text is let through
+a whole sentence at a time (the first sentence's opening clause may go ahead) so a
+sentence that repeats an earlier one can be dropped before it is heard; the stream is
+closed (generation stops) as soon as the reply is complete, which also saves the CPU the
+rest would have cost. The agent splits sentences again for TTS; that is unaffected (it gets
+the same text, each piece marked as ending a sentence or clause).
 """
 
 from __future__ import annotations
@@ -56,18 +57,29 @@ def repeated_run(text: str, times: int = 3, max_n: int = 4) -> int | None:
     return None
 
 
-class ReplyShaper:
-    """Feed an LLM's text; take back what may be spoken. `done` once no more is wanted."""
+FIRST_CLAUSE_WORDS = 4  # the first sentence's opening clause goes ahead from this many words
 
-    def __init__(self, max_sentences: int = 2) -> None:
+
+class ReplyShaper:
+    """Feed an LLM's text; take back what may be spoken. `done` once no more is wanted.
+
+    The reply's first sentence may go out in two pieces: its opening clause, once a comma
+    follows `first_clause_words` words, and the rest when the sentence ends. The caller
+    hears the bot start while the model writes the rest (the agent's TTS splits at that
+    comma too); the first sentence has no earlier one to repeat, so nothing is lost by
+    letting it out early but the loop check across the comma."""
+
+    def __init__(self, max_sentences: int = 2, first_clause_words: int = FIRST_CLAUSE_WORDS):
         self.max_sentences = max_sentences  # 0: no limit
+        self.first_clause_words = first_clause_words  # 0: whole sentences only
         self.sentences: list[str] = []
         self.done = False
         self.loop_cut = False  # a repetition was cut out
         self._pending = ""
+        self._clause = ""  # the first sentence's opening clause, said before its end
 
     def push(self, text: str) -> list[str]:
-        """Add model text; return the sentences now ready to speak."""
+        """Add model text; return the pieces now ready to speak."""
         if self.done:
             return []
         self._pending += text
@@ -81,17 +93,11 @@ class ReplyShaper:
                 self.loop_cut = self.done = True
                 break
             if split is None:
+                out += self._opening_clause()
                 break
             sentence, self._pending = split
             out += self._accept(sentence)
         return out
-
-    def push_sentence(self, sentence: str) -> list[str]:
-        """Add one whole sentence (from a stream shaped already); return it if it may be
-        spoken."""
-        if self.done:
-            return []
-        return self._accept(sentence.strip())
 
     def flush(self) -> list[str]:
         """The model stopped: what is left, if it may be said."""
@@ -101,14 +107,29 @@ class ReplyShaper:
         loop_at = repeated_run(rest)
         if loop_at is not None:
             rest, self.loop_cut = rest[:loop_at].rstrip(" ,;"), True
-        out = self._accept(rest) if rest else []
+        out = self._accept(rest) if rest or self._clause else []
         self.done = True
         return out
 
     def text(self) -> str:
         return " ".join(self.sentences)
 
+    def _opening_clause(self) -> list[str]:
+        if self.sentences or self._clause or not self.first_clause_words:
+            return []
+        for m in re.finditer(r",(?=\s)", self._pending):
+            clause = self._pending[: m.end()].strip()
+            if len(clause.split()) >= self.first_clause_words:
+                self._clause, self._pending = clause, self._pending[m.end() :].lstrip()
+                return [clause]
+        return []
+
     def _accept(self, sentence: str) -> list[str]:
+        if self._clause:  # the rest of the first sentence: one sentence with its clause
+            self.sentences.append(f"{self._clause} {sentence}".strip())
+            self._clause = ""
+            self._count()
+            return [sentence] if _normalise(sentence) else []
         key = _normalise(sentence)
         if not key:
             return []
@@ -116,17 +137,18 @@ class ReplyShaper:
             self.loop_cut = self.done = True  # the model started over: a loop
             return []
         self.sentences.append(sentence)
+        self._count()
+        return [sentence]
+
+    def _count(self) -> None:
         if self.max_sentences and len(self.sentences) >= self.max_sentences:
             self.done = True
-        return [sentence]
 
 
 class ShapedReply:
-    """A reply stream as `shape_reply` makes it: whole sentences, the first without a
-    leading space, each later one with one. Another `shape_reply` on it takes each piece as
-    the sentence it is: reading it as raw text, it would hold every sentence back until the
-    next one began (no whitespace after the full stop yet), so the caller would wait a
-    whole sentence longer for the first (a front desk over the llama engine, both shaped)."""
+    """A reply stream as `shape_reply` makes it: sentences (the first perhaps as its opening
+    clause, then the rest), the first piece without a leading space, each later one with
+    one, each marked `TextDelta.ends_phrase` (it ends where a sentence or clause does)."""
 
     def __init__(self, sentences: AsyncIterator[LlmOutput]) -> None:
         self._sentences = sentences
@@ -145,29 +167,37 @@ class ShapedReply:
 
 def shape_reply(stream: AsyncIterator[LlmOutput], max_sentences: int = 2) -> ShapedReply:
     """`stream` as sentences, at most `max_sentences`, loops cut; generation is stopped
-    (the stream closed) as soon as the reply is complete. Call actions pass through."""
-    return ShapedReply(_shape(stream, max_sentences, whole=isinstance(stream, ShapedReply)))
+    (the stream closed) as soon as the reply is complete. Call actions pass through. A
+    piece of `stream` marked `ends_phrase` (a shaped reply's: a front desk shapes what the
+    llama engine shaped) ends its sentence or clause at once: read as raw text it would be
+    held until the next piece's whitespace, a whole sentence later."""
+    return ShapedReply(_shape(stream, max_sentences))
 
 
-async def _shape(
-    stream: AsyncIterator[LlmOutput], max_sentences: int, *, whole: bool
-) -> AsyncIterator[LlmOutput]:
+async def _shape(stream: AsyncIterator[LlmOutput], max_sentences: int) -> AsyncIterator[LlmOutput]:
     shaper = ReplyShaper(max_sentences)
     first = True
+
+    def pieces(ready: list[str]) -> list[TextDelta]:
+        nonlocal first
+        out = [
+            TextDelta(t if first and i == 0 else " " + t, ends_phrase=True)
+            for i, t in enumerate(ready)
+        ]
+        first = first and not ready
+        return out
+
     try:
         async for piece in stream:
             if not isinstance(piece, TextDelta):
                 yield piece
                 continue
-            ready = shaper.push_sentence(piece.text) if whole else shaper.push(piece.text)
-            for sentence in ready:
-                yield TextDelta(sentence if first else " " + sentence)
-                first = False
+            for out in pieces(shaper.push(piece.text + (" " if piece.ends_phrase else ""))):
+                yield out
             if shaper.done:
                 return
-        for sentence in shaper.flush():
-            yield TextDelta(sentence if first else " " + sentence)
-            first = False
+        for out in pieces(shaper.flush()):
+            yield out
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
