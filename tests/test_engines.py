@@ -206,7 +206,7 @@ def test_llama_leaves_a_core_to_another_engine_running_beside_it() -> None:
     from voicebot.models.executor import model_worker
     from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
 
-    llm = LlamaCppLanguageModel(max_tokens=64, max_sentences=0, threads=2, instances=1)
+    llm = LlamaCppLanguageModel(max_tokens=200, max_sentences=0, threads=2, instances=1)
     msgs = [ChatMessage("system", "Answer at length."), ChatMessage("user", "Tell me a story.")]
     other = model_worker("other-engine")
     release, began = threading.Event(), threading.Event()
@@ -215,21 +215,25 @@ def test_llama_leaves_a_core_to_another_engine_running_beside_it() -> None:
         began.set()
         release.wait(30)
 
+    async def threads_become(n: int) -> int:
+        # The worker generates ahead of the reader and re-sets its threads between tokens:
+        # wait (a little) for the token after the change.
+        for _ in range(200):
+            if llm._contexts[0].threads == n:
+                break
+            await asyncio.sleep(0.005)
+        return llm._contexts[0].threads
+
     async def main() -> list[int]:
         stream = llm.stream(msgs)
-        await anext(stream)
-        await anext(stream)
+        await anext(stream)  # generating, alone
         seen = [llm._contexts[0].threads]
         job = other.submit(transcribing)
         began.wait(30)
-        await anext(stream)
-        await anext(stream)
-        seen.append(llm._contexts[0].threads)
+        seen.append(await threads_become(1))
         release.set()
         job.result(30)
-        await anext(stream)
-        await anext(stream)
-        seen.append(llm._contexts[0].threads)
+        seen.append(await threads_become(2))
         await stream.aclose()
         return seen
 
