@@ -18,7 +18,7 @@ import numpy as np
 from voicebot.agent.config import AgentConfig
 from voicebot.agent.playout import Utterance
 from voicebot.audio.frames import SAMPLE_RATE
-from voicebot.models.base import HISTORY_TRIM_STEP, CallAction, ChatMessage, Transcript
+from voicebot.models.base import CallAction, ChatMessage, Transcript, trimmed_start
 
 _WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
 
@@ -79,8 +79,7 @@ class Conversation:
             # Trimmed a step of old messages at a time, not one per turn: an LLM's prompt
             # cache (llama.cpp's KV cache, a server's prefix cache) reuses only an unchanged
             # start, which a window sliding every turn never has.
-            over = len(self.history) - self._config.max_history_messages
-            start = max(0, HISTORY_TRIM_STEP * -(-over // HISTORY_TRIM_STEP))
+            start = trimmed_start(len(self.history), self._config.max_history_messages)
             messages += self.history[start:]
         messages.append(ChatMessage("user", user_text))
         return messages

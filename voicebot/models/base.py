@@ -34,6 +34,14 @@ class Transcript:
 HISTORY_TRIM_STEP = 4
 
 
+def trimmed_start(length: int, keep: int) -> int:
+    """Where a history of `length` messages starts when trimmed to at most `keep` of them,
+    `HISTORY_TRIM_STEP` at a time: the start depends only on `length`, and moves once per
+    step."""
+    over = length - keep
+    return max(0, HISTORY_TRIM_STEP * -(-over // HISTORY_TRIM_STEP))  # over, rounded up
+
+
 @dataclass(frozen=True)
 class ChatMessage:
     role: Literal["system", "user", "assistant"]

@@ -166,9 +166,9 @@ async def warm_up(engines: Engines) -> None:
     await engines.tts.synthesize("Hello.")
     tone = (np.sin(np.arange(16000) / 8) * 3000).astype(np.int16)
     await engines.stt.transcribe(tone)
-    async for _ in engines.llm.stream([ChatMessage("user", "Hi")]):
-        pass
-    # The front desk may answer "Hi" itself: it warms its LLM's contexts with its facts.
+    # An in-process LLM (or a front desk over one) warms every context, the front desk with
+    # its facts in the KV cache; any other LLM (a server) gets one short reply.
     warm = getattr(engines.llm, "warm_contexts", None)
-    if callable(warm):
-        await asyncio.to_thread(warm)
+    if not (callable(warm) and await asyncio.to_thread(warm)):
+        async for _ in engines.llm.stream([ChatMessage("user", "Hi")]):
+            pass

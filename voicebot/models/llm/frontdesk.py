@@ -24,12 +24,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from voicebot.models.base import (
-    HISTORY_TRIM_STEP,
     CallAction,
     ChatMessage,
     LanguageModel,
     LlmOutput,
     TextDelta,
+    trimmed_start,
 )
 from voicebot.models.llm.business_profile import (
     DAYS,
@@ -56,9 +56,7 @@ def recent_history(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
     only on how many messages came before, so consecutive turns share it (the agent trims
     its own history in steps of the same size: `Conversation.messages`)."""
     talk = [m for m in messages if m.role != "system"]
-    over = len(talk) - 1 - HISTORY_MESSAGES
-    start = max(0, HISTORY_TRIM_STEP * -(-over // HISTORY_TRIM_STEP))  # over, rounded up to a step
-    return talk[start:]
+    return talk[trimmed_start(len(talk) - 1, HISTORY_MESSAGES) :]
 
 
 # -- matching the caller's words ---------------------------------------------------------
@@ -247,11 +245,11 @@ class FrontDeskLanguageModel:
         # What answered the last turn, for benches and logs (with calls at once: any one's).
         self.last_topic: str | None = None
 
-    def warm_contexts(self) -> None:
-        """Blocking, at start-up: the wrapped LLM ready, with the facts already read."""
+    def warm_contexts(self) -> bool:
+        """Blocking, at start-up: an in-process wrapped LLM ready, with the facts already
+        read; False if there is none (a server's LLM, or no LLM)."""
         warm = getattr(self.llm, "warm_contexts", None)
-        if callable(warm):
-            warm(self.profile.system_prompt())
+        return bool(callable(warm) and warm(self.profile.system_prompt()))
 
     def invents(self, sentence: str) -> bool:
         """A number the profile does not state: a made-up price, time or date."""

@@ -124,12 +124,13 @@ class LlamaCppLanguageModel:
             context.llm._ctx.set_n_threads(share, share)
             context.threads = share
 
-    def warm_contexts(self, system_prompt: str | None = None) -> None:
+    def warm_contexts(self, system_prompt: str | None = None) -> bool:
         """One token on every context, side by side (blocking): each context's first
         generation pays for llama.cpp's lazy set-up, which must not be a caller's wait.
         With the `system_prompt` replies will start with, its tokens are left in each
         context's KV cache, which llama.cpp reuses for any prompt with the same start: a
-        front desk's 360-token facts took 1.1 s to read on a cold context, 0.05 s cached."""
+        front desk's 360-token facts took 1.1 s to read on a cold context, 0.05 s cached.
+        Returns True: it warmed a model (`warm_up` need not ask it for a reply too)."""
         chat = [{"role": "user", "content": "Hi"}]
         if system_prompt:
             chat.insert(0, {"role": "system", "content": system_prompt})
@@ -139,6 +140,7 @@ class LlamaCppLanguageModel:
         ]
         for job in jobs:
             job.result()
+        return True
 
     def _end(self, context: _Context) -> None:
         """On `context`'s worker, as a generation ends (or is skipped, stopped before it ran)."""

@@ -145,36 +145,15 @@ class ReplyShaper:
             self.done = True
 
 
-class ShapedReply:
-    """A reply stream as `shape_reply` makes it: sentences (the first perhaps as its opening
-    clause, then the rest), the first piece without a leading space, each later one with
-    one, each marked `TextDelta.ends_phrase` (it ends where a sentence or clause does)."""
-
-    def __init__(self, sentences: AsyncIterator[LlmOutput]) -> None:
-        self._sentences = sentences
-
-    def __aiter__(self) -> ShapedReply:
-        return self
-
-    async def __anext__(self) -> LlmOutput:
-        return await anext(self._sentences)
-
-    async def aclose(self) -> None:
-        aclose = getattr(self._sentences, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-def shape_reply(stream: AsyncIterator[LlmOutput], max_sentences: int = 2) -> ShapedReply:
+async def shape_reply(
+    stream: AsyncIterator[LlmOutput], max_sentences: int = 2
+) -> AsyncIterator[LlmOutput]:
     """`stream` as sentences, at most `max_sentences`, loops cut; generation is stopped
-    (the stream closed) as soon as the reply is complete. Call actions pass through. A
-    piece of `stream` marked `ends_phrase` (a shaped reply's: a front desk shapes what the
+    (the stream closed) as soon as the reply is complete. Call actions pass through. Each
+    piece given out is marked `TextDelta.ends_phrase` (it ends where a sentence or clause
+    does); a piece of `stream` so marked (a shaped reply's: a front desk shapes what the
     llama engine shaped) ends its sentence or clause at once: read as raw text it would be
     held until the next piece's whitespace, a whole sentence later."""
-    return ShapedReply(_shape(stream, max_sentences))
-
-
-async def _shape(stream: AsyncIterator[LlmOutput], max_sentences: int) -> AsyncIterator[LlmOutput]:
     shaper = ReplyShaper(max_sentences)
     first = True
 
