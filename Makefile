@@ -25,7 +25,7 @@ run: setup
 test: setup
 	$(BIN)/ruff check voicebot tests bench
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: setup
 	$(BIN)/ruff check voicebot tests bench

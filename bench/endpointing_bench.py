@@ -40,6 +40,10 @@ Caller audio (no bot speech in the way: the STT stub hears nothing, so no turn i
   time, so these are lower bounds of a live call; voice-to-voice adds STT/LLM/TTS and the
   transport.
 
+The transcript rule (a pause judged unfinished ends early when the early transcript's words
+read as a finished sentence) needs words the STT stub does not give: it is probed with
+Whisper base and the text model and replayed (bench/endpointing_words.py).
+
 Model cost: CPU time per inference (features + ONNX, `time.thread_time` on the worker
 thread) and batch sizes, for the single-call runs and for 8 calls run concurrently on one
 shared `BatchedTurnModel`.
@@ -64,6 +68,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench, tests, vo
 
 from bench import common
 from bench.common import fmt, md_table
+from bench.endpointing_words import (
+    probe_words,
+    replay_row,
+    walk_pauses,
+    words_summary,
+    words_tables,
+)
 from tests import audiogen, human_speech
 from voicebot.agent.config import AgentConfig
 from voicebot.agent.simulator import simulate_call
@@ -71,7 +82,7 @@ from voicebot.models.base import Engines, Transcript
 from voicebot.models.llm.scripted import ScriptedLanguageModel
 from voicebot.models.tts.espeak import EspeakTextToSpeech
 from voicebot.models.turn import BatchedTurnModel, SmartTurn
-from voicebot.models.vad import SileroVad, SpeechSegmenter, VadParams
+from voicebot.models.vad import SileroVad, VadParams
 
 SECTION = "## End of turn"
 SR = 16_000
@@ -167,6 +178,10 @@ VARIANTS = (
             ((200, 0.9),), 1500, (0.1, 800)),
     Variant("smart_lk", "smart-turn with LiveKit's timing: P >= 0.5 at 500 ms, max 3 s",
             ((500, 0.5),), 3000),
+    Variant("early_160", "P >= 0.9 at 160 ms (5 VAD windows), max 1.5 s",
+            ((160, 0.9),), 1500),
+    Variant("early_128", "P >= 0.9 at 128 ms (4 VAD windows), max 1.5 s",
+            ((128, 0.9),), 1500),
 )  # fmt: skip
 # Silences (ms) at which every pause is probed: every look above, and the sweep's 200 ms.
 PROBE_MS = tuple(sorted({200, *(ms for v in VARIANTS for ms, _ in v.looks)}))
@@ -334,19 +349,11 @@ def probe_pauses(cases: list[Case], vad: SileroVad, model: SmartTurn) -> list[di
     charges). One segment per case: what follows a cut is not re-probed."""
     out = []
     for case in cases:
-        segmenter = SpeechSegmenter(VadParams(min_silence_ms=PROBE_MAX_MS))
-        w = segmenter.window_samples
         pauses: list[dict[str, Any]] = []
-        for k, p in enumerate(vad.probabilities(case.audio)):
-            segmenter.push(case.audio[k * w : (k + 1) * w], float(p))
-            start = segmenter.pause_start
-            if start is None:
-                continue
-            if not pauses or pauses[-1]["start"] != start:
-                pauses.append({"start": start, "silence_ms": 0.0, "looks": []})
-            pause = pauses[-1]
-            silence = pause["silence_ms"] = segmenter.trailing_silence_ms
-            asked = {look[0] for look in pause["looks"]}
+        for k, segmenter, pause in walk_pauses(case.audio, vad, PROBE_MAX_MS, pauses):
+            silence = pause["silence_ms"]
+            looks = pause.setdefault("looks", [])
+            asked = {look[0] for look in looks}
             due = [ms for ms in PROBE_MS if ms <= silence and ms not in asked]
             if due:
                 began = time.perf_counter()
@@ -397,12 +404,7 @@ def replay(probe: list[dict[str, Any]], variant: Variant) -> list[dict[str, Any]
                 end = pause["start"] + math.ceil(wait / 32) * WINDOW_S
             if end is not None:
                 ends.append((end, last))
-        rows.append({
-            "case": case["case"], "kind": case["kind"], "source": case["source"],
-            "pause_s": case["pause_s"], "turns": len(ends),
-            "cut_off": any(not last for _, last in ends),
-            "latency_ms": (ends[-1][0] - case["true_end"]) * 1000 if ends else None,
-        })  # fmt: skip
+        rows.append(replay_row(case, ends))
     return rows
 
 
@@ -481,6 +483,13 @@ async def run(quick: bool, log: common.StderrLog) -> dict[str, Any]:
             f"replay {key}: {v['cut_offs']}/{v['pause_cases']} cut off, "
             f"latency p50 {fmt(v['latency_ms']['p50'], 0)} p90 {fmt(v['latency_ms']['p90'], 0)}"
         )
+    began = time.perf_counter()
+    probe = probe_words(cases, vad, SmartTurn.shared())
+    res["words"] = words_summary(probe, lambda rows: _brief(_summary(rows, [], [])))
+    w = res["words"]["rules"]
+    log(f"words: {time.perf_counter() - began:.0f} s; audio alone {w['audio']['cut_offs']} "
+        f"cut off, default {res['words']['default']}: "
+        f"{w.get(res['words']['default'], {}).get('cut_offs')}")  # fmt: skip
     res["concurrent"] = await _concurrent(cases, engines, vad, calls=8)
     log(f"concurrent: {res['concurrent']}")
     return res
@@ -598,6 +607,7 @@ def render(res: dict[str, Any]) -> str:
         "", "### End-of-turn latency by speaker (complete utterances, ms)", "",
         md_table(["rule", "speech", "n", "p50", "p90", "max"], lat_rows),
         "", *replayed,
+        "", *(words_tables(res["words"]) if "words" in res else []),
         "", "### Turn model cost", "",
         md_table(["load", "inferences", "model runs", "batch sizes", "CPU ms / inference p50",
                   "p90"], cost_rows),

@@ -4,7 +4,8 @@ A real `voicebot serve` with its default engines (no override but the ports and 
 log), and callers on the other end of a WebSocket, a SIP/RTP dialog and a WebRTC peer
 (bench/live_callers.py), sending human speech (tests/human_speech.py: card names, a command,
 read sentences, from the pocketsphinx sdist) and generated speech (espeak-ng: questions a
-caller asks) frame by frame at 20 ms, and noting when each piece of bot audio arrives.
+caller asks) frame by frame at 20 ms, and noting when each piece of bot audio arrives (the
+WebRTC caller decodes each packet as it arrives, with no playout buffer, as the others do).
 
 Measured from the caller's side of the wire, per turn:
 - **voice-to-voice**: the true end of speech (the send time of the utterance's last voiced
@@ -37,6 +38,7 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,9 @@ class Turn:
     transcript: str = ""
     stages: dict[str, Any] | None = None  # the server's turn_latency event
     reply: str = ""  # the bot's first sentence after this turn (events log)
+    # The speech_end that ended the turn answered: what ended it, and the turn model's P.
+    ended_by: str | None = None
+    turn_probability: float | None = None
 
     @property
     def voice_to_voice_ms(self) -> float | None:
@@ -296,6 +301,7 @@ def attach_server_events(run: CallRun, events: list[dict[str, Any]]) -> None:
         begun = [t for t in run.turns if t.true_onset <= client + 0.05]
         return begun[-1] if begun else None
 
+    ends = {round(e["t"], 3): e for e in events if e["type"] == "speech_end"}
     for event in events:
         if event["type"] == "transcript" and event.get("final", True):
             turn = owner(event["t"])
@@ -309,6 +315,9 @@ def attach_server_events(run: CallRun, events: list[dict[str, Any]]) -> None:
             turn = owner(event["vad_speech_end"] if event.get("vad_speech_end") else event["t"])
             if turn is not None and turn.stages is None:
                 turn.stages = {**event, "_offset": offset}
+                end = ends.get(round(event.get("speech_end") or -1.0, 3), {})
+                turn.ended_by = end.get("ended_by")
+                turn.turn_probability = end.get("turn_probability")
 
 
 def stage_breakdown(run: CallRun, turn: Turn) -> dict[str, float] | None:
@@ -463,6 +472,15 @@ def barge_in_summary(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _answered_end_causes(row: dict[str, Any]) -> list[str]:
+    return [
+        turn.get("ended_by") or "?"
+        for call in row["calls"]
+        for turn in call["turns"]
+        if turn.get("stages_ms") is not None and turn.get("voice_to_voice_ms") is not None
+    ]
+
+
 def stage_summary(row: dict[str, Any]) -> dict[str, Any]:
     """Medians of the per-turn stages and the count of longest waits, from a row's turns
     (so a saved run renders with the current columns)."""
@@ -477,6 +495,9 @@ def stage_summary(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "stages_p50_ms": {k: common.pct([s[k] for s in stages], 50) for k in keys},
         "longest_waits": sum(s["silence_rule"] >= LONGEST_WAIT_MS for s in stages),
+        # Of the turns answered: ended by the model's verdict, or judged unfinished (P under
+        # the bar) and ended by the longest wait.
+        "ended_by": dict(Counter(_answered_end_causes(row))),
         "turns_with_stages": len(stages),
         "speculative_share": (
             sum(s["speculative"] for s in stages) / len(stages) if stages else None
@@ -511,6 +532,7 @@ def render(res: dict[str, Any]) -> str:
         [
             row["transport"], s["calls"], common.fmt(s["stages_p50_ms"].get("silence_rule"), 0),
             f"{s['longest_waits']} of {s['turns_with_stages']}",
+            ", ".join(f"{k} {v}" for k, v in sorted(s.get("ended_by", {}).items())) or "-",
             *(common.fmt(s["stages_p50_ms"].get(k), 0) for k in stage_keys[1:]),
             "-" if s["speculative_share"] is None else f"{s['speculative_share']:.0%}",
         ]
@@ -542,7 +564,8 @@ def render(res: dict[str, Any]) -> str:
         "medians of the parts need not add up to the median of the whole):",
         "",
         common.md_table(
-            ["transport", "calls", "end-of-turn rule", "turns at its longest wait", "STT wait",
+            ["transport", "calls", "end-of-turn rule", "turns at its longest wait", "ended by",
+             "STT wait",
              "LLM first sentence", "TTS first audio", "server: speech_end -> first frame",
              "rest: VAD lag + transport", "speculation adopted"], stages),
     ])  # fmt: skip

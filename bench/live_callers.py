@@ -311,6 +311,7 @@ class RtcLink:
 
         from tests.webrtc_client import negotiate
         from voicebot.gateway.webrtc.media import frame_to_mono
+        from voicebot.gateway.webrtc.receive_buffer import release_on_arrival
         from voicebot.gateway.webrtc.signalling import use_loopback_only
 
         use_loopback_only()
@@ -337,6 +338,10 @@ class RtcLink:
             self._readers.append(asyncio.create_task(read()))
 
         pc.addTrack(_QueueTrack(self._mic))
+        # The bot's packets are heard as they arrive, as the SIP and WebSocket callers hear
+        # theirs: aiortc's own buffer would add 80 ms of this client's playout to each turn.
+        for transceiver in pc.getTransceivers():
+            release_on_arrival(transceiver.receiver)
         await negotiate(pc, self._base_url)
 
     async def send(self, frame16k: np.ndarray) -> None:

@@ -7,6 +7,7 @@ in virtual time; the STT is a recording double where a test must know exactly wh
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from tests.engines import CountingTTS, FailingLLM, FailingSTT, ScriptedSTT, Slow
 from voicebot.agent.config import AgentConfig
 from voicebot.agent.simulator import SimulationResult, simulate_call
 from voicebot.audio.frames import FRAME_SAMPLES
-from voicebot.models.base import Engines
+from voicebot.models.base import ChatMessage, Engines, LlmOutput
 from voicebot.models.llm.scripted import ScriptedLanguageModel
 from voicebot.models.tts.espeak import EspeakTextToSpeech
 
@@ -96,6 +97,51 @@ def test_normal_turn_states_and_events(tts, llm) -> None:
     assert active[0] == round(speaking_t / 0.02) - 1
 
 
+class ReadingAheadLLM:
+    """The scripted LLM, with a prompt cache: records what the agent had it read ahead,
+    and how many replies it had been asked for by then."""
+
+    def __init__(self, llm: ScriptedLanguageModel) -> None:
+        self.llm = llm
+        self.name = llm.name
+        self.asked: list[list[ChatMessage]] = []
+        self.read: list[tuple[int, list[ChatMessage]]] = []
+
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmOutput]:
+        self.asked.append(list(messages))
+        return self.llm.stream(messages)
+
+    def read_ahead(self, messages: Sequence[ChatMessage]) -> None:
+        self.read.append((len(self.asked), list(messages)))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_llm_reads_the_next_prompt_ahead_when_the_bot_stops_talking(
+    tts, llm, enabled: bool
+) -> None:
+    audio = timeline((1.0, speech("What is the balance on my account?")),
+                     (10.0, speech("Thank you, can I pay my bill?")), total=18.0)  # fmt: skip
+    stt = ScriptedSTT(["what is the balance on my account", "thank you can i pay my bill"])
+    reading = ReadingAheadLLM(llm)
+    config = QUIET.model_copy(update={"llm_read_ahead": enabled})
+    result = run(audio, Engines(stt, reading, tts), config)
+    second = "thank you can i pay my bill"
+    # (A speculative reply at a pause asks the LLM too: several asks per turn.)
+    asked_second = [m for m in reading.asked if m[-1].content == second]
+    assert asked_second and len({str(m) for m in asked_second}) == 1
+    if not enabled:
+        assert reading.read == []
+        return
+    replies = [e["text"] for e in result.events if e["type"] == "bot_text"]
+    # After each reply was heard, the model read what its next prompt would start with:
+    # everything the second turn was then asked with, but the caller's words.
+    (asks_before_first_read, first_read), (asks_before_second_read, _) = reading.read
+    assert reading.asked[asks_before_first_read - 1][-1].content != second
+    assert reading.asked[asks_before_second_read - 1][-1].content == second
+    assert first_read == asked_second[0][:-1]
+    assert first_read[-1].role == "assistant" and first_read[-1].content.startswith(replies[0])
+
+
 def test_barge_in_stops_bot_audio_within_a_frame(tts, llm) -> None:
     audio = timeline(
         (0.5, speech("What is the balance on my account?")),
@@ -155,6 +201,31 @@ def test_false_interruption_resumes_where_it_stopped(tts, llm) -> None:
     played = played[np.abs(played) > 0]
     expected = full[np.abs(full) > 0]
     np.testing.assert_array_equal(played, expected)
+
+
+@pytest.mark.parametrize("words", [True, False])
+def test_a_barge_in_with_words_gets_a_speculative_reply_and_a_backchannel_none(
+    tts, llm, words: bool
+) -> None:
+    said, heard = ("Actually, can I pay my bill?", "actually can i pay my bill") if words else (
+        "mm hmm", "mm-hm")  # fmt: skip
+    audio = timeline((0.5, speech("What is the balance on my account?")),
+                     (5.0, speech(said, "en-us+f3")), total=14.0)  # fmt: skip
+    stt = ScriptedSTT(["what is the balance on my account", heard])
+    recording = ReadingAheadLLM(llm)
+    result = run(audio, Engines(stt, recording, tts))
+    assert types(result).count("interrupted") == 1
+    second = [m for m in recording.asked if m[-1].content == heard]
+    if not words:
+        assert second == []  # nothing asked: the cut-off reply resumes
+        return
+    # Asked at the pause, before speech_end, with the cut-off reply already in the history
+    # as the turn commits it; that reply was adopted.
+    assert len({str(m) for m in second}) == 1
+    assert second[0][-2].role == "assistant" and second[0][-2].content.endswith(" ...")
+    latencies = [e for e in result.events if e["type"] == "turn_latency"]
+    assert len(latencies) == 2 and latencies[1]["speculative"]
+    assert latencies[1]["llm_start"] < latencies[1]["speech_end"]
 
 
 def test_after_a_resumed_reply_the_next_speech_is_a_new_turn(tts, llm) -> None:

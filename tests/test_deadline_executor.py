@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,16 @@ def test_a_worker_that_cannot_start_fails_its_calls_instead_of_leaving_them_wait
     with pytest.raises(RuntimeError, match="failed to start"):
         executor.submit(int, "1")
     executor.shutdown()
+
+
+def test_worker_threads_carry_their_name_in_the_os() -> None:
+    # `top -H` / /proc/<pid>/task/<tid>/comm show which engine uses the CPU.
+    executor = DeadlineExecutor(1, "turn")
+    try:
+        tid = executor.submit(threading.get_native_id).result(timeout=5)
+        comm = Path(f"/proc/self/task/{tid}/comm")
+        if not comm.exists():
+            pytest.skip("no /proc task names here")
+        assert comm.read_text().strip() == "turn-0"
+    finally:
+        executor.shutdown()

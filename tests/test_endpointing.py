@@ -8,6 +8,7 @@ speech where the point is what the model hears.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 from tests import audiogen, human_speech
 from tests.engines import ScriptedSTT
 from voicebot.agent.config import AgentConfig
+from voicebot.agent.endpointing import pause_padded
 from voicebot.agent.simulator import SimulationResult, simulate_call
 from voicebot.models.base import Engines
 from voicebot.models.llm.scripted import ScriptedLanguageModel
@@ -27,6 +29,10 @@ from voicebot.models.vad import SpeechSegmenter, VadParams
 SR = 16000
 FIXED = AgentConfig(greeting=None, vad_event_interval_ms=0, endpointing="fixed")
 SMART = FIXED.model_copy(update={"endpointing": "smart_turn"})
+SMART_PREFIX = int(0.2 * SR)  # VadParams().prefix_padding_ms travels with the turn
+# Where a verdict may end the turn: the first whole VAD window count (32 ms each) at or over
+# turn_min_silence_ms.
+DECIDE_S = 0.032 * math.ceil(SMART.turn_min_silence_ms / 32)
 
 
 class StubTurnModel:
@@ -118,6 +124,10 @@ def test_a_pause_judged_unfinished_is_one_turn_and_two_with_the_fixed_rule(engin
     # Judged unfinished at the end too: the longest wait ends it.
     decided = ends(result)[0]["t"] - vad_end(result)
     assert decided == pytest.approx(SMART.turn_max_silence_ms / 1000, abs=0.07)
+    # The speech_end says why it came when it did.
+    assert ends(result)[0]["ended_by"] == "longest_wait"
+    assert ends(result)[0]["turn_probability"] == 0.1
+    assert {e["ended_by"] for e in ends(run(audio, engines, FIXED))} == {"silence"}
 
 
 def test_a_turn_judged_complete_ends_after_min_silence_plus_model_time(engines) -> None:
@@ -126,10 +136,60 @@ def test_a_turn_judged_complete_ends_after_min_silence_plus_model_time(engines) 
     smart = run(audio, engines, SMART, StubTurnModel(0.9, cost_s=0.05))
     fixed = run(audio, engines, FIXED)
     wait = ends(smart)[0]["t"] - vad_end(smart)
-    # 200 ms of VAD silence (7 windows of 32 ms), 50 ms of model, up to a frame to act.
-    assert 0.2 <= wait <= 0.224 + 0.05 + 0.02 + 1e-6
+    # turn_min_silence_ms of VAD silence (whole windows), at most the model's 50 ms, a frame.
+    assert SMART.turn_min_silence_ms / 1000 <= wait <= DECIDE_S + 0.05 + 0.02 + 1e-6
     assert ends(fixed)[0]["t"] - vad_end(fixed) >= 0.5
     assert ends(smart)[0]["t"] < ends(fixed)[0]["t"] - 0.2
+
+
+def test_the_verdict_is_asked_ahead_so_it_is_ready_at_min_silence(engines) -> None:
+    # Asked before the pause reaches turn_min_silence_ms (by the time verdicts take), with
+    # the pause's audio repeated to its length then: the model's 50 ms are not added.
+    audio = paused(audiogen.trimmed_speech("What time do you open on Saturday?"),
+                   np.zeros(0, np.int16), 0.0)  # fmt: skip
+    model = StubTurnModel(0.95, cost_s=0.05)
+    result = run(audio, engines, SMART, model)
+    wait = ends(result)[0]["t"] - vad_end(result)
+    assert DECIDE_S - 1e-6 <= wait <= DECIDE_S + 0.02 + 1e-6
+    assert ends(result)[0]["ended_by"] == "turn_model"
+    assert ends(result)[0]["turn_probability"] == 0.95
+    heard = model.inputs[-1]  # (a word gap may have been asked about too)
+    start = next(e for e in result.events if e["type"] == "speech_start")
+    # The model got the turn up to DECIDE_S into the pause: no more, no less.
+    expected = round((vad_end(result) + DECIDE_S - start["onset"]) * SR) + SMART_PREFIX
+    assert abs(len(heard) - expected) <= 1
+
+
+def test_a_slow_model_is_asked_earlier_on_the_next_turns(engines) -> None:
+    # 300 ms verdicts: the first turn waits for it; the call learns and asks the next ones
+    # as early as it may (64 ms into the pause).
+    question = audiogen.trimmed_speech("What time do you open on Saturday?")
+    audio = np.zeros(14 * SR, np.int16)
+    for at in (0.5, 5.0, 9.5):
+        audio[int(at * SR) : int(at * SR) + len(question)] = question
+    model = StubTurnModel(0.95, cost_s=0.3)
+    result = run(audio, engines, SMART, model)
+    starts = [e for e in result.events if e["type"] == "speech_start"]
+    waits = [
+        e["t"] - (s["onset"] + e["duration"]) for s, e in zip(starts, ends(result), strict=True)
+    ]
+    assert len(waits) == 3
+    # The first ask comes 100 ms ahead at the latest (a first guess of 80 ms), then the
+    # measured 300 ms move it to the earliest allowed: 2 windows (64 ms) of real pause.
+    first_ask = max(0.064, 0.032 * math.ceil((DECIDE_S - 0.1) / 0.032 - 1e-9))
+    assert 0.064 + 0.3 - 0.01 <= waits[0] <= first_ask + 0.3 + 0.03
+    assert waits[2] == pytest.approx(0.064 + 0.3, abs=0.03)
+    assert waits[2] < DECIDE_S + 0.3 - 0.05  # what asking at the decision would have cost
+
+
+def test_pause_padding_repeats_the_pause_to_its_length_at_the_decision() -> None:
+    speech = np.full(1000, 5000, np.int16)
+    pause = np.array([1, -1, 2, -2] * 256, np.int16)  # 64 ms of line noise
+    padded = pause_padded(np.concatenate([speech, pause]), 64.0, 224.0, SR)
+    assert len(padded) == 1000 + int(0.224 * SR)
+    assert np.array_equal(padded[:1000], speech)
+    assert set(np.unique(padded[1000:])) == {-2, -1, 1, 2}  # noise only, no speech
+    assert pause_padded(pause, 224.0, 224.0, SR) is pause
 
 
 @pytest.mark.parametrize(("p", "turns"), [(0.8, 1), (0.95, 2)])
@@ -162,11 +222,74 @@ def test_speech_resuming_before_the_verdict_continues_the_turn(engines) -> None:
     assert len(ends(result)) == 1
 
 
+class StubTextModel:
+    """P(sentence over) = `p` for any words, after `cost_s`; keeps what it was asked."""
+
+    name = "stub-text"
+
+    def __init__(self, p: float, cost_s: float = 0.03, fail: bool = False) -> None:
+        self.p, self.cost_s, self.fail = p, cost_s, fail
+        self.texts: list[str] = []
+
+    async def end_probability(self, text: str) -> float:
+        self.texts.append(text)
+        await asyncio.sleep(self.cost_s)
+        if self.fail:
+            raise RuntimeError("text model exploded")
+        return self.p
+
+
+def complete_question() -> np.ndarray:
+    return paused(audiogen.trimmed_speech("I'd like to book a table for two."),
+                  np.zeros(0, np.int16), 0.0)  # fmt: skip
+
+
+def test_words_that_end_a_sentence_end_a_turn_the_audio_model_judged_unfinished(
+    engines,
+) -> None:
+    # Smart Turn says 0.1 (flat speech); the early transcript's words read as finished: the
+    # turn ends at turn_text_min_silence_ms (500 ms: 16 windows), not the longest wait.
+    text = StubTextModel(0.5)
+    result = run(complete_question(), engines, SMART, StubTurnModel(0.1), text_turn_model=text)
+    (end,) = ends(result)
+    assert end["ended_by"] == "transcript" and end["turn_probability"] == 0.1
+    assert end["t"] - vad_end(result) == pytest.approx(0.512, abs=0.021)
+    assert text.texts and text.texts[-1] == "my number is"  # the early transcript's words
+
+
+def test_words_that_do_not_end_a_sentence_wait_the_longest_pause(engines) -> None:
+    text = StubTextModel(0.02)
+    result = run(complete_question(), engines, SMART, StubTurnModel(0.1), text_turn_model=text)
+    (end,) = ends(result)
+    assert end["ended_by"] == "longest_wait" and text.texts
+    assert end["t"] - vad_end(result) == pytest.approx(1.5, abs=0.07)
+
+
+def test_the_transcript_rule_is_a_setting_and_needs_an_early_transcript(engines) -> None:
+    for config in (SMART.model_copy(update={"turn_text_threshold": 0.0}),
+                   SMART.model_copy(update={"speculative_stt": False})):  # fmt: skip
+        text = StubTextModel(0.99)
+        result = run(complete_question(), engines, config, StubTurnModel(0.1),
+                     text_turn_model=text)  # fmt: skip
+        assert [e["ended_by"] for e in ends(result)] == ["longest_wait"]
+        assert not text.texts
+
+
+def test_a_failing_text_model_leaves_the_audio_model_alone(engines) -> None:
+    text = StubTextModel(0.99, fail=True)
+    result = run(complete_question(), engines, SMART, StubTurnModel(0.1), text_turn_model=text)
+    assert [e["ended_by"] for e in ends(result)] == ["longest_wait"]
+    errors = [e for e in result.events if e["type"] == "error"]
+    assert len(errors) == 1 and "text turn model" in errors[0]["message"]
+    assert result.end_reason != "error"
+
+
 def test_failing_turn_model_falls_back_to_the_fixed_rule(engines) -> None:
     result = run(generated_paused(0.8), engines, SMART, StubTurnModel(0.1, fail=True))
     assert len(ends(result)) == 2  # what the fixed 500 ms rule does with a 0.8 s pause
     errors = [e for e in result.events if e["type"] == "error"]
     assert len(errors) == 1 and "turn model" in errors[0]["message"]
+    assert [e["ended_by"] for e in ends(result)] == ["silence", "silence"]
     assert result.end_reason != "error"
 
 
@@ -256,8 +379,10 @@ def test_human_complete_utterance_ends_within_min_silence_plus_model_time(engine
     finally:
         model.close()
     fixed = run(audio, engines, FIXED)
-    assert len(ends(smart)) == 1 and len(timed.seconds) == 1
+    # One turn; the model asked at its end (and maybe at a word gap it was asked ahead on).
+    assert len(ends(smart)) == 1 and len(timed.seconds) >= 1
     wait = ends(smart)[0]["t"] - vad_end(smart)
-    # 200 ms of VAD silence (7 windows), the model's own time, up to a frame to act on it.
-    assert wait <= 0.224 + timed.seconds[0] + 0.02 + 1e-6
+    # turn_min_silence_ms of VAD silence (whole windows), at most the model's own time (it
+    # is asked ahead), up to a frame to act on it.
+    assert wait <= DECIDE_S + timed.seconds[-1] + 0.02 + 1e-6
     assert ends(fixed)[0]["t"] - vad_end(fixed) >= 0.5

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +258,68 @@ def test_front_desk_warms_its_llm_with_the_facts() -> None:
     # The facts' tokens are in the KV cache, for the first caller's prompt to reuse.
     assert len(cached) > len(facts)
     assert any(cached[i : i + 20] == facts[2:22] for i in range(len(cached)))
+
+
+def test_read_ahead_leaves_only_the_callers_turn_to_read() -> None:
+    """The bot has stopped talking: the idle model reads the conversation so far, and the
+    caller's turn then reuses all of it from the KV cache (only the turn itself is read)."""
+    from voicebot.models.deadline_executor import busy_workers
+    from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
+
+    llm = LlamaCppLanguageModel(max_tokens=6, max_sentences=0, instances=1)
+    model = llm._llm
+    history = [
+        ChatMessage("system", "You are the front desk of a dental clinic. Be brief."),
+        ChatMessage("user", "Hello, is this the clinic on Elm Street?"),
+        ChatMessage("assistant", "Yes, this is the Elm Street dental clinic. How can I help?"),
+    ]
+    turn = ChatMessage("user", "Can I come in on Friday afternoon?")
+
+    async def reply(messages: list[ChatMessage]) -> None:
+        async for _ in llm.stream(messages):
+            pass
+
+    def reused_by_turn(read_ahead: bool) -> tuple[int, int]:
+        # Another conversation was the last in the context (only its system prompt shared).
+        asyncio.run(reply([history[0], ChatMessage("user", "What is your name?")]))
+        # As in a call, the read comes when no engine is working (it is skipped otherwise).
+        while busy_workers():
+            time.sleep(0.01)
+        if read_ahead:
+            llm.read_ahead(history)
+            deadline = time.monotonic() + 30
+            while llm._contexts[0].pending and time.monotonic() < deadline:
+                time.sleep(0.01)
+        before = list(model._input_ids[: model.n_tokens])
+        asyncio.run(reply([*history, turn]))
+        after = list(model._input_ids[: model.n_tokens])
+        pairs = enumerate(zip(before, after, strict=False))
+        common = next((i for i, (a, b) in pairs if a != b), min(len(before), len(after)))
+        return common, len(after)
+
+    history_tokens = len(model.tokenize(" ".join(m.content for m in history).encode()))
+    common, _ = reused_by_turn(read_ahead=False)
+    common_ahead, total = reused_by_turn(read_ahead=True)
+    assert common_ahead >= common + history_tokens // 2
+    turn_tokens = len(model.tokenize(turn.content.encode()))
+    # Left to read: the turn, its chat-template markers and the reply's few tokens.
+    assert total - common_ahead <= turn_tokens + 6 + 12
+
+
+def test_read_ahead_waits_for_nobody_and_is_skipped_when_busy() -> None:
+    from voicebot.models.llm.llama_cpp import LlamaCppLanguageModel
+
+    llm = LlamaCppLanguageModel(max_tokens=30, max_sentences=0, instances=1)
+    messages = [ChatMessage("user", "Tell me a long story about a dragon.")]
+
+    async def scenario() -> int:
+        stream = llm.stream(messages)
+        await anext(stream)  # a reply is being written
+        llm.read_ahead([ChatMessage("user", "Something else entirely, please.")])
+        assert llm._contexts[0].pending == 1  # nothing queued behind the reply
+        return 1 + len([p async for p in stream])
+
+    assert asyncio.run(scenario()) > 5
 
 
 def test_scripted_engine_matches_intents(tmp_path: Path) -> None:

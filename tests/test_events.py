@@ -33,7 +33,12 @@ WIRE = [
     (SpeechStarted(call_id="c1", t=1.1, onset=0.99949),
      '{"type": "speech_start", "call_id": "c1", "t": 1.1, "onset": 0.999}'),
     (SpeechEnded(call_id="c1", t=2.5, duration=1.50049),
-     '{"type": "speech_end", "call_id": "c1", "t": 2.5, "duration": 1.5}'),
+     '{"type": "speech_end", "call_id": "c1", "t": 2.5, "duration": 1.5, '
+     '"ended_by": "silence", "turn_probability": null}'),
+    (SpeechEnded(call_id="c1", t=2.5, duration=1.5, ended_by="turn_model",
+                 turn_probability=0.98765),
+     '{"type": "speech_end", "call_id": "c1", "t": 2.5, "duration": 1.5, '
+     '"ended_by": "turn_model", "turn_probability": 0.988}'),
     (TranscriptReady(call_id="c1", t=2.6, text="ten of clubs"),
      '{"type": "transcript", "call_id": "c1", "t": 2.6, "text": "ten of clubs", "final": true}'),
     (BotText(call_id="c1", t=3.0, text="Hello."),

@@ -85,6 +85,8 @@ def test_babble_alone_does_not_hold_the_floor(babble_line) -> None:
     assert longest < CONFIG.max_wordless_segment_ms / 1000 + 1.0
     # Cut once, then the floor keeps the same babble from reopening a segment every time.
     assert len(spans) <= 3
+    cuts = [e for e in result.events if e["type"] == "speech_end" and e["duration"] > 3.0]
+    assert cuts and all(e["ended_by"] == "no_words" for e in cuts)
 
 
 def test_without_the_guard_babble_holds_the_floor(babble_line) -> None:

@@ -317,6 +317,43 @@ def test_the_llms_window_of_the_conversation_keeps_its_start_between_steps() -> 
     assert changes <= len(starts) // 2
 
 
+class ReadingLlm(FakeLlm):
+    """A FakeLlm with a prompt cache: records what it was asked to read ahead."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.read: list[list[ChatMessage]] = []
+
+    def read_ahead(self, messages: Sequence[ChatMessage]) -> None:
+        self.read.append(list(messages))
+
+
+def test_what_the_llm_reads_ahead_is_the_start_of_its_next_prompt() -> None:
+    from voicebot.agent.config import AgentConfig
+    from voicebot.agent.conversation import Conversation
+
+    fake = ReadingLlm("That is a good question.")
+    desk = FrontDeskLanguageModel(PROFILE, fake, weekday=lambda: TUESDAY)
+    conversation = Conversation(AgentConfig(max_history_messages=8))
+    conversation.history.append(ChatMessage("assistant", "greeting"))
+    for turn in range(10):
+        # The bot has stopped talking; then the caller asks something only the LLM answers.
+        desk.read_ahead(conversation.messages_before_turn())
+        question = f"Can you sing me song {'abcdefghij'[turn]}?"
+        asyncio.run(_drain(desk.stream(conversation.messages(question))))
+        assert fake.read[-1] == fake.asked[-1][:-1], turn
+        assert fake.asked[-1][-1] == ChatMessage("user", question)
+        conversation.history += [
+            ChatMessage("user", question), ChatMessage("assistant", f"answer {turn}")
+        ]  # fmt: skip
+    assert len(fake.read) == len(fake.asked) == 10
+
+
+async def _drain(stream: AsyncIterator[LlmOutput]) -> None:
+    async for _ in stream:
+        pass
+
+
 def test_the_first_sentences_opening_clause_goes_ahead_and_counts_with_its_sentence() -> None:
     shaper = ReplyShaper(max_sentences=2)
     text = "I am sorry about that, but we close at six. Come back tomorrow. Bye now."

@@ -102,7 +102,7 @@ def test_http_endpoints(gw: Gateway) -> None:
     metrics = httpx.get(f"{gw.http}/metrics").text
     for name in ("voicebot_active_calls", "voicebot_calls_total", "voicebot_vad_window_seconds",
                  "voicebot_barge_in_latency_seconds", "voicebot_end_of_turn_latency_seconds",
-                 "voicebot_engine_errors_total"):  # fmt: skip
+                 "voicebot_engine_errors_total", "voicebot_caller_segment_ends_total"):  # fmt: skip
         assert name in metrics
     assert 'voicebot_calls_total{reason="caller_hangup",transport="ws"}' in metrics
 

@@ -60,6 +60,31 @@ def test_a_spelled_out_stutter_is_a_loop_a_spelled_name_is_not() -> None:
     assert loop_reason("It's 5-5, then 1-2-3-3.", 2.0) is None  # digits: never a stutter
 
 
+def test_a_finished_sentence_started_again_is_a_loop() -> None:
+    # tiny.en on espeak-ng's "Can you tell me what colour the sky is?" with 0.2-1 s of
+    # silence after it, trimmed window: the second copy is too short for the repeat rule.
+    assert loop_reason("Can you tell me what color the sky is? Can you tell me what", 3.3) == (
+        "restart"
+    )
+    assert loop_reason("Can you tell me what color this guy is? Can you tell", 3.3) == "restart"
+    assert loop_reason("Can you tell me what color the sky is? Can I pay by card?", 4.0) is None
+    assert loop_reason("Can you tell me what color the sky is?", 3.3) is None
+
+
+def test_tiny_en_says_a_sentence_once_whatever_silence_follows_it() -> None:
+    from tests.audiogen import espeak
+
+    said = espeak("Can you tell me what colour the sky is?")
+    clips = [np.concatenate([np.zeros(3200, np.int16), said, np.zeros(int(tail * 16000), np.int16)])
+             for tail in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]  # fmt: skip
+    raw = WhisperSpeechToText("tiny.en", loop_guard=False)
+    assert any(raw.transcribe_sync(c).text.lower().count("can you tell") > 1 for c in clips)
+    guarded = WhisperSpeechToText("tiny.en")
+    for clip in clips:
+        text = guarded.transcribe_sync(clip).text
+        assert text.lower().count("can you tell") == 1, text
+
+
 def test_long_loops_by_compression_and_fast_text_by_rate() -> None:
     # A loop that changes a word in each copy has no long exact run; gzip still squeezes it
     # (faster-whisper's 2.4 threshold).

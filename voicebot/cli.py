@@ -123,9 +123,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     async def run():  # type: ignore[no-untyped-def]
         from voicebot.models.turn import load_turn_model
+        from voicebot.models.turn.text import load_text_turn_model
 
         await warm_up(engines)
         smart = settings.agent.endpointing == "smart_turn"
+        by_words = smart and settings.agent.turn_text_threshold > 0
         return await simulate_call(
             caller,
             engines,
@@ -134,6 +136,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             realtime=args.realtime,
             tail_seconds=args.tail,
             turn_model=load_turn_model() if smart else None,
+            text_turn_model=load_text_turn_model() if by_words else None,
         )
 
     result = asyncio.run(run())

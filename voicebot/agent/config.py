@@ -34,6 +34,9 @@ class AgentConfig(BaseModel):
     vad_event_interval_ms: int = Field(100, ge=0, description="0 disables `vad` events")
     speculative_stt: bool = True
     speculative_pause_ms: int = Field(160, ge=32, description="pause that starts an early STT")
+    llm_read_ahead: bool = Field(
+        True, description="when the bot stops talking, an idle LLM reads the next prompt's start"
+    )
     # End of turn (agent/endpointing.py): "fixed" ends a turn after vad.min_silence_ms of
     # silence; "smart_turn" asks the turn model at each pause of turn_min_silence_ms: a turn
     # it judges complete ends there, one it judges unfinished waits up to turn_max_silence_ms.
@@ -58,6 +61,18 @@ class AgentConfig(BaseModel):
     )
     noise_floor_margin_db: float = Field(
         3.0, ge=0.0, le=20.0, description="above the background's level speech must be"
+    )
+
+    # A pause the turn model judges unfinished still ends early when the early transcript's
+    # words read as a finished sentence (models/turn/text.py; 0 = off): P >= this bar, once
+    # the pause is turn_text_min_silence_ms long. Defaults from bench/endpointing_bench.py.
+    turn_text_threshold: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="P(sentence over) from the early transcript that ends a pause the turn "
+        "model judged unfinished (0 = off)",
+    )  # fmt: skip
+    turn_text_min_silence_ms: int = Field(
+        500, ge=32, le=10_000, description="shortest pause the transcript rule ends a turn at"
     )
 
     @model_validator(mode="after")

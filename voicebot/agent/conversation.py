@@ -27,6 +27,12 @@ def _normalise(text: str) -> str:
     return " ".join(_WORD.findall(text.lower()))
 
 
+def _assistant_message(spoken: list[str], interrupted: bool) -> ChatMessage | None:
+    if not spoken:
+        return None
+    return ChatMessage("assistant", " ".join(spoken) + (" ..." if interrupted else ""))
+
+
 @dataclass
 class SuspendedReply:
     """What a barge-in cut off: resumed if the interruption proves to be no words."""
@@ -56,7 +62,8 @@ class Conversation:
         self.spoken: list[str] = []
         # None unless a barge-in cut the bot off mid-reply; then what it cut off, until the
         # next transcript takes it (resumed or committed as cut) or an STT failure drops it.
-        # While it is set no speculative reply starts: the turn may be a resume instead.
+        # While it is set a speculative reply starts only on words that are no false
+        # interruption, with the cut-off reply as history (`messages_after_barge_in`).
         self.suspended: SuspendedReply | None = None
 
     def turn_audio(self, audio: np.ndarray) -> np.ndarray:
@@ -74,15 +81,28 @@ class Conversation:
 
     def messages(self, user_text: str) -> list[ChatMessage]:
         """The LLM's input: system prompt, recent history, then this turn."""
+        return self._messages(self.history, user_text)
+
+    def messages_after_barge_in(self, user_text: str) -> list[ChatMessage]:
+        """`messages` as they will be once the turn commits the reply the caller cut off
+        (`suspended`, if any): for a reply started before the turn is known to be words."""
+        cut = self.suspended and _assistant_message(self.suspended.spoken_texts, True)
+        return self._messages([*self.history, cut] if cut else self.history, user_text)
+
+    def _messages(self, history: list[ChatMessage], user_text: str) -> list[ChatMessage]:
         messages = [ChatMessage("system", self._config.system_prompt)]
         if self._config.max_history_messages:
             # Trimmed a step of old messages at a time, not one per turn: an LLM's prompt
             # cache (llama.cpp's KV cache, a server's prefix cache) reuses only an unchanged
             # start, which a window sliding every turn never has.
-            start = trimmed_start(len(self.history), self._config.max_history_messages)
-            messages += self.history[start:]
+            start = trimmed_start(len(history), self._config.max_history_messages)
+            messages += history[start:]
         messages.append(ChatMessage("user", user_text))
         return messages
+
+    def messages_before_turn(self) -> list[ChatMessage]:
+        """`messages` of the caller's next turn up to their words (history as it stands)."""
+        return self.messages("")[:-1]
 
     def forget_turn(self) -> None:
         """STT failed: what was pending is not answered (the bot asks again instead)."""
@@ -97,9 +117,9 @@ class Conversation:
 
     def commit_assistant(self, spoken: list[str], *, interrupted: bool) -> None:
         """Sentences the caller heard become history; " ..." marks a reply cut off."""
-        if spoken:
-            text = " ".join(spoken) + (" ..." if interrupted else "")
-            self.history.append(ChatMessage("assistant", text))
+        message = _assistant_message(spoken, interrupted)
+        if message is not None:
+            self.history.append(message)
 
     def is_false_interruption(self, transcript: Transcript) -> bool:
         """Nothing said, or only backchannels ("mm-hm", "yeah"): not a turn of its own."""

@@ -20,7 +20,7 @@ from voicebot.agent.config import AgentConfig
 from voicebot.agent.playout import Playout
 from voicebot.agent.reply import ReplyPipeline
 from voicebot.agent.turn_timing import StageTimes
-from voicebot.models.base import Engines, Transcript
+from voicebot.models.base import ChatMessage, Engines, ReadsAhead, Transcript
 from voicebot.models.deadline_executor import ENGINE_DUE
 
 log = logging.getLogger("voicebot.agent")
@@ -64,6 +64,13 @@ class EngineCalls:
         if times is not None:
             times.mark("stt_end")
         return transcript
+
+    def read_ahead(self, messages: list[ChatMessage]) -> None:
+        """The bot has finished speaking: an LLM with a prompt cache may read the next
+        reply's prompt up to the caller's turn now (`ReadsAhead`), not after it."""
+        llm = self.engines.llm
+        if self.config.llm_read_ahead and isinstance(llm, ReadsAhead):
+            llm.read_ahead(messages)
 
     def new_reply(self, playout: Playout, times: StageTimes | None = None) -> ReplyPipeline:
         """A reply not yet started, its sentences going to `playout`; `times`: the turn's

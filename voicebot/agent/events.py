@@ -112,8 +112,16 @@ class SpeechStarted(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class SpeechEnded(Event):
+    """The caller's segment is over. `ended_by`: what ended it: "turn_model" (judged
+    complete at a pause), "transcript" (judged unfinished, but the early transcript's words
+    read as a finished sentence), "longest_wait" (judged unfinished, nobody spoke on),
+    "silence" (the fixed rule), "no_words" (background talk cut by the floor guard);
+    `turn_probability`: the turn model's P(complete) at the last pause, when it was asked."""
+
     type: ClassVar[str] = "speech_end"
     duration: float = _rounded(3)
+    ended_by: str = "silence"
+    turn_probability: float | None = _maybe_rounded(3)
 
 
 @dataclass(frozen=True, kw_only=True)

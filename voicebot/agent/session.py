@@ -71,6 +71,7 @@ from voicebot.audio.echo import EchoCanceller
 from voicebot.audio.frames import FRAME_SAMPLES, SAMPLE_RATE
 from voicebot.models.base import Engines
 from voicebot.models.turn import TurnModel
+from voicebot.models.turn.text import TextTurnModel
 from voicebot.models.vad import (
     SileroVad,
     SpeechEnd,
@@ -109,6 +110,8 @@ class CallSetup:
     vad_runner: VadRunner = field(default_factory=InlineVad)
     # End-of-turn model for `agent.endpointing = "smart_turn"`; None: the fixed silence rule.
     turn_model: TurnModel | None = None
+    # Its second opinion from the early transcript's words (None: the audio model alone).
+    text_turn_model: TextTurnModel | None = None
     clock: EngineClock = field(default_factory=LiveClock)
     control: CallControl | None = None
     info: dict[str, object] = field(default_factory=dict)
@@ -147,15 +150,16 @@ class CallSession:
             self.call_id, self.engines, self.config, self.clock, self._report_error,
             render=self._templates.render,
         )  # fmt: skip
-        self._endpointer = Endpointer(
-            self.config, vad.segmenter, setup.turn_model, self.clock,
-            vad_params.min_silence_ms, self._engine_calls.error,
-        )  # fmt: skip
-        self._floor_guard = FloorGuard(self.config, vad.segmenter, self._engine_calls)
         self._conversation = Conversation(self.config)
         self._speculator = Speculator(
             self.config, vad.segmenter, self._conversation, self._engine_calls, lambda: self.t
         )
+        self._endpointer = Endpointer(
+            self.config, vad.segmenter, setup.turn_model, self.clock,
+            vad_params.min_silence_ms, self._engine_calls.error,
+            text_model=setup.text_turn_model, early_text=self._speculator.early_text,
+        )  # fmt: skip
+        self._floor_guard = FloorGuard(self.config, vad.segmenter, self._engine_calls)
         self._tap = setup.audio_tap
         self._output = SpeechOutput(
             self.sink, on_unheard=None if self._tap is None else self._tap.unheard
@@ -279,10 +283,10 @@ class CallSession:
             self._hold_on_candidate()
         end = self._endpointer.on_frame(judge=not self._ignore_segment)
         if end is not None:
-            self._on_vad_event(end)
+            self._on_speech_end(end)
         noise = self._floor_guard.on_frame(windows, judge=not self._ignore_segment)
         if noise is not None:
-            self._on_vad_event(noise)
+            self._on_speech_end(noise, ended_by="no_words")
         self._speculator.on_frame(listening=self._state is AgentState.LISTENING)
         sent = self._tick_output()
         self._input.sent(sent)
@@ -299,9 +303,10 @@ class CallSession:
     async def _shutdown(self) -> None:
         await self._replies.stop()
         speculation_task = await self._speculator.stop()
-        verdict = self._endpointer.stop()
+        verdicts = self._endpointer.stop()
         check = self._floor_guard.stop()
-        tasks = [t for t in (self._turns.task, speculation_task, verdict, check) if t is not None]
+        tasks = [t for t in (self._turns.task, speculation_task, check) if t is not None]
+        tasks += verdicts
         for task in tasks:
             task.cancel()
         if tasks:
@@ -330,8 +335,10 @@ class CallSession:
         elif self._state is AgentState.WAITING_FOR_SPEECH:
             self._set_state(AgentState.LISTENING)
 
-    def _on_speech_end(self, event: SpeechEnd) -> None:
-        self._publish(SpeechEnded, t=event.t, duration=event.duration)
+    def _on_speech_end(self, event: SpeechEnd, ended_by: str | None = None) -> None:
+        cause, p = self._endpointer.cause(event)
+        self._publish(SpeechEnded, t=event.t, duration=event.duration,
+                      ended_by=ended_by or cause, turn_probability=p)  # fmt: skip
         if self._ignore_segment:
             self._ignore_segment = False
             return
@@ -409,6 +416,7 @@ class CallSession:
         if spoken:
             self._conversation.commit_assistant(spoken, interrupted=False)
             self._conversation.spoken = []
+            self._engine_calls.read_ahead(self._conversation.messages_before_turn())
         if self._state in (AgentState.SPEAKING, AgentState.THINKING):
             self._set_state(AgentState.WAITING_FOR_SPEECH)
         if reply.action is not None:

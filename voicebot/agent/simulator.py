@@ -24,6 +24,7 @@ from voicebot.audio.denoise import make_suppressor
 from voicebot.audio.echo import EchoCanceller
 from voicebot.audio.frames import FRAME_SAMPLES, silence, split_frames
 from voicebot.models.turn import TurnModel
+from voicebot.models.turn.text import TextTurnModel
 from voicebot.models.vad import SileroVad, VadParams
 
 
@@ -95,6 +96,7 @@ async def simulate_call(
     echo_cancellation: bool = False,
     noise_suppression: str = "off",
     turn_model: TurnModel | None = None,
+    text_turn_model: TextTurnModel | None = None,
 ) -> SimulationResult:
     """Run one call; after the caller's audio, up to `tail_seconds` of silence let the bot
     finish its reply (stopping early once it is idle). Without a `turn_model` turns end
@@ -115,6 +117,7 @@ async def simulate_call(
         CallSetup(
             call_id, engines, sink, bus=bus, config=config or AgentConfig(),
             vad_params=vad_params, vad_model=vad_model, clock=clock, turn_model=turn_model,
+            text_turn_model=text_turn_model,
             echo_canceller=EchoCanceller() if echo_cancellation else None,
             denoiser=make_suppressor(noise_suppression),
         )

@@ -97,6 +97,17 @@ class Speculator:
         self.current = Speculation(end, task, times)
         task.add_done_callback(lambda done, spec=self.current: self._start_reply(spec))
 
+    def early_text(self, end: float) -> str | None:
+        """The early transcript of the speech that ends at `end` (a pause's start), once it
+        is in; None if there is none (yet)."""
+        speculation = self.current
+        if speculation is None or abs(speculation.end - end) >= 1e-6:
+            return None
+        task = speculation.task
+        if not task.done() or task.cancelled() or task.exception() is not None:
+            return None
+        return task.result().text
+
     def take(self, end: float) -> Speculation | None:
         """speech_end at `end`: the speculation on exactly this speech, if any; any other is
         cancelled. Either way none is current any more."""
@@ -122,15 +133,20 @@ class Speculator:
         # Retrieved on every path: a speculation superseded while its STT failed (a timeout
         # under overload) would otherwise be logged by asyncio as "never retrieved".
         failed = speculation.task.exception() is not None
-        if (
-            failed
-            or speculation is not self.current
-            or self.conversation.suspended is not None  # a false interruption may resume
-        ):
+        if failed or speculation is not self.current:
             return
-        user_text = self.conversation.user_text(speculation.task.result())
+        conversation, transcript = self.conversation, speculation.task.result()
+        if (
+            conversation.suspended is not None
+            and self.config.false_interruption_resume
+            and conversation.is_false_interruption(transcript)
+        ):
+            return  # the turn will resume the reply the caller cut off, not answer
+        user_text = conversation.user_text(transcript)
         if not user_text:
             return
         speculation.user_text = user_text
         speculation.reply = self.engine_calls.new_reply(speculation.playout, speculation.times)
-        speculation.reply.start_llm(self.conversation.messages(user_text))
+        # After a barge-in the turn commits the cut-off reply before it asks the LLM: the
+        # same prompt, so that the reply can be adopted (answered as fast as any other).
+        speculation.reply.start_llm(conversation.messages_after_barge_in(user_text))

@@ -87,6 +87,8 @@ class Turns:
         if suspended is not None:
             resume = self.config.false_interruption_resume
             if resume and conversation.is_false_interruption(transcript):
+                if speculation is not None:
+                    speculation.cancel()  # it started no reply on a false interruption
                 self.task = None  # handled: the resumed reply is what goes on now
                 self._resume(suspended)
                 return

@@ -35,6 +35,7 @@ from voicebot.config import Settings
 from voicebot.models.base import Engines
 from voicebot.models.executor import ENGINE_BACKLOG, EngineBacklog
 from voicebot.models.turn import load_turn_model
+from voicebot.models.turn.text import load_text_turn_model
 from voicebot.models.vad import SileroVad
 
 log = logging.getLogger("voicebot.calls")
@@ -109,6 +110,12 @@ class CallManager:
         self.turn_model = (
             load_turn_model(on_batch=self._on_turn_batch)
             if settings.agent.endpointing == "smart_turn"
+            else None
+        )
+        # The words' second opinion on pauses it judges unfinished (None, logged: without it).
+        self.text_turn_model = (
+            load_text_turn_model()
+            if self.turn_model is not None and settings.agent.turn_text_threshold > 0
             else None
         )
         self.calls: dict[str, CallHandle] = {}
@@ -240,7 +247,7 @@ class CallManager:
         setup = CallSetup(
             call_id, self.engines, media.sink, bus=bus, config=settings.agent,
             vad_params=settings.vad.params(), vad_model=self.vad_model, vad_runner=self.vad,
-            turn_model=self.turn_model,
+            turn_model=self.turn_model, text_turn_model=self.text_turn_model,
             control=media.control, info=media.info,
             echo_canceller=media.echo_canceller, denoiser=media.denoiser, audio_tap=recording,
             variables=media.variables, prompt_overrides=media.prompt_overrides,
@@ -327,5 +334,7 @@ class CallManager:
         self.vad.close()
         if self.turn_model is not None:
             self.turn_model.close()
+        if self.text_turn_model is not None:
+            self.text_turn_model.close()
         if self._events_log is not None:
             self._events_log.close()

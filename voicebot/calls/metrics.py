@@ -80,6 +80,11 @@ class GatewayMetrics:
             "speculation had it ready)",
             ["stage"], buckets=(0.0, *LATENCY_BUCKETS), registry=self.registry,
         )  # fmt: skip
+        self.caller_segment_ends = Counter(
+            "voicebot_caller_segment_ends_total", "Caller speech segments ended, by what ended "
+            "them (turn_model, transcript, longest_wait, silence, no_words)", ["ended_by"],
+            registry=self.registry,
+        )  # fmt: skip
         self.speculative_turns = Counter(
             "voicebot_turns_answered_total", "Answered turns, by whether speculation's reply "
             "was adopted", ["speculative"], registry=self.registry,
@@ -135,7 +140,8 @@ class GatewayMetrics:
         # Call records and webhooks (calls/records, calls/webhooks); the gauges read their
         # source when scraped (`watch_records`, `watch_webhooks`).
         self.records_written = Counter(
-            "voicebot_records_written_total", "Call-record rows committed to the database",
+            "voicebot_records_written_total",
+            "Call-record rows committed to the database",
             registry=self.registry,
         )
         self.records_dropped = Counter(
@@ -144,11 +150,13 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.records_backlog = Gauge(
-            "voicebot_records_backlog", "Call-record rows waiting to be written",
+            "voicebot_records_backlog",
+            "Call-record rows waiting to be written",
             registry=self.registry,
         )
         self.database_up = Gauge(
-            "voicebot_database_up", "1 if the last write to the records database succeeded",
+            "voicebot_database_up",
+            "1 if the last write to the records database succeeded",
             registry=self.registry,
         )
         self.recordings_bytes = Gauge(
@@ -193,8 +201,9 @@ class CallMetrics:
                 self.m.calls_total.labels(self.transport, reason).inc()
             case Interrupted(latency_ms=latency_ms):
                 self.m.barge_in_latency.observe(latency_ms / 1000)
-            case SpeechEnded(t=t):
+            case SpeechEnded(t=t, ended_by=ended_by):
                 self._speech_end_t = t
+                self.m.caller_segment_ends.labels(ended_by).inc()
             case StateChanged(state=AgentState.SPEAKING, t=t) if self._speech_end_t is not None:
                 self.m.end_of_turn_latency.observe(max(0.0, t - self._speech_end_t))
                 self._speech_end_t = None

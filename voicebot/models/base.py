@@ -102,6 +102,19 @@ class WrittenReplies(Protocol):
 
 
 @runtime_checkable
+class ReadsAhead(Protocol):
+    """A language model with a prompt cache (llama.cpp's KV cache) that can read the next
+    prompt's start before the caller's turn is in: the agent passes the conversation as
+    the next `stream` will begin (system prompt and history, without the caller's words)
+    when the bot has finished speaking, so the reply then reads only the new turn."""
+
+    def read_ahead(self, messages: Sequence[ChatMessage]) -> None:
+        """A hint, not a call to wait for: returns at once; the engine may do it in the
+        background, or not at all (busy with other calls)."""
+        ...
+
+
+@runtime_checkable
 class TextToSpeech(Protocol):
     name: str
 

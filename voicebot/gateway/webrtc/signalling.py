@@ -33,6 +33,7 @@ from voicebot.calls.manager import CallManager, CallRefusedError, LegMedia
 from voicebot.calls.pacing import PacedFrames
 from voicebot.config.settings import WebRtcSettings
 from voicebot.gateway.webrtc.media import BotAudioTrack, feed_remote_track
+from voicebot.gateway.webrtc.receive_buffer import release_on_arrival
 
 log = logging.getLogger("voicebot.gateway.webrtc")
 
@@ -201,6 +202,9 @@ class WebRtcLeg(Leg):
         pc.addTrack(self.bot)
         try:
             await pc.setRemoteDescription(self.offer)
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "audio":
+                    release_on_arrival(transceiver.receiver)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             reason = f"cannot answer this offer: {type(exc).__name__}: {exc}"

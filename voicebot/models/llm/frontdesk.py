@@ -28,6 +28,7 @@ from voicebot.models.base import (
     ChatMessage,
     LanguageModel,
     LlmOutput,
+    ReadsAhead,
     TextDelta,
     trimmed_start,
 )
@@ -250,6 +251,16 @@ class FrontDeskLanguageModel:
         read; False if there is none (a server's LLM, or no LLM)."""
         warm = getattr(self.llm, "warm_contexts", None)
         return bool(callable(warm) and warm(self.profile.system_prompt()))
+
+    def read_ahead(self, messages: Sequence[ChatMessage]) -> None:
+        """`ReadsAhead`: the wrapped LLM reads the prompt its next reply would start with
+        (the facts and this conversation's window), if it can."""
+        if not isinstance(self.llm, ReadsAhead):
+            return
+        turn = ChatMessage("user", "")  # the window depends only on how many came before
+        prompt = [ChatMessage("system", self.profile.system_prompt()),
+                  *recent_history([*messages, turn])]  # fmt: skip
+        self.llm.read_ahead(prompt[:-1])
 
     def invents(self, sentence: str) -> bool:
         """A number the profile does not state: a made-up price, time or date."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from voicebot.models.executor import model_worker
 from voicebot.models.llm.llama_amx import avoid_amx_repack
 from voicebot.models.llm.shaping import shape_reply
 from voicebot.models.weights import SMOLLM2_GGUF
+
+log = logging.getLogger("voicebot.models.llm")
 
 _DONE = object()
 
@@ -141,6 +144,37 @@ class LlamaCppLanguageModel:
         for job in jobs:
             job.result()
         return True
+
+    def read_ahead(self, messages: Sequence[ChatMessage]) -> None:
+        """`ReadsAhead`: read `messages` into the KV cache on an idle context, in the
+        background. Skipped unless no engine is working at all: with other calls on the
+        machine the context would be someone else's by the caller's turn, and a generation
+        arriving meanwhile would wait behind the read (prompts are read in one go). Done as
+        a one-token reply to them, so the tokens are exactly those the chat template gives
+        the next prompt up to the caller's turn (llama.cpp reuses the longest common start)."""
+        if len(self._contexts) != 1:
+            return  # which context the next reply gets is not known
+        context = self._contexts[0]
+        with self._lock:
+            if context.pending or busy_workers():
+                return
+            context.pending += 1
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+
+        def read() -> None:
+            try:
+                self._start(context)
+                context.llm.create_chat_completion(messages=chat, max_tokens=1)
+            except Exception as exc:  # a hint: the reply reads the prompt itself instead
+                log.warning("llama.cpp read-ahead failed: %s", exc)
+            finally:
+                self._end(context)
+
+        try:
+            context.worker.submit(read)
+        except RuntimeError:  # shut down
+            with self._lock:
+                context.pending -= 1
 
     def _end(self, context: _Context) -> None:
         """On `context`'s worker, as a generation ends (or is skipped, stopped before it ran)."""

@@ -13,7 +13,8 @@ Loops: with little silence after the words the decoder does not see the speech e
 starts again ("ten of clubs" -> "10 of clubs 10 of clubs 10 of clubs", "five five" -> "5 5 5
 5 5 5 5 5 5 5"), mostly on short clips, which callers say all the time. `loop_reason` flags
 a decode that repeats itself (a run of the same words, gzip compression ratio over
-faster-whisper's 2.4, more words than the audio can hold, or the token budget used up);
+faster-whisper's 2.4, a finished sentence started again, more words than the audio can
+hold, or the token budget used up);
 a flagged decode is redone on a longer window (`RETRY_PAD_SECONDS` of silence), and then on
 the full 30 s one, which the model was trained on and whose answer is taken. Only flagged
 decodes pay for the longer windows (bench/stt_bench.py: "STT on human speech").
@@ -64,6 +65,12 @@ _WORD = re.compile(r"[^\W_]+")
 # said twice in a row is taken for a loop ("A-A-R-O-N" then costs one more decode, and the
 # last window's text is taken all the same).
 _SPELLED = re.compile(r"(?:\b[^\W\d_]-){3,}")
+# A decode that finished its sentence and starts it again ("Can you tell me what color the
+# sky is? Can you tell me what", tiny.en with 0.2-1 s of silence after the words): too short
+# a second copy for the repeat rule, but the opening words said again right after the
+# sentence's end. A caller who does start two sentences alike costs one more decode.
+RESTART_WORDS = 3
+_SENTENCE_END = re.compile(r"[.?!]\s+")
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,7 @@ def compression_ratio(text: str) -> float:
 
 def loop_reason(text: str, seconds: float) -> str | None:
     """Why a decode of `seconds` of audio looks like a loop rather than speech ("repeat",
-    "compression", "stutter", "rate"), None if it does not."""
+    "compression", "stutter", "restart", "rate"), None if it does not."""
     words = words_of(text)
     repeat = longest_repeat(words)
     if repeat is not None and repeat.is_loop:
@@ -125,9 +132,22 @@ def loop_reason(text: str, seconds: float) -> str | None:
         return "compression"
     if any(_stutters(m.group()) for m in _SPELLED.finditer(text.lower())):
         return "stutter"
+    if _starts_over(text):
+        return "restart"
     if len(words) > 3 + MAX_WORDS_PER_SECOND * seconds:
         return "rate"
     return None
+
+
+def _starts_over(text: str) -> bool:
+    """Whether a sentence after the first begins with the text's first `RESTART_WORDS`."""
+    opening = words_of(text)[:RESTART_WORDS]
+    if len(opening) < RESTART_WORDS:
+        return False
+    for end in _SENTENCE_END.finditer(text):
+        if words_of(text[end.end() :])[:RESTART_WORDS] == opening:
+            return True
+    return False
 
 
 def _stutters(spelled: str) -> bool:
@@ -148,8 +168,8 @@ def first_copy(text: str) -> str:
 @dataclass(frozen=True)
 class DecodePass:
     """One decode of an utterance: the encoder window, its text, and why it looks like a
-    loop ("repeat", "compression", "stutter", "rate", "length": out of tokens), None if it
-    does not."""
+    loop ("repeat", "compression", "stutter", "restart", "rate", "length": out of tokens),
+    None if it does not."""
 
     window_s: float
     text: str
