@@ -386,3 +386,30 @@ def test_human_complete_utterance_ends_within_min_silence_plus_model_time(engine
     # is asked ahead), up to a frame to act on it.
     assert wait <= DECIDE_S + timed.seconds[-1] + 0.02 + 1e-6
     assert ends(fixed)[0]["t"] - vad_end(fixed) >= 0.5
+
+
+@pytest.mark.parametrize("stt_cost_s", [0.01, 0.1])
+def test_a_greeting_then_a_question_after_a_comma_is_one_answer_never_talked_over(
+    engines, stt_cost_s
+) -> None:
+    # "Hi, what is the balance on my account?": the model rightly calls "Hi" complete at the
+    # comma and its answer is ready (virtual time: 20-60 ms) just as the caller goes on.
+    # The bot must not start it over the caller's resumed voice (a candidate onset holds
+    # the reply's start); the greeting and the question are then one turn, answered once.
+    # (Going on later than this, after the bot has started, is a barge-in like any other.)
+    hi = audiogen.trimmed_speech("Hi")
+    question = audiogen.trimmed_speech("what is the balance on my account")
+    gap_s = 0.3
+    stt = ScriptedSTT(["hi", "what is the balance on my account"], cost_s=stt_cost_s)
+    result = asyncio.run(
+        simulate_call(paused(hi, question, gap_s), Engines(stt, engines.llm, engines.tts),
+                      config=SMART, turn_model=StubTurnModel(0.99, cost_s=0.01))  # fmt: skip
+    )
+    first_end = ends(result)[0]
+    resumed = (SR // 2 + len(hi)) / SR + gap_s
+    assert first_end["ended_by"] == "turn_model" and first_end["t"] > resumed  # "Hi" ended
+    question_end = resumed + len(question) / SR
+    heard = np.flatnonzero(np.abs(result.bot_audio) > 0)
+    assert len(heard) and heard[0] / SR > question_end
+    said = [e["text"] for e in result.events if e["type"] == "bot_text"]
+    assert said and said[0].startswith("Your account balance is"), said

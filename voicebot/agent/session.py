@@ -353,14 +353,16 @@ class CallSession:
 
         The first window over the activation threshold pauses output (queued audio dropped
         and rewound, nothing lost); `min_speech_ms` later speech_start confirms the barge-in,
-        or the candidate dies as a blip and the bot carries on from where it paused.
+        or the candidate dies as a blip and the bot carries on from where it paused. While
+        THINKING it holds back the reply's start the same way: a caller going on after a
+        short pause ("Hi, what is ...") is not talked over, and their words extend the turn.
         """
         if not self.config.barge_in:
             return
         segmenter = self._input.vad.segmenter
         candidate = segmenter.speech_pending
         held = self._output.held_at is not None
-        if candidate and not held and self._state is AgentState.SPEAKING:
+        if candidate and not held and self._state in (AgentState.SPEAKING, AgentState.THINKING):
             self._output.hold(self.t)
         elif not candidate and held and not segmenter.in_speech:
             self._output.release()
