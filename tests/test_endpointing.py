@@ -401,10 +401,10 @@ def test_a_greeting_then_a_question_after_a_comma_is_one_answer_never_talked_ove
     question = audiogen.trimmed_speech("what is the balance on my account")
     gap_s = 0.3
     stt = ScriptedSTT(["hi", "what is the balance on my account"], cost_s=stt_cost_s)
-    result = asyncio.run(
-        simulate_call(paused(hi, question, gap_s), Engines(stt, engines.llm, engines.tts),
-                      config=SMART, turn_model=StubTurnModel(0.99, cost_s=0.01))  # fmt: skip
-    )
+    audio = paused(hi, question, gap_s)
+    call = simulate_call(audio, Engines(stt, engines.llm, engines.tts), config=SMART,
+                         turn_model=StubTurnModel(0.99, cost_s=0.01))  # fmt: skip
+    result = asyncio.run(call)
     first_end = ends(result)[0]
     resumed = (SR // 2 + len(hi)) / SR + gap_s
     assert first_end["ended_by"] == "turn_model" and first_end["t"] > resumed  # "Hi" ended
