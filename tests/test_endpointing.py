@@ -343,12 +343,12 @@ def test_human_mid_sentence_pause_is_one_turn_with_smart_turn(engines) -> None:
 
 
 def test_human_digit_string_pause_judged_probably_complete_waits(engines) -> None:
-    # "five five | seven of clubs": at the pause the model says P ~0.83 ("five five" could
-    # be a whole answer). Under the default bar of 0.9 it is one turn; the first default
-    # (0.5) cut the caller off.
+    # "five five | seven of clubs": "five five" could be a whole answer; the model's P at
+    # the pause swings with its length (0.56 at 224 ms, 0.40 at 288, 0.90 at 320). Under
+    # the default bar of 0.9 it is one turn; a low bar (0.3) cuts the caller off.
     speech, model = _human_or_skip()
     audio = paused(speech["cards-004"], speech["cards-003"], 0.8)
-    low = SMART.model_copy(update={"turn_threshold": 0.5})
+    low = SMART.model_copy(update={"turn_threshold": 0.3})
     try:
         assert len(ends(run(audio, engines, SMART, model))) == 1
         assert len(ends(run(audio, engines, low, model))) == 2
@@ -392,17 +392,19 @@ def test_human_complete_utterance_ends_within_min_silence_plus_model_time(engine
 def test_a_greeting_then_a_question_after_a_comma_is_one_answer_never_talked_over(
     engines, stt_cost_s
 ) -> None:
-    # "Hi, what is the balance on my account?": the model rightly calls "Hi" complete at the
-    # comma and its answer is ready (virtual time: 20-60 ms) just as the caller goes on.
-    # The bot must not start it over the caller's resumed voice (a candidate onset holds
-    # the reply's start); the greeting and the question are then one turn, answered once.
-    # (Going on later than this, after the bot has started, is a barge-in like any other.)
+    # "Hi, what is the balance on my account?": the model rightly calls "Hi" complete. The
+    # default decision point (288 ms) is past this comma's pause; at 224 ms (below) the
+    # turn ends there and its answer is ready (virtual time: 20-60 ms) just as the caller
+    # goes on. The bot must not start it over the caller's resumed voice (a candidate onset
+    # holds the reply's start); the greeting and the question are then one turn, answered
+    # once. (Going on later, after the bot has started, is a barge-in like any other.)
+    early = SMART.model_copy(update={"turn_min_silence_ms": 200})
     hi = audiogen.trimmed_speech("Hi")
     question = audiogen.trimmed_speech("what is the balance on my account")
     gap_s = 0.3
     stt = ScriptedSTT(["hi", "what is the balance on my account"], cost_s=stt_cost_s)
     audio = paused(hi, question, gap_s)
-    call = simulate_call(audio, Engines(stt, engines.llm, engines.tts), config=SMART,
+    call = simulate_call(audio, Engines(stt, engines.llm, engines.tts), config=early,
                          turn_model=StubTurnModel(0.99, cost_s=0.01))  # fmt: skip
     result = asyncio.run(call)
     first_end = ends(result)[0]
@@ -413,3 +415,13 @@ def test_a_greeting_then_a_question_after_a_comma_is_one_answer_never_talked_ove
     assert len(heard) and heard[0] / SR > question_end
     said = [e["text"] for e in result.events if e["type"] == "bot_text"]
     assert said and said[0].startswith("Your account balance is"), said
+
+
+def test_a_commas_pause_does_not_end_the_turn_at_the_default_decision_point(engines) -> None:
+    hi = audiogen.trimmed_speech("Hi")
+    question = audiogen.trimmed_speech("what is the balance on my account")
+    audio = paused(hi, question, 0.3)
+    result = run(audio, engines, SMART, StubTurnModel(0.99, cost_s=0.01))
+    assert len(ends(result)) == 1
+    early = SMART.model_copy(update={"turn_min_silence_ms": 200})
+    assert len(ends(run(audio, engines, early, StubTurnModel(0.99, cost_s=0.01)))) == 2

@@ -405,7 +405,9 @@ def test_weighted_by_capacity(stack: Stack) -> None:
     # 36/28/36 in one CI run (cause not found). Checked: every gateway takes calls and the
     # heaviest takes at least as many as each other, its even share at least.
     with another_proxy(stack, work, {"DS_ALG": "9"}, dslist) as s:
-        run = place_calls(s, "weighted", calls=100, rate=20, hold_ms=800)
+        # 10/s (about 9 calls up at once): at 20/s, on a 2-core AVX2 EPYC, the gateways'
+        # admission refused some (503; the dispatcher then had no active gateway for 10).
+        run = place_calls(s, "weighted", calls=100, rate=10, hold_ms=800)
     assert run["code"] == 0 and run["ok"] == 100, run["out"]
     got = Counter(r["gateway"] for r in records_of(stack, "weighted", 100))
     print(f"\nweighted 50/25/25, 100 calls: {dict(sorted(got.items()))}")

@@ -44,8 +44,12 @@ class AgentConfig(BaseModel):
     # ~0.98) cuts fewer callers off than 0.5, and 1.5 s bounds the wait on an end the model
     # misjudges as unfinished (the tail of end-of-turn latency).
     endpointing: Literal["fixed", "smart_turn"] = "smart_turn"
+    # 280 ms (9 VAD windows: the verdict acts at 288): a comma's pause after a greeting
+    # ("Hi, what is ...": 256 ms in Piper's voice, P 0.89-0.92) does not end the turn. At
+    # 200 (224) it did, about half the time; the caller's next words then joined the turn
+    # unless the bot had started its answer to "Hi".
     turn_min_silence_ms: int = Field(
-        200, ge=32, le=5_000, description="pause at which the turn model is asked"
+        280, ge=32, le=5_000, description="pause at which the turn model's verdict acts"
     )
     turn_max_silence_ms: int = Field(
         1_500, ge=100, le=10_000, description="longest pause inside an unfinished turn"

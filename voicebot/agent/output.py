@@ -57,3 +57,16 @@ class SpeechOutput:
         self.playout.rewind(dropped, self._last)
         if dropped and self.on_unheard is not None:
             self.on_unheard(dropped)
+
+
+def heard_text(spoken: list[str], remainder: list[Utterance]) -> str:
+    """What the caller heard of a reply cut off: its sentences that started playing, the
+    last one (if cut inside) up to the share of its words its audio had reached."""
+    if not spoken:
+        return ""
+    cut = remainder[0] if remainder and remainder[0].announced else None
+    if cut is None or cut.text != spoken[-1]:
+        return " ".join(spoken)
+    words = cut.text.split()
+    share = cut.position / max(1, len(cut.audio))
+    return " ".join([*spoken[:-1], " ".join(words[: round(len(words) * share)])]).strip()

@@ -58,11 +58,11 @@ from voicebot.agent.events import (
 from voicebot.agent.floor_guard import FloorGuard
 from voicebot.agent.input_stages import InputStages, VadLevels, check_frame
 from voicebot.agent.lifetime import Lifetime
-from voicebot.agent.output import SpeechOutput
-from voicebot.agent.playout import AudioSink, Utterance
+from voicebot.agent.output import SpeechOutput, heard_text
+from voicebot.agent.playout import AudioSink
 from voicebot.agent.replies import Replies
 from voicebot.agent.speculation import Speculator
-from voicebot.agent.templates import CallTemplates
+from voicebot.agent.templates import CallTemplates, call_config
 from voicebot.agent.turn_timing import StageTimes
 from voicebot.agent.turns import Turns
 from voicebot.agent.vad_runner import InlineVad, VadRunner
@@ -136,7 +136,7 @@ class CallSession:
         self.bus = setup.bus
         self.variables = dict(setup.variables)
         self._templates = CallTemplates(self.call_id, self.variables)
-        self.config = _call_config(setup.config, setup.prompt_overrides, self._templates)
+        self.config = call_config(setup.config, setup.prompt_overrides, self._templates)
         self.clock = setup.clock
         self.control = setup.control
         self._vad_runner = setup.vad_runner
@@ -373,7 +373,7 @@ class CallSession:
         reply = self._replies.cancel()
         self._turns.cancel()
         remainder, stopped_at = self._output.cut(self.t)
-        heard = _heard_text(self._conversation.spoken, remainder) if was_speaking else ""
+        heard = heard_text(self._conversation.spoken, remainder) if was_speaking else ""
         if was_speaking and reply is not None:
             # Complete sentences already written are kept even if the LLM was still going:
             # a resume says them (the rest of an unfinished reply is lost with the LLM).
@@ -468,35 +468,3 @@ class CallSession:
 
     def _publish(self, kind: type[Event], t: float | None = None, **fields: Any) -> None:
         self.bus.publish(kind(call_id=self.call_id, t=self.t if t is None else t, **fields))
-
-
-def _call_config(
-    config: AgentConfig, overrides: dict[str, str], templates: CallTemplates
-) -> AgentConfig:
-    """The agent settings of one call: its greeting and system prompt (the call's overrides
-    in place of the configured ones) and its transfer-failure sentence, with the call's
-    variables filled in."""
-    greeting = overrides.get("greeting", config.greeting)
-    prompt = overrides.get("system_prompt", config.system_prompt)
-    greeting = templates.render(greeting) if greeting else greeting
-    prompt = templates.render(prompt)
-    failed = config.transfer_failed_message
-    failed = templates.render(failed) if failed else failed
-    if (greeting, prompt, failed) == (config.greeting, config.system_prompt,
-                                       config.transfer_failed_message):  # fmt: skip
-        return config
-    return config.model_copy(update={"greeting": greeting, "system_prompt": prompt,
-                                     "transfer_failed_message": failed})  # fmt: skip
-
-
-def _heard_text(spoken: list[str], remainder: list[Utterance]) -> str:
-    """What the caller heard of a reply cut off: its sentences that started playing, the
-    last one (if cut inside) up to the share of its words its audio had reached."""
-    if not spoken:
-        return ""
-    cut = remainder[0] if remainder and remainder[0].announced else None
-    if cut is None or cut.text != spoken[-1]:
-        return " ".join(spoken)
-    words = cut.text.split()
-    share = cut.position / max(1, len(cut.audio))
-    return " ".join([*spoken[:-1], " ".join(words[: round(len(words) * share)])]).strip()

@@ -19,6 +19,8 @@ import logging
 import re
 from collections.abc import Mapping
 
+from voicebot.agent.config import AgentConfig
+
 log = logging.getLogger("voicebot.agent")
 
 MAX_LOGGED = 8
@@ -65,3 +67,22 @@ class CallTemplates:
             log.info("call %s: no call variable %s: rendered empty", self.call_id,
                      ", ".join(new))  # fmt: skip
         return text
+
+
+def call_config(
+    config: AgentConfig, overrides: dict[str, str], templates: CallTemplates
+) -> AgentConfig:
+    """The agent settings of one call: its greeting and system prompt (the call's overrides
+    in place of the configured ones) and its transfer-failure sentence, with the call's
+    variables filled in."""
+    greeting = overrides.get("greeting", config.greeting)
+    prompt = overrides.get("system_prompt", config.system_prompt)
+    greeting = templates.render(greeting) if greeting else greeting
+    prompt = templates.render(prompt)
+    failed = config.transfer_failed_message
+    failed = templates.render(failed) if failed else failed
+    if (greeting, prompt, failed) == (config.greeting, config.system_prompt,
+                                       config.transfer_failed_message):  # fmt: skip
+        return config
+    return config.model_copy(update={"greeting": greeting, "system_prompt": prompt,
+                                     "transfer_failed_message": failed})  # fmt: skip
