@@ -6,10 +6,10 @@ Place in the flow: bench/endpointing_bench.py runs its agent with an STT that he
 (no turn answered, no bot speech in the caller's timeline), so this rule, which needs the
 words, is measured here instead, replayed like the bench's other variants: every pause of
 every case is probed once with the segmenter the agent runs, the turn model asked at the
-agent's decision point (7 VAD windows, 224 ms), and at `speculative_pause_ms` (160 ms) the
+agent's decision point (`DECIDE_MS`: 9 VAD windows, 288 ms), and at `speculative_pause_ms` (160 ms) the
 speech before the pause transcribed by the default STT (Whisper base) and scored by the
 text model, as speculation and the endpointer would. Each rule is then replayed: P_audio >=
-`turn_threshold` ends the turn at 224 ms (its verdict asked ahead, so ready then); else
+`turn_threshold` ends the turn at `DECIDE_MS` (its verdict asked ahead, so ready then); else
 P_text >= the bar ends it at the later of `turn_text_min_silence_ms` and when the words
 were scored (160 ms + STT + text model, as measured); else the longest wait.
 """
@@ -33,7 +33,7 @@ from voicebot.models.vad import SileroVad, SpeechSegmenter, VadParams
 
 _DEFAULTS = AgentConfig()
 WINDOW_S = 512 / 16_000
-# The first whole VAD window count at or over turn_min_silence_ms (200 ms: 7 windows, 224).
+# The first whole VAD window count at or over turn_min_silence_ms (280 ms: 9 windows, 288).
 DECIDE_MS = 1000 * WINDOW_S * math.ceil(_DEFAULTS.turn_min_silence_ms / (1000 * WINDOW_S))
 TEXT_BARS = (0.05, 0.1, 0.2)
 TEXT_MIN_MS = (300, 500, 800)
