@@ -139,10 +139,11 @@ RULES = (
     Rule("fixed500", "fixed 500 ms silence", "fixed"),
     Rule("livekit", "LiveKit default (VAD 0.55 s, min 0.5 / max 3 s)", "fixed", 550),
     Rule("smart_turn", DEFAULT_LABEL, "smart_turn"),
-    Rule("smart_v1", "smart-turn, first defaults (P >= 0.5 at 200 ms, max 2 s)", "smart_turn",
+    Rule("smart_v1", f"smart-turn, P >= 0.5 at {_DEFAULTS.turn_min_silence_ms} ms, max 2 s "
+         "(the first defaults' bar and wait)", "smart_turn",
          turn_max_silence_ms=2000, turn_threshold=0.5),
-    Rule("smart_2s", "smart-turn, P >= 0.9 at 200 ms, max 2 s", "smart_turn",
-         turn_max_silence_ms=2000, turn_threshold=0.9),
+    Rule("smart_2s", f"smart-turn, P >= 0.9 at {_DEFAULTS.turn_min_silence_ms} ms, max 2 s",
+         "smart_turn", turn_max_silence_ms=2000, turn_threshold=0.9),
 )  # fmt: skip
 
 
@@ -539,8 +540,8 @@ def _replay_tables(rep: dict[str, Any], rules: dict[str, Any]) -> list[str]:
         "", "Second looks, a bar that falls as the pause grows, a wait that depends on P:", "",
         md_table(["variant", "cut-offs", *(f"{p} s" for p in pauses), "latency p50 ms", "p90",
                   "mean", "max"], others),
-        "", "Replay against the agent (same rule, cut-offs · p50 / p90 ms):", "",
-        md_table(["rule", "through the agent", "replayed"], check),
+        *(["", "Replay against the agent (same rule, cut-offs · p50 / p90 ms):", "",
+           md_table(["rule", "through the agent", "replayed"], check)] if check else []),
     ]  # fmt: skip
 
 
