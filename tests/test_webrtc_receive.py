@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 
 import av
 import numpy as np
@@ -14,6 +13,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 
+from tests.webrtc_client import audio_frame
 from voicebot.gateway.webrtc.receive_buffer import ArrivalOrderBuffer, release_on_arrival
 
 
@@ -77,10 +77,7 @@ class SteppedMic(MediaStreamTrack):
             raise MediaStreamError
         await self.frames.get()
         tone = (3000 * np.sin(np.arange(960) * 2 * np.pi * 440 / 48000)).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(tone.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = 48000
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, 48000)
+        frame = audio_frame(tone, self._pts)
         self._pts += 960
         return frame
 

@@ -43,12 +43,18 @@ class WavTrack(MediaStreamTrack):
         chunk = self._audio[self._pos : self._pos + 960]
         if len(chunk) < 960:
             chunk = np.concatenate([chunk, np.zeros(960 - len(chunk), np.int16)])
-        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = 48000
-        frame.pts = self._pos
-        frame.time_base = fractions.Fraction(1, 48000)
+        frame = audio_frame(chunk, self._pos)
         self._pos += 960
         return frame
+
+
+def audio_frame(chunk: np.ndarray, pts: int) -> av.AudioFrame:
+    """A mono 48 kHz s16 frame of `chunk` at `pts` (in samples), as a mic track yields it."""
+    frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = 48000
+    frame.pts = pts
+    frame.time_base = fractions.Fraction(1, 48000)
+    return frame
 
 
 @dataclass
