@@ -6,8 +6,8 @@ Place in the flow: bench/endpointing_bench.py runs its agent with an STT that he
 (no turn answered, no bot speech in the caller's timeline), so this rule, which needs the
 words, is measured here instead, replayed like the bench's other variants: every pause of
 every case is probed once with the segmenter the agent runs, the turn model asked at the
-agent's decision point (`DECIDE_MS`: 9 VAD windows, 288 ms), and at `speculative_pause_ms` (160 ms) the
-speech before the pause transcribed by the default STT (Whisper base) and scored by the
+agent's decision point (`DECIDE_MS`: 9 VAD windows, 288 ms), and at `speculative_pause_ms`
+(160 ms) the speech before the pause transcribed by the default STT (Whisper base) and scored by the
 text model, as speculation and the endpointer would. Each rule is then replayed: P_audio >=
 `turn_threshold` ends the turn at `DECIDE_MS` (its verdict asked ahead, so ready then); else
 P_text >= the bar ends it at the later of `turn_text_min_silence_ms` and when the words

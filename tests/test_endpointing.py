@@ -293,6 +293,23 @@ def test_failing_turn_model_falls_back_to_the_fixed_rule(engines) -> None:
     assert result.end_reason != "error"
 
 
+def test_a_verdict_that_failed_in_a_word_gap_is_reported_and_the_fixed_rule_used(
+    engines,
+) -> None:
+    # Asked ahead in a gap the caller talks on after: the failed verdict is never needed,
+    # but it is the model failing all the same (and no "exception never retrieved").
+    hi = audiogen.trimmed_speech("Hi")
+    question = audiogen.trimmed_speech("what is the balance on my account")
+    model = StubTurnModel(0.99, cost_s=0.01, fail=True)
+    result = run(paused(hi, question, 0.3), engines, SMART, model)
+    assert len(model.inputs) == 1  # asked in the gap only: the fixed rule from then on
+    errors = [e for e in result.events if e["type"] == "error"]
+    assert len(errors) == 1 and "turn model" in errors[0]["message"]
+    question_end = (SR // 2 + len(hi)) / SR + 0.3 + len(question) / SR
+    assert errors[0]["t"] < question_end  # reported when the gap closed, not at the end
+    assert [e["ended_by"] for e in ends(result)] == ["silence"]
+
+
 def test_no_turn_model_means_the_fixed_rule(engines, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("VOICEBOT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(SmartTurn, "_shared", None)

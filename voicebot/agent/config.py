@@ -38,8 +38,9 @@ class AgentConfig(BaseModel):
         True, description="when the bot stops talking, an idle LLM reads the next prompt's start"
     )
     # End of turn (agent/endpointing.py): "fixed" ends a turn after vad.min_silence_ms of
-    # silence; "smart_turn" asks the turn model at each pause of turn_min_silence_ms: a turn
-    # it judges complete ends there, one it judges unfinished waits up to turn_max_silence_ms.
+    # silence; "smart_turn" has the turn model's verdict on each pause ready when it reaches
+    # turn_min_silence_ms (in whole VAD windows; asked ahead): a turn it judges complete ends
+    # there, one it judges unfinished waits up to turn_max_silence_ms.
     # Defaults from bench/endpointing_bench.py: a high bar (0.9; real ends mostly score
     # ~0.98) cuts fewer callers off than 0.5, and 1.5 s bounds the wait on an end the model
     # misjudges as unfinished (the tail of end-of-turn latency).

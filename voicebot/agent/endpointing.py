@@ -26,11 +26,12 @@ turn once the pause reaches `turn_text_min_silence_ms`. The audio model misjudge
 read-aloud finished turns ("I'd like to book a table for two."); the words do not.
 
 The verdict is asked for ahead of the pause it is about, so that it is ready when the pause
-reaches `turn_min_silence_ms` instead of a model run later: at `turn_min_silence_ms` minus
-the time verdicts have been taking on this call, with the pause's own audio (line noise)
-repeated to the length it will have then. The model hears what it would have heard at
-`turn_min_silence_ms` unless the caller speaks in the meantime, and then the pause, and
-its verdict, are dropped as before.
+reaches `turn_min_silence_ms` instead of a model run later: at that point (`decide_at_ms`,
+in whole VAD windows) minus 1.25 times the time verdicts have been taking on this call, with
+the pause's own audio (line noise) repeated to the length it will have then. The model
+hears what it would have heard at `turn_min_silence_ms` unless the caller speaks in the
+meantime, and then the pause, and its verdict, are dropped as before (a verdict that failed
+meanwhile is still reported, and the call goes back to the fixed rule).
 """
 
 from __future__ import annotations
@@ -209,6 +210,15 @@ class Endpointer:
         for task in (self.verdict, self.text_verdict):
             if task is not None and not task.done():
                 task.cancel()
+        # A verdict that failed before it was needed still counts as the model failing.
+        if _failure(self.verdict) is not None and not self.failed:
+            self.failed = True
+            self.report(f"turn model {getattr(self.model, 'name', '')}".strip(),
+                        _failure(self.verdict))  # fmt: skip
+        if _failure(self.text_verdict) is not None and self.text_model is not None:
+            self.report(f"text turn model {getattr(self.text_model, 'name', '')}".strip(),
+                        _failure(self.text_verdict))  # fmt: skip
+            self.text_model = None
         self.verdict = self.text_verdict = None
 
     def stop(self) -> list[asyncio.Task[float]]:
@@ -221,12 +231,20 @@ class Endpointer:
         return tasks
 
 
+def _failure(task: asyncio.Task[float] | None) -> BaseException | None:
+    """The exception a finished verdict raised (retrieved, so asyncio does not log it)."""
+    if task is None or not task.done() or task.cancelled():
+        return None
+    return task.exception()
+
+
 def pause_padded(
     audio: np.ndarray, pause_ms: float, target_ms: float, sample_rate: int
 ) -> np.ndarray:
     """`audio`, whose last `pause_ms` are a pause, with that pause's audio repeated until the
     pause is `target_ms` long: what the turn model would get at `target_ms` if the line
-    stays quiet."""
+    stays quiet. (The pause's start may still hold the last word's fading tail, repeated
+    with it: repeating only its later half is untried.)"""
     missing = round((target_ms - pause_ms) * sample_rate / 1000)
     pause = audio[len(audio) - round(pause_ms * sample_rate / 1000) :]
     if missing <= 0 or len(pause) == 0:

@@ -418,7 +418,8 @@ class CallSession:
         if spoken:
             self._conversation.commit_assistant(spoken, interrupted=False)
             self._conversation.spoken = []
-            self._engine_calls.read_ahead(self._conversation.messages_before_turn())
+            if reply.action is None:  # a hang-up or transfer follows: no next turn to read
+                self._engine_calls.read_ahead(self._conversation.messages_before_turn())
         if self._state in (AgentState.SPEAKING, AgentState.THINKING):
             self._set_state(AgentState.WAITING_FOR_SPEECH)
         if reply.action is not None:

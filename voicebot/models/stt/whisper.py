@@ -62,13 +62,15 @@ _WORD = re.compile(r"[^\W_]+")
 # Letters joined by hyphens: Whisper spells out a stutter this way when a trimmed window
 # loops on a word ("an old-s-s-y-y-y-", tiny.en on AVX2-only kernels), too short for the
 # word repeat rule. A spelled name ("S-M-I-T-H") matches too, but only a run with a letter
-# said twice in a row is taken for a loop ("A-A-R-O-N" then costs one more decode, and the
-# last window's text is taken all the same).
+# said twice in a row is taken for a loop ("A-A-R-O-N" then costs the longer windows'
+# decodes, up to the full 30 s one, and the last window's text is taken all the same).
 _SPELLED = re.compile(r"(?:\b[^\W\d_]-){3,}")
 # A decode that finished its sentence and starts it again ("Can you tell me what color the
 # sky is? Can you tell me what", tiny.en with 0.2-1 s of silence after the words): too short
 # a second copy for the repeat rule, but the opening words said again right after the
-# sentence's end. A caller who does start two sentences alike costs one more decode.
+# sentence's end. A caller who does start two sentences alike ("I need a table. I need it
+# for eight.") costs every longer window's decode, up to the full 30 s one, and the last
+# window's text is taken: correct words, later.
 RESTART_WORDS = 3
 _SENTENCE_END = re.compile(r"[.?!]\s+")
 

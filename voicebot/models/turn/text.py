@@ -89,7 +89,9 @@ class LlamaTextTurn:
         words = caller_words(text)
         if not words or ends_in_a_number(words):
             return 0.0
-        tokens = (self._prefix + self._tokens(" ".join(words)))[: CONTEXT_TOKENS - 1]
+        said = self._tokens(" ".join(words))
+        # Too long for the context: the words' end is what the verdict is about.
+        tokens = self._prefix + said[max(0, len(said) - (CONTEXT_TOKENS - 1 - len(self._prefix))) :]
         self._llm.reset()
         self._llm.eval(tokens)
         logits = np.asarray(self._llm.scores[len(tokens) - 1], np.float64)
@@ -106,10 +108,13 @@ class LlamaTextTurn:
 def load_text_turn_model() -> LlamaTextTurn | None:
     """The embedded text check, or None (logged) without llama-cpp-python or the weights:
     the endpointer then goes by the audio model alone."""
+    model: LlamaTextTurn | None = None
     try:
         model = LlamaTextTurn()
         model.end_probability_sync("hello")  # it runs, and the first run is paid
     except Exception as exc:  # missing package or weights: end of turn goes on without it
         log.warning("text end-of-turn check unavailable: %s", exc)
+        if model is not None:
+            model.close()  # its worker thread and context
         return None
     return model
