@@ -137,8 +137,7 @@ class Endpointer:
         try:
             probability = self.verdict.result()
         except Exception as exc:  # any model fault: this call goes on without it
-            self.failed = True
-            self.report(f"turn model {getattr(self.model, 'name', '')}".strip(), exc)
+            self._model_failed(exc)
             return segmenter.end_at_pause() if silence_ms >= self.fixed_silence_ms else None
         if probability >= self.config.turn_threshold:
             return self._end("turn_model")
@@ -160,8 +159,7 @@ class Endpointer:
         try:
             probability = self.text_verdict.result()
         except Exception as exc:  # any model fault: the audio model alone from then on
-            self.report(f"text turn model {getattr(self.text_model, 'name', '')}".strip(), exc)
-            self.text_model = None
+            self._text_model_failed(exc)
             return None
         if probability >= self.config.turn_text_threshold:
             return self._end("transcript")
@@ -211,15 +209,21 @@ class Endpointer:
             if task is not None and not task.done():
                 task.cancel()
         # A verdict that failed before it was needed still counts as the model failing.
-        if _failure(self.verdict) is not None and not self.failed:
-            self.failed = True
-            self.report(f"turn model {getattr(self.model, 'name', '')}".strip(),
-                        _failure(self.verdict))  # fmt: skip
-        if _failure(self.text_verdict) is not None and self.text_model is not None:
-            self.report(f"text turn model {getattr(self.text_model, 'name', '')}".strip(),
-                        _failure(self.text_verdict))  # fmt: skip
-            self.text_model = None
+        if (exc := _failure(self.verdict)) is not None and not self.failed:
+            self._model_failed(exc)
+        if (exc := _failure(self.text_verdict)) is not None and self.text_model is not None:
+            self._text_model_failed(exc)
         self.verdict = self.text_verdict = None
+
+    def _model_failed(self, exc: BaseException) -> None:
+        """The turn model failed: reported, and the fixed rule for the rest of the call."""
+        self.failed = True
+        self.report(f"turn model {getattr(self.model, 'name', '')}".strip(), exc)
+
+    def _text_model_failed(self, exc: BaseException) -> None:
+        """The text model failed: reported, and the audio model alone from then on."""
+        self.report(f"text turn model {getattr(self.text_model, 'name', '')}".strip(), exc)
+        self.text_model = None
 
     def stop(self) -> list[asyncio.Task[float]]:
         """The call ends: cancel the verdicts in progress; returns them for the session to
